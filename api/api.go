@@ -1,0 +1,193 @@
+// Package api is oshirase's HTTP API: campaigns, recipient uploads, support
+// look-ups and resends, and the health endpoints. JSON in and out; every error
+// is {"error":{"code","message","details"}} with a 4xx or 5xx status.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/templates"
+)
+
+// Pinger checks a dependency for /readyz.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// Config is what the API needs besides its parts.
+type Config struct {
+	MaxUploadBytes int64 // 413 past this (default 2 GiB)
+}
+
+// Server serves the API.
+type Server struct {
+	cfg       Config
+	store     *store.Store
+	queue     tasks.Enqueuer
+	templates *templates.Set
+	keys      *Keys
+	log       *slog.Logger
+	smtp      Pinger // optional, for /readyz
+	mux       *http.ServeMux
+}
+
+// New returns a Server. Mount extra handlers (monitoring, metrics, support
+// console) with Handle before serving.
+func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys *Keys, smtp Pinger, log *slog.Logger) *Server {
+	if cfg.MaxUploadBytes <= 0 {
+		cfg.MaxUploadBytes = 2 << 30
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux()}
+	s.routes()
+	return s
+}
+
+// Keys returns the server's key set, for handlers mounted beside the API.
+func (s *Server) Keys() *Keys { return s.keys }
+
+// Handle mounts h at pattern behind the given roles.
+func (s *Server) Handle(pattern string, h http.Handler, roles ...Role) {
+	s.mux.Handle(pattern, s.keys.Require(h, roles...))
+}
+
+// HandlePublic mounts h with no authentication (pages that do their own).
+func (s *Server) HandlePublic(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) routes() {
+	all := []Role{RoleSupport, RoleOperator}
+	h := func(pattern string, fn http.HandlerFunc, roles ...Role) { s.Handle(pattern, fn, roles...) }
+
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+
+	h("POST /v1/campaigns", s.createCampaign)
+	h("GET /v1/campaigns", s.listCampaigns, all...)
+	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
+	h("POST /v1/campaigns/{id}/recipients", s.uploadRecipients)
+	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, RoleSupport)
+	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
+	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
+	h("POST /v1/campaigns/{id}/start", s.startCampaign)
+	h("POST /v1/campaigns/{id}/pause", s.pauseCampaign)
+	h("POST /v1/campaigns/{id}/resume", s.resumeCampaign)
+	h("POST /v1/campaigns/{id}/cancel", s.cancelCampaign)
+	h("GET /v1/campaigns/{id}/preview", s.previewCampaign)
+
+	h("GET /v1/templates", s.listTemplates, all...)
+	h("POST /v1/templates/{name}/preview", s.previewTemplate)
+
+	h("GET /v1/suppressions", s.listSuppressions, RoleSupport)
+	h("POST /v1/suppressions", s.addSuppression)
+	h("DELETE /v1/suppressions/{email}", s.deleteSuppression)
+
+	h("GET /v1/recipients", s.lookupRecipients, RoleSupport)
+	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.resend, RoleSupport)
+	h("GET /v1/audit", s.auditLog)
+	h("POST /v1/notifications", s.notify)
+
+	// Anything else under /v1 is a JSON 404, not the mux's text one.
+	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path, nil)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// readyz checks Redis and, when configured, the SMTP server.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	ok := true
+	if err := s.store.Redis().Ping(ctx).Err(); err != nil {
+		checks["redis"], ok = "down: "+err.Error(), false
+	} else {
+		checks["redis"] = "ok"
+	}
+	if s.smtp != nil {
+		if err := s.smtp.Ping(ctx); err != nil {
+			checks["smtp"], ok = "down: "+err.Error(), false
+		} else {
+			checks["smtp"] = "ok"
+		}
+	}
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, map[string]any{"ready": ok, "checks": checks})
+}
+
+// apiError is the body of every error answer.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Details any    `json:"details,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string, details any) {
+	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: msg, Details: details}})
+}
+
+// storeError maps a store error to an answer; other errors are 500s whose
+// detail goes to the log, not to the client.
+func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", err.Error(), nil)
+	case errors.Is(err, store.ErrInvalidMove), errors.Is(err, store.ErrNotDraft), errors.Is(err, store.ErrConflict):
+		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
+	default:
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
+	}
+}
+
+// decodeJSON reads a JSON body strictly (unknown fields are errors: a typo in
+// a field name must not silently drop data).
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+		return false
+	}
+	return true
+}
+
+// audit records a state change; a failure to audit is logged loudly but
+// does not undo the change already made.
+func (s *Server) audit(r *http.Request, e store.AuditEntry) {
+	if k := Actor(r.Context()); k != nil {
+		e.Actor = k.Name
+	}
+	if err := s.store.Audit(context.WithoutCancel(r.Context()), e); err != nil {
+		s.log.Error("audit log write failed", "action", e.Action, "err", err)
+	}
+}

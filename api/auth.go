@@ -1,0 +1,149 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// Role is what an API key may do.
+type Role string
+
+const (
+	RoleAdmin    Role = "admin"    // everything
+	RoleSupport  Role = "support"  // look up, resend, read campaigns
+	RoleOperator Role = "operator" // read campaigns, monitoring, metrics
+)
+
+// Key is one API key from OSHIRASE_API_KEYS.
+type Key struct {
+	Name string
+	Role Role
+	hash [32]byte // SHA-256 of the secret; the secret itself is not kept
+}
+
+// ParseKeys reads "name:role:key,name:role:key". A key of exactly 64 hex
+// digits is taken as the SHA-256 of the real key, so the real key need not
+// be written in the environment.
+func ParseKeys(s string) ([]Key, error) {
+	var out []Key
+	seen := map[string]bool{}
+	for i, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		parts := strings.SplitN(f, ":", 3)
+		if len(parts) != 3 || parts[0] == "" || parts[2] == "" {
+			return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d: want name:role:key", i+1)
+		}
+		k := Key{Name: parts[0], Role: Role(parts[1])}
+		switch k.Role {
+		case RoleAdmin, RoleSupport, RoleOperator:
+		default:
+			return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d (%s): role %q is not admin, support or operator", i+1, k.Name, parts[1])
+		}
+		if seen[k.Name] {
+			return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d: name %q used twice", i+1, k.Name)
+		}
+		seen[k.Name] = true
+		if b, err := hex.DecodeString(parts[2]); err == nil && len(b) == 32 {
+			copy(k.hash[:], b)
+		} else {
+			if len(parts[2]) < 16 {
+				return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d (%s): key shorter than 16 characters", i+1, k.Name)
+			}
+			k.hash = sha256.Sum256([]byte(parts[2]))
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// HashKey returns the SHA-256 hex form of a key, for OSHIRASE_API_KEYS.
+func HashKey(secret string) string {
+	h := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(h[:])
+}
+
+// Keys authenticates secrets.
+type Keys struct{ keys []Key }
+
+// NewKeys returns a Keys over ks.
+func NewKeys(ks []Key) *Keys { return &Keys{keys: ks} }
+
+// Find returns the key whose secret is presented, comparing hashes in
+// constant time and always over every key, so timing tells nothing.
+func (k *Keys) Find(secret string) (*Key, bool) {
+	if secret == "" {
+		return nil, false
+	}
+	h := sha256.Sum256([]byte(secret))
+	var found *Key
+	for i := range k.keys {
+		if subtle.ConstantTimeCompare(h[:], k.keys[i].hash[:]) == 1 {
+			found = &k.keys[i]
+		}
+	}
+	return found, found != nil
+}
+
+type ctxKey struct{}
+
+// Actor returns the key that authenticated the request.
+func Actor(ctx context.Context) *Key {
+	k, _ := ctx.Value(ctxKey{}).(*Key)
+	return k
+}
+
+// WithActor returns ctx carrying the authenticated key.
+func WithActor(ctx context.Context, k *Key) context.Context {
+	return context.WithValue(ctx, ctxKey{}, k)
+}
+
+// Secret extracts a key from "Authorization: Bearer <key>" or, for browsers,
+// HTTP basic auth with the key as password.
+func Secret(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if v, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(v)
+	}
+	if _, pw, ok := r.BasicAuth(); ok {
+		return pw
+	}
+	return ""
+}
+
+// Require wraps h so that only keys of the given roles reach it: 401 without
+// a valid key, 403 with a key of another role.
+func (k *Keys) Require(h http.Handler, roles ...Role) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := k.Find(Secret(r))
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="oshirase"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)", nil)
+			return
+		}
+		if !allowed(key.Role, roles) {
+			writeError(w, http.StatusForbidden, "forbidden", fmt.Sprintf("role %s may not do this", key.Role), nil)
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(WithActor(r.Context(), key)))
+	})
+}
+
+func allowed(r Role, roles []Role) bool {
+	if r == RoleAdmin {
+		return true
+	}
+	for _, x := range roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}

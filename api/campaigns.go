@@ -1,0 +1,277 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/mail"
+	"strconv"
+	"strings"
+
+	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/templates"
+)
+
+// campaignRequest is the body of POST /v1/campaigns.
+type campaignRequest struct {
+	Name          string         `json:"name"`
+	Template      string         `json:"template"`
+	DefaultLocale string         `json:"default_locale"`
+	From          string         `json:"from"`
+	ReplyTo       string         `json:"reply_to"`
+	Charset       string         `json:"charset"`
+	Rate          float64        `json:"rate"`
+	Paragraphs    []string       `json:"extra_paragraphs"`
+	Data          map[string]any `json:"data"`
+}
+
+// fieldError is one problem with a request field.
+type fieldError struct {
+	Field string `json:"field"`
+	Error string `json:"error"`
+}
+
+func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
+	var errs []fieldError
+	bad := func(f, msg string, a ...any) { errs = append(errs, fieldError{f, fmt.Sprintf(msg, a...)}) }
+	req.Name = strings.TrimSpace(req.Name)
+	if req.Name == "" {
+		bad("name", "required")
+	} else if len(req.Name) > 200 || strings.ContainsAny(req.Name, "\r\n") {
+		bad("name", "at most 200 characters on one line")
+	}
+	if req.Template == "" {
+		req.Template = "card-reissue"
+	}
+	if !ts.Has(req.Template) {
+		bad("template", "unknown template %q (see GET /v1/templates)", req.Template)
+	}
+	if req.DefaultLocale == "" {
+		req.DefaultLocale = notice.LocaleJA
+	}
+	if !notice.ValidLocale(req.DefaultLocale) {
+		bad("default_locale", "must be ja or en")
+	}
+	if err := checkAddress(req.From); err != nil {
+		bad("from", "%v", err)
+	}
+	if req.ReplyTo != "" {
+		if err := checkAddress(req.ReplyTo); err != nil {
+			bad("reply_to", "%v", err)
+		}
+	}
+	switch strings.ToLower(req.Charset) {
+	case "", notice.CharsetUTF8, "utf8":
+		req.Charset = notice.CharsetUTF8
+	case notice.CharsetISO2022JP:
+		req.Charset = notice.CharsetISO2022JP
+	default:
+		bad("charset", "must be utf-8 or iso-2022-jp")
+	}
+	if req.Rate < 0 {
+		bad("rate", "must not be negative")
+	}
+	for i, p := range req.Paragraphs {
+		if ingest.LooksLikeCardNumber(p) {
+			bad(fmt.Sprintf("extra_paragraphs[%d]", i), "looks like a full card number; a notice may show the last 4 digits at most")
+		}
+	}
+	if req.Data == nil {
+		bad("data", "required")
+	} else {
+		checkCardNumbers("data", req.Data, bad)
+		if ts.Has(req.Template) && len(errs) == 0 {
+			c := req.campaign()
+			if err := ts.ValidateCampaign(&c); err != nil {
+				bad("data", "%v", err)
+			}
+		}
+	}
+	return errs
+}
+
+// checkCardNumbers walks incident data: a full card number has no place in
+// a notice, whatever field it hides in.
+func checkCardNumbers(path string, v any, bad func(string, string, ...any)) {
+	switch x := v.(type) {
+	case string:
+		if ingest.LooksLikeCardNumber(x) {
+			bad(path, "looks like a full card number; a notice may show the last 4 digits at most")
+		}
+	case []any:
+		for i, e := range x {
+			checkCardNumbers(fmt.Sprintf("%s[%d]", path, i), e, bad)
+		}
+	case map[string]any:
+		for k, e := range x {
+			checkCardNumbers(path+"."+k, e, bad)
+		}
+	}
+}
+
+func (req *campaignRequest) campaign() notice.Campaign {
+	return notice.Campaign{
+		Name: req.Name, Template: req.Template, DefaultLocale: req.DefaultLocale, From: req.From,
+		ReplyTo: req.ReplyTo, Charset: req.Charset, Rate: req.Rate, Paragraphs: req.Paragraphs, Data: req.Data,
+	}
+}
+
+func checkAddress(s string) error {
+	if s == "" {
+		return errors.New("required")
+	}
+	if strings.ContainsAny(s, "\r\n") {
+		return errors.New("must be one line")
+	}
+	if _, err := mail.ParseAddress(s); err != nil {
+		return fmt.Errorf("not an address: %v", err)
+	}
+	return nil
+}
+
+func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
+	var req campaignRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if errs := req.validate(s.templates); len(errs) > 0 {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_campaign", "the campaign has invalid fields", errs)
+		return
+	}
+	c := req.campaign()
+	if err := s.store.CreateCampaign(r.Context(), &c); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	s.audit(r, store.AuditEntry{Action: "campaign.create", CampaignID: c.ID})
+	writeJSON(w, http.StatusCreated, c)
+}
+
+func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
+	c, err := s.store.Campaign(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, c)
+}
+
+func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
+	offset, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
+	limit, _ := strconv.ParseInt(r.URL.Query().Get("limit"), 10, 64)
+	if limit <= 0 || limit > 200 {
+		limit = 50
+	}
+	cs, err := s.store.Campaigns(r.Context(), max(offset, 0), limit)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"campaigns": cs})
+}
+
+// startCampaign moves a draft to sending and enqueues its fan-out. Calling
+// it again re-enqueues the same fan-out task id, which asynq refuses or which
+// resumes from its cursor: nothing is sent twice either way.
+func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if c.Charset == notice.CharsetISO2022JP {
+		if problems := s.charsetProblems(c); problems != nil {
+			writeError(w, http.StatusUnprocessableEntity, "charset", "the notice has characters ISO-2022-JP cannot carry", problems)
+			return
+		}
+	}
+	t, err := s.store.Start(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if t.Status == notice.CampaignSending {
+		if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
+			s.storeError(w, r, err)
+			return
+		}
+	}
+	if t.Changed {
+		s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+	}
+	s.campaignAnswer(w, r, id, http.StatusAccepted)
+}
+
+// charsetProblems renders the campaign for both locales with a sample
+// recipient and reports what ISO-2022-JP cannot carry.
+func (s *Server) charsetProblems(c *notice.Campaign) any {
+	var out []string
+	for _, loc := range []string{notice.LocaleJA, notice.LocaleEN} {
+		rd, err := s.templates.Render(c.Template, templates.Input{Locale: loc, Data: c.Data, Recipient: templates.SampleRecipient(loc), Paragraphs: c.Paragraphs})
+		if err != nil {
+			out = append(out, loc+": "+err.Error())
+			continue
+		}
+		if err := templates.CheckCharset(rd, c.Charset); err != nil {
+			out = append(out, loc+": "+err.Error())
+		}
+	}
+	if out == nil {
+		return nil
+	}
+	return out
+}
+
+func (s *Server) pauseCampaign(w http.ResponseWriter, r *http.Request) {
+	s.move(w, r, "campaign.pause", s.store.Pause)
+}
+
+func (s *Server) resumeCampaign(w http.ResponseWriter, r *http.Request) {
+	s.move(w, r, "campaign.resume", s.store.Resume)
+}
+
+func (s *Server) cancelCampaign(w http.ResponseWriter, r *http.Request) {
+	s.move(w, r, "campaign.cancel", s.store.Cancel)
+}
+
+func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn func(context.Context, string) (store.Transition, error)) {
+	id := r.PathValue("id")
+	t, err := fn(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if t.Changed {
+		var reason string
+		if r.ContentLength > 0 {
+			var body struct {
+				Reason string `json:"reason"`
+			}
+			json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body)
+			reason = body.Reason
+		}
+		s.audit(r, store.AuditEntry{Action: action, CampaignID: id, Reason: reason})
+		if t.Status == notice.CampaignSending { // resumed: a new generation fans out what is left
+			if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
+				s.storeError(w, r, err)
+				return
+			}
+		}
+	}
+	s.campaignAnswer(w, r, id, http.StatusOK)
+}
+
+func (s *Server) campaignAnswer(w http.ResponseWriter, r *http.Request, id string, status int) {
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, status, c)
+}

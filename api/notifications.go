@@ -1,0 +1,147 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// NotificationPrefix starts the name of every campaign made for a single
+// notice, so lists can tell them from mass campaigns.
+const NotificationPrefix = "notification: "
+
+// NotificationRequest is the body of POST /v1/notifications: one notice, to
+// one recipient, now.
+type NotificationRequest struct {
+	Template            string                `json:"template"`
+	Locale              string                `json:"locale"`
+	From                string                `json:"from"`
+	ReplyTo             string                `json:"reply_to"`
+	Charset             string                `json:"charset"`
+	Paragraphs          []string              `json:"extra_paragraphs"`
+	Data                map[string]any        `json:"data"`
+	Recipient           NotificationRecipient `json:"recipient"`
+	OverrideSuppression bool                  `json:"override_suppression"`
+}
+
+// NotificationRecipient is who the single notice is for: the fields of an
+// upload row.
+type NotificationRecipient struct {
+	Email      string            `json:"email"`
+	Name       string            `json:"name"`
+	Locale     string            `json:"locale"`
+	CustomerID string            `json:"customer_id"`
+	CardBrand  string            `json:"card_brand"`
+	CardLast4  string            `json:"card_last4"`
+	Extra      map[string]string `json:"extra"`
+}
+
+// NotificationAnswer says where the single notice is tracked.
+type NotificationAnswer struct {
+	CampaignID  string        `json:"campaign_id"`
+	RecipientID int64         `json:"recipient_id"`
+	Status      notice.Status `json:"status"`
+	URL         string        `json:"url"`
+}
+
+// Notify sends one notice now: a campaign of one recipient, started at once
+// and delivered through the urgent queue, so it is tracked, looked up,
+// resent and audited like any other recipient.
+func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*NotificationAnswer, error) {
+	creq := campaignRequest{
+		Name: NotificationPrefix + req.Template, Template: req.Template, DefaultLocale: req.Locale,
+		From: req.From, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
+	}
+	if req.Template == "" {
+		creq.Name = NotificationPrefix + "card-reissue"
+	}
+	errs := creq.validate(s.templates)
+	for i := range errs {
+		if errs[i].Field == "default_locale" {
+			errs[i].Field = "locale"
+		}
+	}
+	rc := notice.Recipient{
+		Email: req.Recipient.Email, Name: req.Recipient.Name, Locale: req.Recipient.Locale,
+		CustomerID: req.Recipient.CustomerID, CardBrand: req.Recipient.CardBrand, CardLast4: req.Recipient.CardLast4,
+		Extra: req.Recipient.Extra,
+	}
+	if rej := ingest.Validate(&rc); rej != nil {
+		errs = append(errs, fieldError{"recipient." + rej.Field, rej.Error})
+	}
+	if len(errs) > 0 {
+		return nil, &InvalidError{Code: "invalid_notification", Msg: "the notification has invalid fields", Fields: errs}
+	}
+	if !req.OverrideSuppression {
+		sup, err := s.store.Suppression(ctx, rc.Email)
+		if err == nil {
+			return nil, fmt.Errorf("%w (%s); set override_suppression to send anyway", ErrSuppressed, sup.Reason)
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	c := creq.campaign()
+	if c.Charset == notice.CharsetISO2022JP {
+		if problems := s.charsetProblems(&c); problems != nil {
+			return nil, &InvalidError{Code: "charset", Msg: "the notice has characters ISO-2022-JP cannot carry", Fields: []fieldError{{"charset", fmt.Sprint(problems)}}}
+		}
+	}
+	if err := s.store.CreateCampaign(ctx, &c); err != nil {
+		return nil, err
+	}
+	ids, err := s.store.AddRecipients(ctx, c.ID, []notice.Recipient{rc})
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) != 1 || ids[0] < 1 {
+		return nil, fmt.Errorf("notification %s: recipient not added", c.ID)
+	}
+	rid := ids[0]
+	t, err := s.store.Start(ctx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	// Its one recipient goes through the urgent queue, not a fan-out: mark
+	// the fan-out done so the watchdog does not start one on the bulk queue.
+	if err := s.store.SetFanoutCursor(ctx, c.ID, t.Gen, rid+1); err != nil {
+		return nil, err
+	}
+	p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
+	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, fmt.Sprintf("notify:%s:%d", c.ID, rid), 0); err != nil {
+		// Leave it to the fan-out: the campaign is sending and the watchdog
+		// re-enqueues a fan-out whose cursor is behind.
+		s.store.SetFanoutCursor(context.WithoutCancel(ctx), c.ID, t.Gen, 1)
+		return nil, err
+	}
+	details, _ := json.Marshal(map[string]string{"template": c.Template, "email": notice.MaskEmail(rc.Email)})
+	s.auditCtx(ctx, store.AuditEntry{Action: "notification.send", CampaignID: c.ID, Recipient: rid, Details: details})
+	return &NotificationAnswer{
+		CampaignID: c.ID, RecipientID: rid, Status: notice.StatusPending,
+		URL: fmt.Sprintf("/v1/campaigns/%s/recipients/%d", c.ID, rid),
+	}, nil
+}
+
+// notify answers POST /v1/notifications.
+func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
+	var req NotificationRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	req.Template = strings.TrimSpace(req.Template)
+	ans, err := s.Notify(r.Context(), req)
+	if err != nil {
+		s.supportError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", ans.URL)
+	writeJSON(w, http.StatusAccepted, ans)
+}

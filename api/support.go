@@ -1,0 +1,247 @@
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// ErrSuppressed is returned by Resend for an address on the suppression list
+// when the request does not override it.
+var ErrSuppressed = errors.New("address is on the suppression list")
+
+// ErrNotSent is returned by Resend for a recipient whose own notice is not
+// final yet: resending it now could deliver it twice.
+var ErrNotSent = errors.New("the notice has not been sent yet")
+
+// InvalidError is a request that cannot be carried out as given (422).
+type InvalidError struct {
+	Code   string
+	Msg    string
+	Fields []fieldError
+}
+
+func (e *InvalidError) Error() string { return e.Msg }
+
+// ByName returns the key called name: the support console keeps only a key's
+// name in its session and resolves it on every request, so a key removed from
+// OSHIRASE_API_KEYS ends its sessions too.
+func (k *Keys) ByName(name string) (*Key, bool) {
+	var found *Key
+	for i := range k.keys {
+		if subtle.ConstantTimeCompare([]byte(k.keys[i].Name), []byte(name)) == 1 {
+			found = &k.keys[i]
+		}
+	}
+	return found, found != nil
+}
+
+// CampaignRef is the part of a campaign a look-up shows.
+type CampaignRef struct {
+	ID       string                `json:"id"`
+	Name     string                `json:"name"`
+	Template string                `json:"template"`
+	Status   notice.CampaignStatus `json:"status"`
+}
+
+// Notice is one recipient record found by a look-up: the campaign it
+// belongs to, and the recipient with its delivery, attempts and resends.
+type Notice struct {
+	Campaign CampaignRef `json:"campaign"`
+	notice.Recipient
+}
+
+// LookupResult is every notice ever addressed to one address.
+type LookupResult struct {
+	Email       string             `json:"email"`
+	Notices     []Notice           `json:"notices"`
+	Suppression *store.Suppression `json:"suppression,omitempty"`
+}
+
+// Lookup finds every notice addressed to addr through the address index:
+// one hash read, then one read per notice found — never a scan.
+func (s *Server) Lookup(ctx context.Context, addr string) (*LookupResult, error) {
+	refs, err := s.store.Lookup(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	res := &LookupResult{Email: store.EmailKey(addr), Notices: []Notice{}}
+	campaigns := map[string]*notice.Campaign{}
+	for _, ref := range refs {
+		c, ok := campaigns[ref.CampaignID]
+		if !ok {
+			c, err = s.store.Campaign(ctx, ref.CampaignID)
+			if errors.Is(err, store.ErrNotFound) {
+				campaigns[ref.CampaignID] = nil // deleted campaign: its index entries are stale
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			campaigns[ref.CampaignID] = c
+		}
+		if c == nil {
+			continue
+		}
+		rc, err := s.store.Recipient(ctx, ref.CampaignID, ref.RecipientID)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		res.Notices = append(res.Notices, Notice{
+			Campaign:  CampaignRef{ID: c.ID, Name: c.Name, Template: c.Template, Status: c.Status},
+			Recipient: *rc,
+		})
+	}
+	sup, err := s.store.Suppression(ctx, addr)
+	switch {
+	case err == nil:
+		res.Suppression = sup
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	return res, nil
+}
+
+// lookupRecipients answers GET /v1/recipients?email=...
+func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
+	addr := strings.TrimSpace(r.URL.Query().Get("email"))
+	if addr == "" || !strings.Contains(addr, "@") {
+		writeError(w, http.StatusBadRequest, "email_required", "query parameter email (an address) is required", nil)
+		return
+	}
+	res, err := s.Lookup(r.Context(), addr)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// ResendRequest is the body of POST /v1/campaigns/{id}/recipients/{rid}/resend.
+type ResendRequest struct {
+	Reason              string `json:"reason"`
+	Email               string `json:"email,omitempty"` // a corrected address; "" = the recipient's own
+	OverrideSuppression bool   `json:"override_suppression,omitempty"`
+}
+
+// Resend records a new delivery of a recipient's notice and queues it on
+// the urgent queue. The actor is the key in ctx (WithActor). The original
+// delivery stays as it was; the resend has its own status and Message-ID.
+func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRequest) (*notice.Resend, error) {
+	req.Reason = strings.TrimSpace(req.Reason)
+	if req.Reason == "" {
+		return nil, &InvalidError{Code: "reason_required", Msg: "a reason is required", Fields: []fieldError{{"reason", "required"}}}
+	}
+	if len(req.Reason) > 1000 {
+		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason is longer than 1000 bytes", Fields: []fieldError{{"reason", "at most 1000 bytes"}}}
+	}
+	c, err := s.store.Campaign(ctx, cid)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := s.store.Recipient(ctx, cid, rid)
+	if err != nil {
+		return nil, err
+	}
+	switch rc.Status {
+	case notice.StatusSent, notice.StatusFailed, notice.StatusSuppressed:
+	case notice.StatusCancelled:
+		return nil, fmt.Errorf("recipient %d of campaign %s was cancelled with its campaign (%s): %w", rid, cid, c.Status, store.ErrConflict)
+	default:
+		return nil, fmt.Errorf("recipient %d of campaign %s is %s: %w", rid, cid, rc.Status, ErrNotSent)
+	}
+	to := rc.Email
+	if e := strings.TrimSpace(req.Email); e != "" {
+		v := notice.Recipient{Email: e}
+		if rej := ingest.Validate(&v); rej != nil && rej.Field == "email" {
+			return nil, &InvalidError{Code: "invalid_email", Msg: "corrected address: " + rej.Error, Fields: []fieldError{{"email", rej.Error}}}
+		}
+		to = v.Email
+	}
+	if !req.OverrideSuppression {
+		sup, err := s.store.Suppression(ctx, to)
+		if err == nil {
+			return nil, fmt.Errorf("%w since %s (%s); set override_suppression to send anyway", ErrSuppressed, sup.At.Format(time.RFC3339), sup.Reason)
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	rs := notice.Resend{At: time.Now().UTC().Truncate(time.Millisecond), Reason: req.Reason, Email: to, Status: notice.StatusPending}
+	if k := Actor(ctx); k != nil {
+		rs.Actor = k.Name
+	}
+	n, err := s.store.AddResend(ctx, cid, rid, rs)
+	if err != nil {
+		return nil, err
+	}
+	rs.N = n
+	id := fmt.Sprintf("resend:%s:%d:%d", cid, rid, n)
+	p := notice.DeliverPayload{CampaignID: cid, RecipientID: rid, Resend: n}
+	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
+		bg := context.WithoutCancel(ctx)
+		s.store.UpdateResend(bg, cid, rid, n, func(x *notice.Resend) {
+			x.Status, x.LastError = notice.StatusFailed, "could not be queued"
+		})
+		return nil, err
+	}
+	details, _ := json.Marshal(map[string]any{
+		"resend": n, "email": notice.MaskEmail(to), "corrected": to != rc.Email,
+		"override_suppression": req.OverrideSuppression,
+	})
+	s.auditCtx(ctx, store.AuditEntry{Action: "recipient.resend", CampaignID: cid, Recipient: rid, Reason: req.Reason, Details: details})
+	return &rs, nil
+}
+
+// resend answers POST /v1/campaigns/{id}/recipients/{rid}/resend.
+func (s *Server) resend(w http.ResponseWriter, r *http.Request) {
+	cid := r.PathValue("id")
+	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
+	if err != nil || rid < 1 {
+		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", nil)
+		return
+	}
+	var req ResendRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	rs, err := s.Resend(r.Context(), cid, rid, req)
+	if err != nil {
+		s.supportError(w, r, err)
+		return
+	}
+	url := fmt.Sprintf("/v1/campaigns/%s/recipients/%d", cid, rid)
+	w.Header().Set("Location", url)
+	writeJSON(w, http.StatusAccepted, map[string]any{
+		"campaign_id": cid, "recipient_id": rid, "resend": rs, "url": url,
+	})
+}
+
+// supportError maps the errors of Resend and Notify to answers.
+func (s *Server) supportError(w http.ResponseWriter, r *http.Request, err error) {
+	var ie *InvalidError
+	switch {
+	case errors.As(err, &ie):
+		writeError(w, http.StatusUnprocessableEntity, ie.Code, ie.Msg, ie.Fields)
+	case errors.Is(err, ErrSuppressed):
+		writeError(w, http.StatusConflict, "suppressed", err.Error(), nil)
+	case errors.Is(err, ErrNotSent):
+		writeError(w, http.StatusConflict, "not_sent", err.Error()+"; a resend is for a notice already sent, failed or suppressed", nil)
+	default:
+		s.storeError(w, r, err)
+	}
+}

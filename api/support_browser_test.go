@@ -1,0 +1,144 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/internal/teststack"
+	"github.com/oshirase/oshirase/notice"
+)
+
+const chromium = "/usr/bin/chromium"
+
+// browser starts a headless Chromium with a fresh profile and no network
+// chatter of its own.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	if _, err := os.Stat(chromium); err != nil {
+		t.Skip("chromium not installed (scripts/test.sh installs it)")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("no-default-browser-check", true),
+		chromedp.UserDataDir(t.TempDir()),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelBrowser := chromedp.NewContext(actx)
+	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
+	t.Cleanup(func() { cancel(); cancelBrowser(); cancelAlloc() })
+	return ctx
+}
+
+// TestSupportConsoleBrowser signs in, searches an address, resends with a
+// reason and sees the new delivery arrive and show as sent — in a real
+// Chromium against the whole service.
+func TestSupportConsoleBrowser(t *testing.T) {
+	ctx := browser(t)
+	st, sink := startSupportStack(t, nil)
+	const addr = "Customer.One@Example.jp"
+	cid, ids := sentCampaign(t, st, "Card leak 2019", []notice.Recipient{
+		{Email: addr, Name: "顧客 一郎", Locale: "ja", CardLast4: "4321"},
+		{Email: "other@example.jp", Locale: "ja", CardLast4: "1111"},
+	})
+	section := fmt.Sprintf("#notice-%s-%d", cid, ids[0])
+
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	text := func(sel string) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Text(css(sel)))
+		if err != nil {
+			t.Fatalf("text of %s: %v", sel, err)
+		}
+		return strings.TrimSpace(v)
+	}
+	err := chromedp.Do(ctx,
+		chromedp.Navigate(st.Base+"/support/"),
+		chromedp.WaitVisible(css("#key")),
+		chromedp.SendKeys(css("#key"), testenv.SupportKey),
+		chromedp.Click(css("#signin")),
+		chromedp.WaitVisible(css("#email")),
+		chromedp.SendKeys(css("#email"), "customer.one@EXAMPLE.JP"),
+		chromedp.Click(css("#search")),
+		chromedp.WaitVisible(css(section)),
+	)
+	if err != nil {
+		t.Fatalf("sign in and search: %v", err)
+	}
+	actor, searched, status := text("#actor"), text("#searched"), text(section+` [data-role="status"]`)
+	if actor != "support" || searched != strings.ToLower(addr) || status != "sent" {
+		t.Fatalf("after search: actor %q, searched %q, status %q", actor, searched, status)
+	}
+
+	// The session cookie is opaque, HttpOnly and SameSite=Strict.
+	res, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range res.Cookies {
+		if strings.Contains(c.Value, testenv.SupportKey) {
+			t.Errorf("cookie %s holds the API key", c.Name)
+		}
+		if c.Name == "oshirase_support" {
+			found = true
+			if !c.HTTPOnly || c.SameSite != network.CookieSameSiteStrict {
+				t.Errorf("session cookie: httpOnly %v, sameSite %v", c.HTTPOnly, c.SameSite)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no session cookie among %d cookies", len(res.Cookies))
+	}
+
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(css(section+` input[name="reason"]`), "customer called: deleted the mail"),
+		chromedp.Click(css(section+` button[type="submit"]`)),
+		chromedp.WaitVisible(css("#flash")),
+	)
+	if err != nil {
+		t.Fatalf("resend: %v", err)
+	}
+	if flash := text("#flash"); !strings.Contains(flash, "Resend #1 queued") {
+		t.Fatalf("flash after resend: %q", flash)
+	}
+	teststack.Eventually(t, "resend at the SMTP server", 10*time.Second, func() bool { return sink.CountFor(addr) == 2 })
+
+	// Refresh until the page shows the resend as sent.
+	deadline := time.Now().Add(10 * time.Second)
+	// Each refresh is a form post that replaces the page: a node read
+	// while the old page goes away may vanish under the query, so errors
+	// are retried until the deadline.
+	var rs, reason string
+	var lastErr error
+	for rs != "sent" {
+		if time.Now().After(deadline) {
+			t.Fatalf("resend shows %q, not sent (last error %v)", rs, lastErr)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if lastErr = chromedp.Do(ctx, chromedp.Click(css("#refresh"))); lastErr != nil {
+			continue
+		}
+		time.Sleep(200 * time.Millisecond)
+		rs, lastErr = chromedp.Run(ctx, chromedp.Text(css(section+` #resend-1 [data-role="resend-status"]`)))
+		if lastErr == nil {
+			reason, lastErr = chromedp.Run(ctx, chromedp.Text(css(section+" #resend-1")))
+		}
+		rs = strings.TrimSpace(rs)
+	}
+	if !strings.Contains(reason, "customer called: deleted the mail") || !strings.Contains(reason, "support") {
+		t.Errorf("resend row lacks reason or actor: %q", reason)
+	}
+}

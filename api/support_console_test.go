@@ -1,0 +1,114 @@
+package api_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/internal/teststack"
+	"github.com/oshirase/oshirase/service"
+)
+
+// TestSupportConsoleGuards checks the console's doors without a browser:
+// who may sign in, what the cookie holds, and that posts need the CSRF token.
+func TestSupportConsoleGuards(t *testing.T) {
+	rdb, url0 := testenv.Redis(t, testenv.DBSupport)
+	cfg := testenv.Config(t, map[string]string{"REDIS_URL": url0, "SMTP_URL": "smtp://127.0.0.1:1?tls=none", "KEY_PREFIX": "con"})
+	st := teststack.StartStack(t, cfg, service.Options{API: true})
+
+	type result struct {
+		code int
+		body string
+	}
+	newClient := func() *http.Client {
+		jar, _ := cookiejar.New(nil)
+		return &http.Client{Jar: jar}
+	}
+	do := func(cl *http.Client, method, path string, form url.Values, origin string) result {
+		t.Helper()
+		req, _ := http.NewRequest(method, st.Base+path, strings.NewReader(form.Encode()))
+		if form != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return result{resp.StatusCode, string(b)}
+	}
+	signIn := func(key string) (*http.Client, result) {
+		cl := newClient()
+		r := do(cl, "GET", "/support/", nil, "")
+		return cl, do(cl, "POST", "/support/login", url.Values{"login_token": {hidden(r.body, "login_token")}, "key": {key}}, "")
+	}
+
+	for _, tc := range []struct {
+		key  string
+		want int
+	}{
+		{testenv.OperatorKey, 403},
+		{"not-a-key-0123456789abcdef", 401},
+		{"", 401},
+	} {
+		if _, r := signIn(tc.key); r.code != tc.want || !strings.Contains(r.body, `name="key"`) {
+			t.Errorf("sign-in with %.8s…: %d, want %d and the sign-in form again", tc.key, r.code, tc.want)
+		}
+	}
+	// Sign-in without the form's token (a cross-site sign-in) is refused.
+	if r := do(newClient(), "POST", "/support/login", url.Values{"key": {testenv.SupportKey}}, ""); r.code != 403 {
+		t.Errorf("sign-in without the form token: %d, want 403", r.code)
+	}
+
+	cl, r := signIn(testenv.AdminKey)
+	if r.code != 200 || !strings.Contains(r.body, `id="actor">admin<`) {
+		t.Fatalf("admin sign-in: %d %.300s", r.code, r.body)
+	}
+	csrf := hidden(r.body, "csrf")
+	u, _ := url.Parse(st.Base + "/support/")
+	var sid string
+	for _, c := range cl.Jar.Cookies(u) {
+		if c.Name == "oshirase_support" {
+			sid = c.Value
+		}
+	}
+	if sid == "" || strings.Contains(sid, testenv.AdminKey) {
+		t.Fatalf("session cookie %q", sid)
+	}
+	// The session id is not itself a Redis key (only its hash is).
+	if keys, _ := rdb.Keys(context.Background(), "*"+sid+"*").Result(); len(keys) != 0 {
+		t.Errorf("session id stored in clear: %v", keys)
+	}
+	if keys, _ := rdb.Keys(context.Background(), "con:session:*").Result(); len(keys) != 1 {
+		t.Errorf("sessions in Redis: %v", keys)
+	}
+
+	search := url.Values{"csrf": {csrf}, "email": {"x@example.jp"}}
+	if r := do(cl, "POST", "/support/search", url.Values{"email": {"x@example.jp"}}, ""); r.code != 403 {
+		t.Errorf("search without CSRF token: %d, want 403", r.code)
+	}
+	if r := do(cl, "POST", "/support/search", search, "http://evil.example"); r.code != 403 {
+		t.Errorf("search from another origin: %d, want 403", r.code)
+	}
+	if r := do(cl, "POST", "/support/search", search, ""); r.code != 200 || !strings.Contains(r.body, `id="none"`) {
+		t.Errorf("search: %d %.300s", r.code, r.body)
+	}
+	if r := do(newClient(), "POST", "/support/search", search, ""); r.code != 401 {
+		t.Errorf("search without a session: %d, want 401", r.code)
+	}
+	if r := do(cl, "POST", "/support/logout", url.Values{"csrf": {csrf}}, ""); r.code != 200 || !strings.Contains(r.body, `name="key"`) {
+		t.Errorf("sign-out: %d", r.code)
+	}
+	if r := do(cl, "POST", "/support/search", search, ""); r.code != 401 {
+		t.Errorf("search after sign-out: %d, want 401", r.code)
+	}
+}

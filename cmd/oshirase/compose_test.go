@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+)
+
+// loadCompose loads a compose file with compose-go, the loader and schema
+// validator `docker compose config` itself uses (no Docker engine runs here).
+func loadCompose(t *testing.T, path string) error {
+	t.Helper()
+	opts, err := cli.NewProjectOptions([]string{path}, cli.WithName("oshirase"), cli.WithWorkingDirectory(filepath.Dir(path)))
+	if err != nil {
+		return err
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		return err
+	}
+	for _, want := range []string{"redis", "mailpit", "api", "worker"} {
+		if _, err := p.GetService(want); err != nil {
+			t.Errorf("docker-compose.yml lacks service %q", want)
+		}
+	}
+	return nil
+}
+
+func TestComposeFileIsValid(t *testing.T) {
+	if err := loadCompose(t, filepath.Join("..", "..", "docker-compose.yml")); err != nil {
+		t.Fatalf("docker compose config would reject docker-compose.yml: %v", err)
+	}
+	// The check can fail: a service with an unknown key is refused.
+	bad := filepath.Join(t.TempDir(), "compose.yml")
+	os.WriteFile(bad, []byte("services:\n  redis:\n    image: redis\n    restartt: always\n"), 0o644)
+	if err := loadCompose(t, bad); err == nil {
+		t.Fatal("a compose file with an unknown key was accepted")
+	}
+}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseRedisURL(t *testing.T) {
+	tests := []struct {
+		url  string
+		kind string // single, sentinel, cluster
+		// what the options must hold
+		addrs        []string
+		master       string
+		user, pass   string
+		db           int
+		errSubstring string
+	}{
+		{url: "redis://127.0.0.1:6379/3", kind: "single", addrs: []string{"127.0.0.1:6379"}, db: 3},
+		{url: "rediss://:s3cret@redis.example:6380/0", kind: "single", addrs: []string{"redis.example:6380"}, pass: "s3cret"},
+		{url: "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster", kind: "sentinel",
+			addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"}, master: "mymaster"},
+		{url: "redis+sentinel://:p%40ss@s1:26379/mymaster/2", kind: "sentinel", addrs: []string{"s1:26379"}, master: "mymaster", pass: "p@ss", db: 2},
+		{url: "redis+sentinel://app:pw@s1:26379, s2:26379/m", kind: "sentinel", addrs: []string{"s1:26379", "s2:26379"}, master: "m", user: "app", pass: "pw"},
+		{url: "redis+cluster://n1:7000,n2:7001,n3:7002", kind: "cluster", addrs: []string{"n1:7000", "n2:7001", "n3:7002"}},
+		{url: "redis+cluster://:pw@n1:7000/", kind: "cluster", addrs: []string{"n1:7000"}, pass: "pw"},
+		{url: "redis+sentinel://s1:26379", errSubstring: "master name"},
+		{url: "redis+sentinel://s1:26379/m/x", errSubstring: "not a number"},
+		{url: "redis+cluster://n1:7000/3", errSubstring: "only database 0"},
+		{url: "redis+cluster:///", errSubstring: "no host"},
+		{url: "memcached://x:1", errSubstring: "scheme"},
+		{url: "127.0.0.1:6379", errSubstring: "scheme://"},
+		{url: "redis+sentinel://:topsecret@/m", errSubstring: "no host"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.url, func(t *testing.T) {
+			r, err := parseRedisURL(tt.url)
+			if tt.errSubstring != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.errSubstring) {
+					t.Fatalf("err = %v, want %q", err, tt.errSubstring)
+				}
+				if strings.Contains(err.Error(), "topsecret") {
+					t.Errorf("error shows the password: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var kind, master, user, pass string
+			var addrs []string
+			var db int
+			switch {
+			case r.single != nil:
+				kind, addrs, user, pass, db = "single", []string{r.single.Addr}, r.single.Username, r.single.Password, r.single.DB
+			case r.sentinel != nil:
+				o := r.sentinel
+				kind, addrs, master, user, pass, db = "sentinel", o.SentinelAddrs, o.MasterName, o.Username, o.Password, o.DB
+			case r.cluster != nil:
+				kind, addrs, user, pass = "cluster", r.cluster.Addrs, r.cluster.Username, r.cluster.Password
+			}
+			if kind != tt.kind || !reflect.DeepEqual(addrs, tt.addrs) || master != tt.master || user != tt.user || pass != tt.pass || db != tt.db {
+				t.Errorf("got %s %v master=%q user=%q pass=%q db=%d", kind, addrs, master, user, pass, db)
+			}
+		})
+	}
+	// OpenRedis gives the matching client type.
+	c, err := OpenRedis("redis+cluster://n1:7000,n2:7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := reflect.TypeOf(c).String(); got != "*redis.ClusterClient" {
+		t.Errorf("cluster URL gives %s", got)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	if got := Redact("redis+sentinel://:pw@s1:26379/m"); strings.Contains(got, "pw") {
+		t.Errorf("Redact = %q", got)
+	}
+}

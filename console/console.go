@@ -1,0 +1,342 @@
+// Package console is the support web console at /support/: a support person
+// signs in with an API key, looks an address up, sees every notice sent to
+// it and resends one with a reason. Pages are rendered on the server with
+// html/template; there is no JavaScript and no front-end build.
+//
+// The API key is asked for once and never stored in the browser: sign-in
+// makes an opaque random session id, kept in Redis with a TTL, and sets it
+// as an HttpOnly, SameSite=Strict cookie (Secure over TLS). Every form post
+// carries the session's CSRF token. Addresses are shown, never logged.
+package console
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/store"
+)
+
+//go:embed templates/*.html
+var files embed.FS
+
+var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
+	"fmtTime": fmtTime,
+	"fmtTimePtr": func(t *time.Time) string {
+		if t == nil {
+			return ""
+		}
+		return fmtTime(*t)
+	},
+}).ParseFS(files, "templates/page.html"))
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02 15:04:05 MST")
+}
+
+const (
+	sessionCookie = "oshirase_support"
+	loginCookie   = "oshirase_login"
+	cookiePath    = "/support/"
+)
+
+// Console serves the support console. Mount it at /support/ without the
+// API's authentication: it does its own.
+type Console struct {
+	api   *api.Server
+	keys  *api.Keys
+	store *store.Store
+	log   *slog.Logger
+	ttl   time.Duration
+	mux   *http.ServeMux
+}
+
+// New returns a console over the API server (look-ups and resends go through
+// the same code as the API, audit included) and the store (sessions).
+// Sessions last ttl (8 hours if 0).
+func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) *Console {
+	if ttl <= 0 {
+		ttl = 8 * time.Hour
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	c := &Console{api: srv, keys: srv.Keys(), store: st, log: log, ttl: ttl, mux: http.NewServeMux()}
+	c.mux.HandleFunc("GET /support/{$}", c.index)
+	c.mux.HandleFunc("POST /support/login", c.login)
+	c.mux.HandleFunc("POST /support/logout", c.signedIn(c.logout))
+	c.mux.HandleFunc("POST /support/search", c.signedIn(c.search))
+	c.mux.HandleFunc("POST /support/resend", c.signedIn(c.resend))
+	c.mux.HandleFunc("/support/", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/support/", http.StatusSeeOther)
+	})
+	return c
+}
+
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "same-origin") // "no-referrer" would make Chromium send "Origin: null"
+	h.Set("Cache-Control", "no-store")
+	if r.Method == http.MethodPost && !sameOrigin(r) {
+		http.Error(w, "cross-origin form post refused", http.StatusForbidden)
+		return
+	}
+	c.mux.ServeHTTP(w, r)
+}
+
+// sameOrigin refuses posts whose Origin names another site. Browsers send
+// Origin on every POST; its absence (old clients, curl) is left to the
+// CSRF token.
+func sameOrigin(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
+}
+
+// view is what the page template shows.
+type view struct {
+	Signed     bool
+	Actor      string
+	Role       api.Role
+	CSRF       string
+	LoginToken string
+	Error      string
+	Flash      string
+	Email      string
+	Result     *api.LookupResult
+}
+
+// session is a signed-in request's state.
+type session struct {
+	id   string
+	data *store.Session
+	key  *api.Key
+}
+
+func (c *Console) render(w http.ResponseWriter, status int, v view) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	if err := page.Execute(w, v); err != nil {
+		c.log.Error("support console: render", "err", err)
+	}
+}
+
+func randomToken() string {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func (c *Console) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{
+		Name: name, Value: value, Path: cookiePath, MaxAge: maxAge,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+	}
+}
+
+// current returns the request's session, or nil when it has none that is
+// live and whose key may still use the console.
+func (c *Console) current(r *http.Request) (*session, error) {
+	ck, err := r.Cookie(sessionCookie)
+	if err != nil || ck.Value == "" {
+		return nil, nil
+	}
+	data, err := c.store.Session(r.Context(), ck.Value)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, ok := c.keys.ByName(data.KeyName)
+	if !ok || !mayUse(key.Role) {
+		return nil, nil
+	}
+	return &session{id: ck.Value, data: data, key: key}, nil
+}
+
+func mayUse(r api.Role) bool { return r == api.RoleAdmin || r == api.RoleSupport }
+
+func (c *Console) index(w http.ResponseWriter, r *http.Request) {
+	s, err := c.current(r)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if s == nil {
+		c.loginPage(w, r, http.StatusOK, "")
+		return
+	}
+	c.render(w, http.StatusOK, c.signedView(s))
+}
+
+func (c *Console) signedView(s *session) view {
+	return view{Signed: true, Actor: s.key.Name, Role: s.key.Role, CSRF: s.data.CSRF}
+}
+
+// loginPage shows the sign-in form with a fresh token that the form must
+// send back, and a cookie that must match it (a sign-in CSRF guard).
+func (c *Console) loginPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	tok := randomToken()
+	http.SetCookie(w, c.cookie(r, loginCookie, tok, 600))
+	c.render(w, status, view{LoginToken: tok, Error: msg})
+}
+
+func parseForm(w http.ResponseWriter, r *http.Request) error {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	return r.ParseForm()
+}
+
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if err := parseForm(w, r); err != nil {
+		c.loginPage(w, r, http.StatusBadRequest, "The form could not be read.")
+		return
+	}
+	lc, err := r.Cookie(loginCookie)
+	if err != nil || !equal(lc.Value, r.PostFormValue("login_token")) {
+		c.loginPage(w, r, http.StatusForbidden, "The sign-in form expired; please try again.")
+		return
+	}
+	key, ok := c.keys.Find(r.PostFormValue("key"))
+	if !ok {
+		c.log.Warn("support console: sign-in with an unknown key", "remote", r.RemoteAddr)
+		c.loginPage(w, r, http.StatusUnauthorized, "That key is not valid.")
+		return
+	}
+	if !mayUse(key.Role) {
+		c.log.Warn("support console: sign-in refused for role", "key", key.Name, "role", key.Role)
+		c.loginPage(w, r, http.StatusForbidden, "Only support and admin keys may use the support console.")
+		return
+	}
+	id := randomToken()
+	data := store.Session{KeyName: key.Name, CSRF: randomToken(), At: time.Now().UTC()}
+	if err := c.store.CreateSession(r.Context(), id, data, c.ttl); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	http.SetCookie(w, c.cookie(r, loginCookie, "", -1))
+	http.SetCookie(w, c.cookie(r, sessionCookie, id, int(c.ttl/time.Second)))
+	c.log.Info("support console: signed in", "key", key.Name)
+	http.Redirect(w, r, "/support/", http.StatusSeeOther)
+}
+
+// signedIn guards a form post: a live session and its CSRF token.
+func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := c.current(r)
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+		if s == nil {
+			c.loginPage(w, r, http.StatusUnauthorized, "Please sign in.")
+			return
+		}
+		if err := parseForm(w, r); err != nil {
+			http.Error(w, "the form could not be read", http.StatusBadRequest)
+			return
+		}
+		if !equal(s.data.CSRF, r.PostFormValue("csrf")) {
+			http.Error(w, "the form's security token is missing or stale; reload the page", http.StatusForbidden)
+			return
+		}
+		h(w, r.WithContext(api.WithActor(r.Context(), s.key)), s)
+	}
+}
+
+func equal(a, b string) bool {
+	return a != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
+	if err := c.store.DeleteSession(r.Context(), s.id); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	http.SetCookie(w, c.cookie(r, sessionCookie, "", -1))
+	http.Redirect(w, r, "/support/", http.StatusSeeOther)
+}
+
+func (c *Console) search(w http.ResponseWriter, r *http.Request, s *session) {
+	c.showLookup(w, r, s, r.PostFormValue("email"), "", "")
+}
+
+// showLookup renders the page with the notices to addr.
+func (c *Console) showLookup(w http.ResponseWriter, r *http.Request, s *session, addr, flash, errMsg string) {
+	v := c.signedView(s)
+	v.Email, v.Flash, v.Error = strings.TrimSpace(addr), flash, errMsg
+	status := http.StatusOK
+	if errMsg != "" {
+		status = http.StatusUnprocessableEntity
+	}
+	if v.Email == "" || !strings.Contains(v.Email, "@") {
+		v.Error = "Enter an email address."
+		c.render(w, http.StatusUnprocessableEntity, v)
+		return
+	}
+	res, err := c.api.Lookup(r.Context(), v.Email)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	v.Result = res
+	c.render(w, status, v)
+}
+
+func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
+	f := r.PostForm
+	q := f.Get("q")
+	rid, err := strconv.ParseInt(f.Get("recipient"), 10, 64)
+	cid := f.Get("campaign")
+	if err != nil || rid < 1 || cid == "" {
+		c.showLookup(w, r, s, q, "", "The resend form is incomplete; search again.")
+		return
+	}
+	rs, err := c.api.Resend(r.Context(), cid, rid, api.ResendRequest{
+		Reason: f.Get("reason"), Email: f.Get("email"), OverrideSuppression: f.Get("override_suppression") != "",
+	})
+	var ie *api.InvalidError
+	switch {
+	case err == nil:
+		c.showLookup(w, r, s, q, fmt.Sprintf("Resend #%d queued to %s.", rs.N, rs.Email), "")
+	case errors.As(err, &ie):
+		c.showLookup(w, r, s, q, "", "Not resent: "+ie.Msg)
+	case errors.Is(err, api.ErrSuppressed), errors.Is(err, api.ErrNotSent),
+		errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
+		c.showLookup(w, r, s, q, "", "Not resent: "+err.Error())
+	default:
+		c.fail(w, r, err)
+	}
+}
+
+// fail answers an internal error; the detail goes to the log (errors from
+// the store carry ids, never addresses).
+func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	c.log.Error("support console", "path", r.URL.Path, "err", err)
+	http.Error(w, "internal error; see the server log", http.StatusInternalServerError)
+}

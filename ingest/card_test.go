@@ -1,0 +1,86 @@
+package ingest
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestLooksLikeCardNumber(t *testing.T) {
+	tests := []struct {
+		s    string
+		want bool
+	}{
+		// Test PANs of the brands, as people write them.
+		{"4111111111111111", true},
+		{"4111 1111 1111 1111", true},
+		{"4111-1111-1111-1111", true},
+		{"378282246310005", true},   // Amex, 15
+		{"3782 822463 10005", true}, // Amex grouping 4-6-5
+		{"3622-720627-1667", true},  // Diners 14, 4-6-4
+		{"3530111333300000", true},  // JCB
+		{"6011000990139424", true},  // Discover
+		{"4222222222222", true},     // 13 digits
+		{"4000000000006", true},     // 13 digits
+		{"6011000000000000001", true},
+		{"4000 0000 0000 0000 006", true}, // 19 digits, 4-4-4-4-3
+		{"card: 4111-1111-1111-1111.", true},
+		{"カード番号4111111111111111です", true},
+		{"４１１１１１１１１１１１１１１１", true},
+		{"４１１１　１１１１　１１１１　１１１１", true},
+		{"４１１１－１１１１－１１１１－１１１１", true},
+		// Inside longer runs: with the expiry, after a date, after a number.
+		{"4111 1111 1111 1111 12/25", true},
+		{"4111111111111111 12 25", true},
+		{"2019-05-28 4111-1111-1111-1111", true},
+		{"No. 12 4111 1111 1111 1111", true},
+
+		// Not card numbers.
+		{"", false},
+		{"4111111111111112", false}, // fails Luhn
+		{"4111 1111 1111 1112", false},
+		{"411111111116", false},         // 12 digits, passes Luhn
+		{"41111111111111110000", false}, // 20 digits
+		{"4111111111111111000", false},  // 19 digits, fails Luhn
+		{"4111  1111 1111 1111", false}, // a double space ends the run: 4 + 12 digits
+		{"4111/1111/1111/1111", false},  // slashes are not separators
+		{"090-1234-5678", false},
+		{"+81 90 1234 5678", false},
+		{"090-1234-5678 03-1234-5678", false}, // passes Luhn as one 21-digit run; no card shape
+		{"2019-05-28 03-1234-5678", false},
+		{"〒100-0001 東京都千代田区千代田1-1-1 03-1234-5678", false},
+		{"C0000001", false},
+		{"customer0000001@example.jp", false},
+		{strings.Repeat("1", 200), false},
+		{strings.Repeat("1234 ", 50), false},
+	}
+	for _, tt := range tests {
+		if got := LooksLikeCardNumber(tt.s); got != tt.want {
+			t.Errorf("LooksLikeCardNumber(%q) = %v, want %v", tt.s, got, tt.want)
+		}
+	}
+}
+
+// TestCardWindowsFollowLuhn checks the windowed rule against a brute force
+// over group shapes: a card-shaped window is found wherever it sits in a run.
+func TestCardWindowsFollowLuhn(t *testing.T) {
+	pan := "4111 1111 1111 1111"
+	for _, pre := range []string{"", "1 ", "12 ", "123 ", "1234 ", "12345 ", "1234 5678 ", "1-2-3-"} {
+		for _, post := range []string{"", " 1", " 12", " 123", " 1234", " 12345", "-0-0"} {
+			s := pre + pan + post
+			if !LooksLikeCardNumber(s) {
+				t.Errorf("LooksLikeCardNumber(%q) = false", s)
+			}
+		}
+	}
+}
+
+func BenchmarkLooksLikeCardNumber(b *testing.B) {
+	fields := []string{"customer0000001@example.jp", "山田 太郎", "C0000001", "VISA", "1234", "090-1234-5678", "2019-05-28 03-1234-5678 ご連絡先"}
+	for b.Loop() {
+		for _, f := range fields {
+			if LooksLikeCardNumber(f) {
+				b.Fatal(f)
+			}
+		}
+	}
+}

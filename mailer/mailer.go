@@ -1,0 +1,172 @@
+// Package mailer turns a rendered notice into a MIME message and sends it
+// over persistent, pooled SMTP connections (go-mail has no pool of its own).
+// It classifies every failure as temporary (retry later) or permanent.
+package mailer
+
+import (
+	"errors"
+	"fmt"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wneessen/go-mail"
+)
+
+// Message is one notice to one recipient. The SMTP envelope is From's
+// address and To, never anything taken from a header: a display name or a
+// subject cannot add a recipient.
+type Message struct {
+	From, ReplyTo       string // RFC 5322 address, may carry a display name
+	To, ToName          string
+	Subject, Text, HTML string
+	MessageID           string // left@right, without angle brackets; empty: random in From's domain
+	Charset             string // "utf-8" (default) or "iso-2022-jp"
+}
+
+// DKIMOptions signs every message.
+type DKIMOptions struct{ Domain, Selector, KeyFile string }
+
+// Options configures building and sending.
+type Options struct {
+	URL             string
+	PoolSize        int
+	Timeout         time.Duration
+	IdleTimeout     time.Duration
+	MaxPerConn      int
+	DKIM            *DKIMOptions
+	ListUnsubscribe string
+}
+
+// Endpoint is a parsed SMTP_URL.
+type Endpoint struct {
+	Host, Username, Password, Helo string
+	Port                           int
+	TLS                            string // "opportunistic", "required", "none", "implicit"
+	InsecureSkipVerify             bool
+}
+
+// ParseURL reads smtp://[user:pass@]host:port[?tls=none|required|opportunistic]
+// and smtps://host:port (implicit TLS).
+func ParseURL(raw string) (*Endpoint, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("SMTP_URL: %w", err)
+	}
+	e := &Endpoint{Host: u.Hostname(), TLS: "opportunistic"}
+	switch u.Scheme {
+	case "smtp":
+		e.Port = 25
+	case "smtps":
+		e.Port, e.TLS = 465, "implicit"
+	default:
+		return nil, fmt.Errorf("SMTP_URL: scheme %q is not smtp or smtps", u.Scheme)
+	}
+	if e.Host == "" {
+		return nil, errors.New("SMTP_URL: no host")
+	}
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("SMTP_URL: port %q is not 1-65535", p)
+		}
+		e.Port = n
+	}
+	if u.User != nil {
+		e.Username = u.User.Username()
+		e.Password, _ = u.User.Password()
+	}
+	q := u.Query()
+	switch t := q.Get("tls"); t {
+	case "":
+	case "none", "required", "opportunistic":
+		if e.TLS == "implicit" {
+			return nil, errors.New("SMTP_URL: smtps:// is always TLS; drop ?tls=")
+		}
+		e.TLS = t
+	default:
+		return nil, fmt.Errorf("SMTP_URL: tls=%q: want none, required or opportunistic", t)
+	}
+	e.InsecureSkipVerify = q.Get("insecure_skip_verify") == "1" || q.Get("insecure_skip_verify") == "true"
+	e.Helo = q.Get("helo")
+	return e, nil
+}
+
+// Error is a classified send failure.
+type Error struct {
+	Code      int    // SMTP reply code, 0 when there was none
+	Enhanced  string // e.g. "5.1.1"
+	Text      string // the server's reply text, or the error
+	Temporary bool
+	Stage     string
+	Err       error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.Code > 0 {
+		b.WriteString(strconv.Itoa(e.Code))
+		b.WriteByte(' ')
+	}
+	if e.Enhanced != "" {
+		b.WriteString(e.Enhanced)
+		b.WriteByte(' ')
+	}
+	b.WriteString(e.Text)
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Classify turns any send error into an *Error. Anything without an SMTP
+// code — a refused connection, a timeout, EOF — is temporary: the message may
+// well be deliverable later.
+func Classify(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var me *Error
+	if errors.As(err, &me) {
+		return me
+	}
+	out := &Error{Temporary: true, Err: err, Text: err.Error()}
+	var tp *textproto.Error
+	if errors.As(err, &tp) {
+		out.Code, out.Text = tp.Code, tp.Msg
+	}
+	var se *mail.SendError
+	if errors.As(err, &se) {
+		if out.Code == 0 {
+			out.Code = se.ErrorCode()
+		}
+		out.Enhanced = se.EnhancedStatusCode()
+		out.Stage = se.Reason.String()
+	}
+	if out.Code > 0 {
+		out.Text = strings.TrimSpace(out.Text)
+		if out.Enhanced == "" {
+			out.Enhanced = leadingEnhanced(out.Text)
+		}
+		if out.Enhanced != "" {
+			out.Text = strings.TrimSpace(strings.TrimPrefix(out.Text, out.Enhanced))
+		}
+		out.Temporary = out.Code < 500
+	}
+	return out
+}
+
+func leadingEnhanced(s string) string {
+	f, _, _ := strings.Cut(s, " ")
+	p := strings.Split(f, ".")
+	if len(p) != 3 || (p[0] != "2" && p[0] != "4" && p[0] != "5") {
+		return ""
+	}
+	for _, x := range p[1:] {
+		if _, err := strconv.Atoi(x); err != nil {
+			return ""
+		}
+	}
+	return f
+}

@@ -1,0 +1,139 @@
+package mailer
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// bufPool recycles message buffers: a notice is 10–20 KB and thousands
+// leave per second.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// errNoPipelining says the server does not offer PIPELINING; the caller
+// falls back to go-mail's own transaction.
+var errNoPipelining = errors.New("server does not offer PIPELINING")
+
+// sendPipelined runs one SMTP transaction with PIPELINING (RFC 2920) on a
+// connection go-mail dialled, greeted and authenticated: MAIL, RCPT and DATA
+// go out in one write, the dot-stuffed message and its end in a second. That
+// is two round trips where go-mail's Send takes five (MAIL, RCPT, DATA, the
+// message, RSET), and the message is written in one piece instead of byte by
+// byte through a dot-writer. The MIME message itself is still go-mail's.
+//
+// delivered is true once the server accepted the message: an error after
+// that (a broken connection) must not make the caller send it again.
+func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte) (delivered bool, broken bool, err error) {
+	sc := c.c
+	if ok, _ := sc.Extension("PIPELINING"); !ok {
+		return false, false, errNoPipelining
+	}
+	// build checked both addresses, but a command line is the one place a
+	// CR or LF would turn into a second command: refuse, never strip.
+	if strings.ContainsAny(env.to, "\r\n<>") || strings.ContainsAny(env.from, "\r\n<>") {
+		return false, false, fmt.Errorf("envelope address with a line break or bracket")
+	}
+
+	if err := sc.UpdateDeadline(p.o.Timeout); err != nil {
+		return false, true, err
+	}
+	t := sc.Text
+	if _, err := fmt.Fprintf(t.W, "MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", env.from, env.to); err != nil {
+		return false, true, errEarly{err}
+	}
+	if err := t.W.Flush(); err != nil {
+		return false, true, errEarly{err}
+	}
+	_, _, mailErr := t.ReadResponse(250)
+	if mailErr != nil && Classify(mailErr).Code == 0 {
+		// No reply at all: the server had closed the connection. The
+		// message body was never sent.
+		return false, true, errEarly{mailErr}
+	}
+	_, _, rcptErr := t.ReadResponse(25)
+	_, _, dataErr := t.ReadResponse(354)
+	if err := firstErr(mailErr, rcptErr, dataErr); err != nil {
+		if dataErr == nil {
+			// The server wants the message although an earlier command
+			// failed: the connection's state is unknown. Drop it.
+			return false, true, stage(err, mailErr, rcptErr)
+		}
+		if !isReply(dataErr) {
+			return false, true, err
+		}
+		// Back to a clean state for the next message on this connection.
+		if rerr := sc.Reset(); rerr != nil {
+			return false, true, stage(err, mailErr, rcptErr)
+		}
+		return false, false, stage(err, mailErr, rcptErr)
+	}
+	if _, err := t.W.Write(dotStuff(raw)); err != nil {
+		return false, true, err
+	}
+	if err := t.W.Flush(); err != nil {
+		return false, true, err
+	}
+	if _, _, err := t.ReadResponse(250); err != nil {
+		return false, !isReply(err), err
+	}
+	return true, false, nil
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// stage names the command whose reply failed, for the error text.
+func stage(err, mailErr, rcptErr error) error {
+	switch {
+	case mailErr != nil:
+		return fmt.Errorf("MAIL FROM: %w", err)
+	case rcptErr != nil:
+		return fmt.Errorf("RCPT TO: %w", err)
+	}
+	return fmt.Errorf("DATA: %w", err)
+}
+
+// isReply reports whether err is a server reply (the connection is fine)
+// rather than an I/O error.
+func isReply(err error) bool {
+	e := Classify(err)
+	return e != nil && e.Code > 0 && e.Code != 421
+}
+
+// dotStuff returns b as an RFC 5321 DATA body: lines starting with "." get
+// one more, and the body ends with CRLF "." CRLF. A message without such a
+// line (nearly all: bodies are base64 or quoted-printable) is not copied:
+// the end is appended in b's spare capacity, so body and end leave in one
+// write. b itself (b[:len(b)]) is never changed.
+func dotStuff(b []byte) []byte {
+	end := "\r\n.\r\n"
+	if bytes.HasSuffix(b, []byte("\r\n")) {
+		end = ".\r\n"
+	}
+	if (len(b) == 0 || b[0] != '.') && !bytes.Contains(b, []byte("\n.")) {
+		return append(b, end...)
+	}
+	out := make([]byte, 0, len(b)+len(b)/64+len(end)+1)
+	if len(b) > 0 && b[0] == '.' {
+		out = append(out, '.')
+	}
+	for {
+		i := bytes.Index(b, []byte("\n."))
+		if i < 0 {
+			break
+		}
+		out = append(out, b[:i+2]...)
+		out = append(out, '.')
+		b = b[i+2:]
+	}
+	out = append(out, b...)
+	return append(out, end...)
+}

@@ -1,0 +1,264 @@
+package mailer
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
+)
+
+// Pool sends over up to PoolSize persistent SMTP connections.
+type Pool struct {
+	o      Options
+	client *mail.Client
+	slots  chan struct{}
+	mu     sync.Mutex
+	idle   []*conn
+	closed bool
+}
+
+type conn struct {
+	c     *smtp.Client
+	used  int
+	since time.Time
+}
+
+// errEarly marks an I/O failure before any of the message reached the
+// server: the transaction can be tried again on a new connection without
+// any risk of a second copy.
+type errEarly struct{ error }
+
+func (e errEarly) Unwrap() error { return e.error }
+
+// NewPool checks the options; it dials lazily.
+func NewPool(o Options) (*Pool, error) {
+	e, err := ParseURL(o.URL)
+	if err != nil {
+		return nil, err
+	}
+	if o.PoolSize <= 0 {
+		o.PoolSize = 4
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 30 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = time.Minute
+	}
+	copts := []mail.Option{mail.WithPort(e.Port), mail.WithTimeout(o.Timeout), mail.WithoutNoop()}
+	tc := &tls.Config{ServerName: e.Host, InsecureSkipVerify: e.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	copts = append(copts, mail.WithTLSConfig(tc))
+	switch e.TLS {
+	case "implicit":
+		copts = append(copts, mail.WithSSL())
+	case "required":
+		copts = append(copts, mail.WithTLSPolicy(mail.TLSMandatory))
+	case "none":
+		copts = append(copts, mail.WithTLSPolicy(mail.NoTLS))
+	default:
+		copts = append(copts, mail.WithTLSPolicy(mail.TLSOpportunistic))
+	}
+	if e.Username != "" {
+		copts = append(copts, mail.WithSMTPAuth(mail.SMTPAuthAutoDiscover), mail.WithUsername(e.Username), mail.WithPassword(e.Password))
+	}
+	if e.Helo != "" {
+		copts = append(copts, mail.WithHELO(e.Helo))
+	}
+	client, err := mail.NewClient(e.Host, copts...)
+	if err != nil {
+		return nil, fmt.Errorf("smtp client: %w", err)
+	}
+	if o.DKIM != nil {
+		if _, err := loadDKIM(o.DKIM); err != nil {
+			return nil, err
+		}
+	}
+	return &Pool{o: o, client: client, slots: make(chan struct{}, o.PoolSize)}, nil
+}
+
+// get takes a slot and a connection: an idle one unless fresh is set, else
+// a new one. reused says the connection had carried mail before, so a
+// failure on it may only mean the server dropped it while it sat idle.
+func (p *Pool) get(ctx context.Context, fresh bool) (c *conn, reused bool, err error) {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+	var stale []*conn
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		<-p.slots
+		return nil, false, errors.New("smtp pool is closed")
+	}
+	for !fresh && len(p.idle) > 0 {
+		ic := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if time.Since(ic.since) < p.o.IdleTimeout {
+			c = ic
+			break
+		}
+		stale = append(stale, ic)
+	}
+	p.mu.Unlock()
+	for _, s := range stale {
+		// QUIT outside the lock: a server that went away must not stall
+		// every other sender for a timeout.
+		go p.client.CloseWithSMTPClient(s.c)
+	}
+	if c != nil {
+		return c, true, nil
+	}
+	dctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
+	defer cancel()
+	sc, err := p.client.DialToSMTPClientWithContext(dctx)
+	if err != nil {
+		<-p.slots
+		return nil, false, err
+	}
+	return &conn{c: sc, since: time.Now()}, false, nil
+}
+
+func (p *Pool) put(c *conn, broken bool) {
+	defer func() { <-p.slots }()
+	if broken || (p.o.MaxPerConn > 0 && c.used >= p.o.MaxPerConn) {
+		go p.client.CloseWithSMTPClient(c.c)
+		return
+	}
+	c.since = time.Now()
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.client.CloseWithSMTPClient(c.c)
+		return
+	}
+	p.idle = append(p.idle, c)
+	p.mu.Unlock()
+}
+
+// Send delivers one message over a pooled connection. The envelope is
+// m.From's address and m.To, nothing else: headers never add recipients.
+func (p *Pool) Send(ctx context.Context, m *Message) error {
+	msg, env, err := build(m, &p.o)
+	if err != nil {
+		return &Error{Text: "build message: " + err.Error(), Stage: "build", Err: err}
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	if _, err := msg.WriteTo(buf); err != nil {
+		return &Error{Text: "write message: " + err.Error(), Stage: "build", Err: err}
+	}
+	var c *conn
+	var delivered, broken bool
+	for fresh := false; ; fresh = true {
+		var reused bool
+		c, reused, err = p.get(ctx, fresh)
+		if err != nil {
+			return Classify(err)
+		}
+		c.used++
+		delivered, broken, err = p.sendPipelined(c, env, buf.Bytes())
+		if errors.Is(err, errNoPipelining) {
+			// The server cannot pipeline: one command at a time.
+			delivered, broken, err = p.sendPlain(c, env, buf.Bytes())
+		}
+		var early errEarly
+		if reused && !fresh && errors.As(err, &early) {
+			// An idle connection the server closed (a restart, an idle
+			// timeout): nothing of this message went out, so try once on
+			// a new connection instead of failing the attempt.
+			p.put(c, true)
+			continue
+		}
+		break
+	}
+	if delivered {
+		// The server took the message. An error after that (the
+		// connection broke) must not make anyone send it again.
+		p.put(c, broken || err != nil)
+		return nil
+	}
+	if err == nil {
+		p.put(c, broken)
+		return nil
+	}
+	e := Classify(err)
+	// A reply without a code (I/O error) or 421 means the connection is gone.
+	p.put(c, broken || e.Code == 0 || e.Code == 421)
+	return e
+}
+
+// sendPlain runs one transaction command by command, for servers without
+// PIPELINING.
+func (p *Pool) sendPlain(c *conn, env envelope, raw []byte) (delivered, broken bool, err error) {
+	sc := c.c
+	if err := sc.UpdateDeadline(p.o.Timeout); err != nil {
+		return false, true, err
+	}
+	fail := func(stage string, err error) (bool, bool, error) {
+		if !isReply(err) {
+			return false, true, err
+		}
+		if rerr := sc.Reset(); rerr != nil {
+			return false, true, fmt.Errorf("%s: %w", stage, err)
+		}
+		return false, false, fmt.Errorf("%s: %w", stage, err)
+	}
+	if err := sc.Mail("<" + env.from + ">"); err != nil {
+		if !isReply(err) {
+			return false, true, errEarly{err}
+		}
+		return fail("MAIL FROM", err)
+	}
+	if err := sc.Rcpt("<" + env.to + ">"); err != nil {
+		return fail("RCPT TO", err)
+	}
+	w, err := sc.Data()
+	if err != nil {
+		return fail("DATA", err)
+	}
+	if _, err := w.Write(raw); err != nil {
+		return false, true, err
+	}
+	if err := w.Close(); err != nil {
+		if !isReply(err) {
+			return false, true, err
+		}
+		return false, false, fmt.Errorf("DATA: %w", err)
+	}
+	return true, false, nil
+}
+
+// Ping dials the server and says hello, for readiness checks.
+func (p *Pool) Ping(ctx context.Context) error {
+	c, _, err := p.get(ctx, false)
+	if err != nil {
+		return err
+	}
+	if err := c.c.Noop(); err != nil {
+		p.put(c, true)
+		return err
+	}
+	p.put(c, false)
+	return nil
+}
+
+// Close closes idle connections; connections in use close when returned.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle, p.closed = nil, true
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.client.CloseWithSMTPClient(c.c)
+	}
+	return nil
+}

@@ -1,0 +1,55 @@
+// Package metrics defines oshirase's own Prometheus metrics. asynq's queue
+// metrics come from asynq/x/metrics and are registered next to these.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	// Messages counts delivery outcomes by campaign and result
+	// (sent, failed, retried, suppressed, resent).
+	Messages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "messages_total",
+		Help: "Delivery outcomes by campaign and result (sent, failed, retried, suppressed, resent).",
+	}, []string{"campaign", "result"})
+
+	// SMTPReplies counts SMTP reply codes of failed and successful sends
+	// ("250" for accepted, "none" for failures without a code).
+	SMTPReplies = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "smtp_replies_total",
+		Help: "SMTP outcomes by reply code (250 accepted; none = no SMTP code: network error or timeout).",
+	}, []string{"code"})
+
+	// SendSeconds is the latency of one SMTP transaction.
+	SendSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "oshirase", Name: "smtp_send_seconds",
+		Help:    "Latency of one SMTP send (MAIL FROM to end of DATA), including waiting for a pooled connection.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+	})
+
+	// RateWaitSeconds is time spent waiting for the shared rate limiter.
+	RateWaitSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "oshirase", Name: "rate_limit_wait_seconds",
+		Help:    "Time a worker waited for the shared SMTP rate limit before a send.",
+		Buckets: []float64{0, .001, .01, .05, .1, .25, .5, 1, 2, 5, 10},
+	})
+
+	// Ingested counts uploaded recipients by result (accepted, rejected).
+	Ingested = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "recipients_ingested_total",
+		Help: "Uploaded recipients by result (accepted, rejected).",
+	}, []string{"result"})
+)
+
+// Register adds oshirase's metrics to r.
+func Register(r prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested} {
+		if err := r.Register(c); err != nil {
+			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
+				return err
+			}
+		}
+	}
+	return nil
+}

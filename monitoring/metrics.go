@@ -1,0 +1,124 @@
+package monitoring
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/oshirase/oshirase/metrics"
+)
+
+// Metrics returns the /metrics handler: oshirase's own metrics, asynq's
+// queue metrics read from Redis at scrape time, and the Go runtime's.
+func Metrics(insp *asynq.Inspector, log *slog.Logger) (http.Handler, error) {
+	reg := prometheus.NewRegistry()
+	if err := metrics.Register(reg); err != nil {
+		return nil, err
+	}
+	for _, c := range []prometheus.Collector{
+		NewQueueCollector(insp, log),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+}
+
+type slogErrorLog struct{ l *slog.Logger }
+
+func (s slogErrorLog) Println(v ...any) {
+	if s.l != nil {
+		s.l.Warn("metrics", "err", v)
+	}
+}
+
+// QueueCollector exports asynq's queue state. It is our own, over
+// asynq.Inspector, because asynq/x/metrics is built on go-redis v8 and would
+// pull a second Redis client into the module; the metric names match it, so
+// dashboards made for it work.
+type QueueCollector struct {
+	insp *asynq.Inspector
+	log  *slog.Logger
+}
+
+// NewQueueCollector returns a collector that reads every queue at scrape time.
+func NewQueueCollector(insp *asynq.Inspector, log *slog.Logger) *QueueCollector {
+	return &QueueCollector{insp: insp, log: log}
+}
+
+var (
+	descTasks = prometheus.NewDesc("asynq_tasks_enqueued_total",
+		"Number of tasks in a queue by state (pending, active, scheduled, retry, archived, completed, aggregating).",
+		[]string{"queue", "state"}, nil)
+	descSize = prometheus.NewDesc("asynq_queue_size",
+		"Number of tasks in a queue, all states but completed.", []string{"queue"}, nil)
+	descLatency = prometheus.NewDesc("asynq_queue_latency_seconds",
+		"Age of the oldest pending task of a queue.", []string{"queue"}, nil)
+	descMemory = prometheus.NewDesc("asynq_queue_memory_usage_approx_bytes",
+		"Approximate Redis memory a queue uses (sampled).", []string{"queue"}, nil)
+	descProcessed = prometheus.NewDesc("asynq_tasks_processed_total",
+		"Tasks processed (succeeded or failed) since the queue was created.", []string{"queue"}, nil)
+	descFailed = prometheus.NewDesc("asynq_tasks_failed_total",
+		"Tasks whose processing failed since the queue was created.", []string{"queue"}, nil)
+	descPaused = prometheus.NewDesc("asynq_queue_paused_total",
+		"1 when the queue is paused.", []string{"queue"}, nil)
+	descUp = prometheus.NewDesc("asynq_up",
+		"1 when the queue state could be read from Redis.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descTasks, descSize, descLatency, descMemory, descProcessed, descFailed, descPaused, descUp} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	qs, err := c.insp.Queues()
+	if err != nil {
+		c.fail(ch, err)
+		return
+	}
+	for _, q := range qs {
+		info, err := c.insp.GetQueueInfo(q)
+		if err != nil {
+			c.fail(ch, err)
+			return
+		}
+		g := func(d *prometheus.Desc, t prometheus.ValueType, v float64, lv ...string) {
+			ch <- prometheus.MustNewConstMetric(d, t, v, append([]string{q}, lv...)...)
+		}
+		for state, n := range map[string]int{
+			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled, "retry": info.Retry,
+			"archived": info.Archived, "completed": info.Completed, "aggregating": info.Aggregating,
+		} {
+			g(descTasks, prometheus.GaugeValue, float64(n), state)
+		}
+		g(descSize, prometheus.GaugeValue, float64(info.Size))
+		g(descLatency, prometheus.GaugeValue, info.Latency.Seconds())
+		g(descMemory, prometheus.GaugeValue, float64(info.MemoryUsage))
+		g(descProcessed, prometheus.CounterValue, float64(info.ProcessedTotal))
+		g(descFailed, prometheus.CounterValue, float64(info.FailedTotal))
+		paused := 0.0
+		if info.Paused {
+			paused = 1
+		}
+		g(descPaused, prometheus.GaugeValue, paused)
+	}
+	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1)
+}
+
+func (c *QueueCollector) fail(ch chan<- prometheus.Metric, err error) {
+	if c.log != nil {
+		c.log.Warn("asynq queue metrics", "err", err)
+	}
+	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
+}

@@ -1,0 +1,277 @@
+// Package notice holds the domain types shared by every other package of
+// oshirase: campaigns, recipients, their statuses, and the asynq task names and
+// payloads. It imports no other oshirase package, so anything may import it.
+package notice
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// CampaignStatus is the life-cycle state of a campaign.
+type CampaignStatus string
+
+const (
+	CampaignDraft     CampaignStatus = "draft"
+	CampaignSending   CampaignStatus = "sending"
+	CampaignPaused    CampaignStatus = "paused"
+	CampaignDone      CampaignStatus = "done"
+	CampaignCancelled CampaignStatus = "cancelled"
+)
+
+// Status is the delivery state of one recipient.
+type Status string
+
+const (
+	StatusPending    Status = "pending"    // accepted, not yet attempted
+	StatusSending    Status = "sending"    // claimed by a worker; an SMTP transaction may be under way
+	StatusRetrying   Status = "retrying"   // a transient failure; a retry task is scheduled
+	StatusSent       Status = "sent"       // the SMTP server accepted the message
+	StatusFailed     Status = "failed"     // permanent failure (5xx) or retries exhausted
+	StatusSuppressed Status = "suppressed" // address is on the suppression list; not sent
+	StatusCancelled  Status = "cancelled"  // campaign cancelled before it was sent
+)
+
+// Statuses lists every recipient status, in the order counts are reported.
+var Statuses = []Status{StatusPending, StatusSending, StatusRetrying, StatusSent, StatusFailed, StatusSuppressed, StatusCancelled}
+
+// Final reports whether s is a terminal state for a campaign's bulk run.
+func (s Status) Final() bool {
+	switch s {
+	case StatusSent, StatusFailed, StatusSuppressed, StatusCancelled:
+		return true
+	}
+	return false
+}
+
+// ParseStatus validates a status string from user input.
+func ParseStatus(s string) (Status, error) {
+	for _, st := range Statuses {
+		if string(st) == s {
+			return st, nil
+		}
+	}
+	return "", fmt.Errorf("unknown status %q (want one of %s)", s, strings.Join(statusNames(), ", "))
+}
+
+func statusNames() []string {
+	out := make([]string, len(Statuses))
+	for i, s := range Statuses {
+		out[i] = string(s)
+	}
+	return out
+}
+
+// Locales a notice can be written in.
+const (
+	LocaleJA = "ja"
+	LocaleEN = "en"
+)
+
+// ValidLocale reports whether l is a supported locale.
+func ValidLocale(l string) bool { return l == LocaleJA || l == LocaleEN }
+
+// Charsets a campaign's messages can be encoded in.
+const (
+	CharsetUTF8      = "utf-8"
+	CharsetISO2022JP = "iso-2022-jp"
+)
+
+// Campaign is one mass notice: an incident's data, a template and a sender.
+// Recipients are stored apart from it.
+type Campaign struct {
+	ID            string         `json:"id"`
+	Name          string         `json:"name"`
+	Template      string         `json:"template"`
+	DefaultLocale string         `json:"default_locale"`
+	From          string         `json:"from"`
+	ReplyTo       string         `json:"reply_to,omitempty"`
+	Charset       string         `json:"charset,omitempty"`
+	Rate          float64        `json:"rate,omitempty"` // messages per second; 0 means the global SMTP_RATE
+	Paragraphs    []string       `json:"extra_paragraphs,omitempty"`
+	Data          map[string]any `json:"data"`
+	Status        CampaignStatus `json:"status"`
+	CreatedAt     time.Time      `json:"created_at"`
+	StartedAt     *time.Time     `json:"started_at,omitempty"`
+	FinishedAt    *time.Time     `json:"finished_at,omitempty"`
+	Counts        Counts         `json:"counts"`
+}
+
+// Counts is the number of a campaign's recipients in each state.
+type Counts struct {
+	Total      int64 `json:"total"`
+	Pending    int64 `json:"pending"`
+	Sending    int64 `json:"sending"`
+	Retrying   int64 `json:"retrying"`
+	Sent       int64 `json:"sent"`
+	Failed     int64 `json:"failed"`
+	Suppressed int64 `json:"suppressed"`
+	Cancelled  int64 `json:"cancelled"`
+}
+
+// Get returns the count for status s.
+func (c Counts) Get(s Status) int64 {
+	switch s {
+	case StatusPending:
+		return c.Pending
+	case StatusSending:
+		return c.Sending
+	case StatusRetrying:
+		return c.Retrying
+	case StatusSent:
+		return c.Sent
+	case StatusFailed:
+		return c.Failed
+	case StatusSuppressed:
+		return c.Suppressed
+	case StatusCancelled:
+		return c.Cancelled
+	}
+	return 0
+}
+
+// Set sets the count for status s.
+func (c *Counts) Set(s Status, n int64) {
+	switch s {
+	case StatusPending:
+		c.Pending = n
+	case StatusSending:
+		c.Sending = n
+	case StatusRetrying:
+		c.Retrying = n
+	case StatusSent:
+		c.Sent = n
+	case StatusFailed:
+		c.Failed = n
+	case StatusSuppressed:
+		c.Suppressed = n
+	case StatusCancelled:
+		c.Cancelled = n
+	}
+}
+
+// Open is the number of recipients not yet in a final state.
+func (c Counts) Open() int64 { return c.Pending + c.Sending + c.Retrying }
+
+// Recipient is one addressee of a campaign: who they are (from the upload)
+// and where their notice stands.
+type Recipient struct {
+	ID         int64             `json:"id"`
+	CampaignID string            `json:"campaign_id"`
+	Email      string            `json:"email"`
+	Name       string            `json:"name,omitempty"`
+	Locale     string            `json:"locale,omitempty"`
+	CustomerID string            `json:"customer_id,omitempty"`
+	CardBrand  string            `json:"card_brand,omitempty"`
+	CardLast4  string            `json:"card_last4,omitempty"`
+	Extra      map[string]string `json:"extra,omitempty"`
+
+	Delivery
+}
+
+// Delivery is where a recipient's notice stands.
+type Delivery struct {
+	Status     Status     `json:"status"`
+	Attempts   int        `json:"attempts"`
+	LastError  string     `json:"last_error,omitempty"`
+	LastCode   int        `json:"last_code,omitempty"`     // last SMTP reply code, 0 if none
+	Enhanced   string     `json:"last_enhanced,omitempty"` // last enhanced status code (RFC 3463), e.g. 5.1.1
+	MessageID  string     `json:"message_id,omitempty"`
+	SentAt     *time.Time `json:"sent_at,omitempty"`
+	FirstTryAt *time.Time `json:"first_attempt_at,omitempty"`
+	History    []Attempt  `json:"history,omitempty"`
+	Resends    []Resend   `json:"resends,omitempty"`
+}
+
+// Attempt is one SMTP delivery attempt.
+type Attempt struct {
+	At       time.Time `json:"at"`
+	To       string    `json:"to,omitempty"` // set when it differs from the recipient's address (a corrected resend)
+	OK       bool      `json:"ok"`
+	Code     int       `json:"code,omitempty"`
+	Enhanced string    `json:"enhanced,omitempty"`
+	Text     string    `json:"text,omitempty"`
+	Resend   int       `json:"resend,omitempty"` // 1-based index into Resends, 0 for the campaign's own delivery
+}
+
+// Resend is a support-initiated re-delivery of a recipient's notice.
+type Resend struct {
+	N         int        `json:"n"`
+	At        time.Time  `json:"at"`
+	Actor     string     `json:"actor"`
+	Reason    string     `json:"reason"`
+	Email     string     `json:"email"`
+	Status    Status     `json:"status"`
+	MessageID string     `json:"message_id,omitempty"`
+	SentAt    *time.Time `json:"sent_at,omitempty"`
+	LastError string     `json:"last_error,omitempty"`
+	History   []Attempt  `json:"history,omitempty"`
+}
+
+// EffectiveLocale is the recipient's locale, or def when none was given.
+func (r *Recipient) EffectiveLocale(def string) string {
+	if r.Locale != "" {
+		return r.Locale
+	}
+	return def
+}
+
+// MaskEmail hides an address for logs: "taro@example.com" → "t***@example.com".
+func MaskEmail(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 {
+		return "***"
+	}
+	return addr[:1] + "***" + addr[at:]
+}
+
+var addrRE = regexp.MustCompile(`[^\s<>"'(),;:\[\]]+@[A-Za-z0-9.-]+`)
+
+// MaskAddresses masks every address inside a text — an SMTP reply quotes the
+// recipient ("550 5.1.1 <taro@example.jp>: User unknown") — for logs and for
+// the task errors asynq stores and asynqmon shows.
+func MaskAddresses(s string) string {
+	if !strings.Contains(s, "@") {
+		return s
+	}
+	return addrRE.ReplaceAllStringFunc(s, MaskEmail)
+}
+
+// Task type names. Payloads carry ids only, never personal data: asynqmon and
+// the asynq CLI show payloads to operators.
+const (
+	TypeFanout  = "campaign:fanout"   // payload FanoutPayload
+	TypeChunk   = "campaign:chunk"    // payload ChunkPayload
+	TypeDeliver = "recipient:deliver" // payload DeliverPayload
+)
+
+// Queue names. Resends and single notices go through QueueUrgent so that they
+// do not wait behind a bulk campaign.
+const (
+	QueueUrgent = "urgent"
+	QueueBulk   = "bulk"
+)
+
+// FanoutPayload asks a worker to split a campaign into chunk tasks.
+type FanoutPayload struct {
+	CampaignID string `json:"campaign_id"`
+	Gen        int64  `json:"gen"` // start/resume generation; tasks of older generations stop early
+}
+
+// ChunkPayload asks a worker to deliver recipients [From, To) of a campaign.
+type ChunkPayload struct {
+	CampaignID string `json:"campaign_id"`
+	Gen        int64  `json:"gen"`
+	From       int64  `json:"from"`
+	To         int64  `json:"to"`
+}
+
+// DeliverPayload asks a worker to deliver to one recipient: a retry, a resend
+// (Resend > 0) or a single notice.
+type DeliverPayload struct {
+	CampaignID  string `json:"campaign_id"`
+	RecipientID int64  `json:"recipient_id"`
+	Resend      int    `json:"resend,omitempty"`
+}

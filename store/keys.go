@@ -1,0 +1,69 @@
+package store
+
+import "strconv"
+
+// Every Redis key oshirase uses is named here. Keys of one campaign share the
+// hash tag {c:ID} so that they live in one Redis Cluster slot and the Lua
+// scripts below, which touch several of them, stay legal in a cluster.
+//
+//	<p>:campaigns            ZSET  campaign id → created (unix ms)
+//	<p>:active               SET   campaigns in the sending state (watchdog)
+//	<p>:{c:ID}:def           STRING campaign definition (JSON, immutable after create)
+//	<p>:{c:ID}:state         HASH  status, gen, seq, started_at, finished_at, fanout cursors
+//	<p>:{c:ID}:counts        HASH  total and one counter per recipient status
+//	<p>:{c:ID}:rcpt          HASH  recipient id → profile (JSON)
+//	<p>:{c:ID}:st            STRING one byte per recipient id: its status (0 = pending)
+//	<p>:{c:ID}:dlv           HASH  recipient id → delivery record (JSON), once attempted
+//	<p>:{c:ID}:rs            HASH  recipient id → resends (JSON list)
+//	<p>:{c:ID}:emails        HASH  lower-cased address → recipient id (no duplicates)
+//	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
+//	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
+//	<p>:{c:ID}:rej           LIST  upload rejections (JSON), all of them
+//	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
+//	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
+//	<p>:audit                STREAM append-only audit log
+type keys struct{ p string }
+
+func (k keys) campaigns() string  { return k.p + ":campaigns" }
+func (k keys) active() string     { return k.p + ":active" }
+func (k keys) emailIndex() string { return k.p + ":idx:email" }
+func (k keys) suppressed() string { return k.p + ":suppressed" }
+func (k keys) audit() string      { return k.p + ":audit" }
+func (k keys) rateGlobal() string { return k.p + ":rate:global" }
+func (k keys) rateCampaign(id string) string {
+	return k.p + ":rate:c:" + id
+}
+
+// campaign returns the keys of one campaign, in the order the Lua scripts
+// expect them.
+func (k keys) campaign(id string) ckeys {
+	b := k.p + ":{c:" + id + "}:"
+	return ckeys{
+		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
+		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
+		chunks: b + "chunks", rej: b + "rej",
+	}
+}
+
+type ckeys struct {
+	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej string
+}
+
+// all lists the keys scripts get as KEYS[1..9].
+func (c ckeys) scriptKeys() []string {
+	return []string{c.state, c.counts, c.st, c.claim, c.dlv, c.rcpt, c.emails, c.chunks, c.rs}
+}
+
+func (c ckeys) everything() []string {
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// RateKey is the rate limiter's key: global for cid "", else the campaign's.
+func (s *Store) RateKey(cid string) string {
+	if cid == "" {
+		return s.k.rateGlobal()
+	}
+	return s.k.rateCampaign(cid)
+}

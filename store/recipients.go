@@ -1,0 +1,593 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/oshirase/oshirase/notice"
+)
+
+// profile is a recipient as uploaded, stored with short field names: at a
+// million recipients every byte per record is a megabyte of Redis memory.
+type profile struct {
+	Email      string            `json:"e"`
+	Name       string            `json:"n,omitempty"`
+	Locale     string            `json:"l,omitempty"`
+	CustomerID string            `json:"c,omitempty"`
+	CardBrand  string            `json:"b,omitempty"`
+	CardLast4  string            `json:"4,omitempty"`
+	Extra      map[string]string `json:"x,omitempty"`
+}
+
+func toProfile(r *notice.Recipient) profile {
+	return profile{Email: r.Email, Name: r.Name, Locale: r.Locale, CustomerID: r.CustomerID, CardBrand: r.CardBrand, CardLast4: r.CardLast4, Extra: r.Extra}
+}
+
+func (p profile) into(r *notice.Recipient) {
+	r.Email, r.Name, r.Locale, r.CustomerID, r.CardBrand, r.CardLast4, r.Extra = p.Email, p.Name, p.Locale, p.CustomerID, p.CardBrand, p.CardLast4, p.Extra
+}
+
+// EmailKey is the form an address is indexed and deduplicated under: the
+// domain is case-insensitive (RFC 5321), and in practice so is the local part
+// at every provider people use.
+func EmailKey(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
+
+// AddResult tells, per recipient given to AddRecipients, its new id, or 0
+// when the address was already in the campaign.
+type AddResult []int64
+
+// AddRecipients appends recipients to a draft campaign in one round trip and
+// indexes their addresses for support look-ups. Callers batch (a few hundred
+// per call keeps each script short).
+func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recipient) (AddResult, error) {
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, 1+2*len(rs))
+	args = append(args, ms(time.Now()))
+	for i := range rs {
+		p, err := json.Marshal(toProfile(&rs[i]))
+		if err != nil {
+			return nil, fmt.Errorf("encode recipient: %w", err)
+		}
+		args = append(args, EmailKey(rs[i].Email), p)
+	}
+	v, err := addScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Int64Slice()
+	if err != nil {
+		switch {
+		case strings.Contains(err.Error(), "NOCAMPAIGN"):
+			return nil, fmt.Errorf("campaign %s: %w", cid, ErrNotFound)
+		case strings.Contains(err.Error(), "NOTDRAFT"):
+			return nil, fmt.Errorf("campaign %s: %w", cid, ErrNotDraft)
+		}
+		return nil, fmt.Errorf("add recipients to %s: %w", cid, err)
+	}
+	if err := s.index(ctx, cid, rs, v); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+// indexScript appends "cid:rid" to each address's entry of the look-up hash.
+var indexScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
+end
+return 0
+`)
+
+func (s *Store) index(ctx context.Context, cid string, rs []notice.Recipient, ids []int64) error {
+	args := make([]any, 0, 2*len(rs))
+	for i, id := range ids {
+		if id > 0 {
+			args = append(args, EmailKey(rs[i].Email), cid+":"+itoa(id))
+		}
+	}
+	if len(args) == 0 {
+		return nil
+	}
+	if err := indexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
+		return fmt.Errorf("index addresses: %w", err)
+	}
+	return nil
+}
+
+// Ref names one recipient of one campaign.
+type Ref struct {
+	CampaignID  string
+	RecipientID int64
+}
+
+// Lookup returns every recipient ever addressed to addr, across campaigns.
+func (s *Store) Lookup(ctx context.Context, addr string) ([]Ref, error) {
+	v, err := s.rdb.HGet(ctx, s.k.emailIndex(), EmailKey(addr)).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up address: %w", err)
+	}
+	var out []Ref
+	for _, f := range strings.Fields(v) {
+		cid, rid, ok := strings.Cut(f, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(rid, 10, 64)
+		out = append(out, Ref{cid, n})
+	}
+	return out, nil
+}
+
+// AddRejections keeps an upload's rejections (all of them, not only the
+// first thousand the API answer carries).
+func (s *Store) AddRejections(ctx context.Context, cid string, rej []string) error {
+	if len(rej) == 0 {
+		return nil
+	}
+	vals := make([]any, len(rej))
+	for i := range rej {
+		vals[i] = rej[i]
+	}
+	return s.rdb.RPush(ctx, s.k.campaign(cid).rej, vals...).Err()
+}
+
+// Rejections returns stored rejections [offset, offset+limit) and the total.
+func (s *Store) Rejections(ctx context.Context, cid string, offset, limit int64) ([]string, int64, error) {
+	key := s.k.campaign(cid).rej
+	var lr *redis.StringSliceCmd
+	var ll *redis.IntCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		lr = p.LRange(ctx, key, offset, offset+limit-1)
+		ll = p.LLen(ctx, key)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("rejections of %s: %w", cid, err)
+	}
+	return lr.Val(), ll.Val(), nil
+}
+
+var codeStatus = [...]notice.Status{
+	codePending: notice.StatusPending, codeSending: notice.StatusSending, codeRetrying: notice.StatusRetrying,
+	codeSent: notice.StatusSent, codeFailed: notice.StatusFailed, codeSuppressed: notice.StatusSuppressed,
+	codeCancelled: notice.StatusCancelled,
+}
+
+func statusOf(b byte) notice.Status {
+	if int(b) < len(codeStatus) {
+		return codeStatus[b]
+	}
+	return notice.StatusPending
+}
+
+func codeOf(s notice.Status) int {
+	for i, st := range codeStatus {
+		if st == s {
+			return i
+		}
+	}
+	return codePending
+}
+
+// Chunk is what a worker needs to deliver recipients [From, To): profiles,
+// current status and delivery records, read in one round trip.
+type Chunk struct {
+	State      CampaignState
+	Recipients []notice.Recipient // only ids that exist, in id order
+}
+
+// LoadRecipients reads recipients [from, to) with their status and delivery
+// records. With lease set, it also takes the chunk's lease in the same trip.
+func (s *Store) LoadRecipients(ctx context.Context, cid string, from, to int64, lease time.Time) (*Chunk, error) {
+	ck := s.k.campaign(cid)
+	ids := make([]string, 0, to-from)
+	for id := from; id < to; id++ {
+		ids = append(ids, itoa(id))
+	}
+	var st *redis.SliceCmd
+	var codes *redis.StringCmd
+	var profs, dlvs, rss *redis.SliceCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		st = p.HMGet(ctx, ck.state, "status", "gen", "seq")
+		codes = p.GetRange(ctx, ck.st, from, to-1)
+		profs = p.HMGet(ctx, ck.rcpt, ids...)
+		dlvs = p.HMGet(ctx, ck.dlv, ids...)
+		rss = p.HMGet(ctx, ck.rs, ids...)
+		if !lease.IsZero() {
+			p.ZAdd(ctx, ck.chunks, redis.Z{Score: float64(ms(lease)), Member: itoa(from)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load recipients %d-%d of %s: %w", from, to, cid, err)
+	}
+	c := &Chunk{}
+	if v := st.Val(); v[0] != nil {
+		c.State.Status = notice.CampaignStatus(v[0].(string))
+		c.State.Gen, _ = strconv.ParseInt(fmt.Sprint(v[1]), 10, 64)
+		c.State.Seq, _ = strconv.ParseInt(fmt.Sprint(v[2]), 10, 64)
+	} else {
+		return nil, fmt.Errorf("campaign %s: %w", cid, ErrNotFound)
+	}
+	cs := codes.Val()
+	for i, pv := range profs.Val() {
+		ps, ok := pv.(string)
+		if !ok {
+			continue
+		}
+		var r notice.Recipient
+		var p profile
+		if err := json.Unmarshal([]byte(ps), &p); err != nil {
+			return nil, fmt.Errorf("decode recipient %d of %s: %w", from+int64(i), cid, err)
+		}
+		p.into(&r)
+		r.ID, r.CampaignID = from+int64(i), cid
+		if dv, ok := dlvs.Val()[i].(string); ok {
+			if err := json.Unmarshal([]byte(dv), &r.Delivery); err != nil {
+				return nil, fmt.Errorf("decode delivery %d of %s: %w", r.ID, cid, err)
+			}
+		}
+		if rv, ok := rss.Val()[i].(string); ok {
+			if err := json.Unmarshal([]byte(rv), &r.Resends); err != nil {
+				return nil, fmt.Errorf("decode resends %d of %s: %w", r.ID, cid, err)
+			}
+		}
+		r.Status = notice.StatusPending
+		if i < len(cs) {
+			r.Status = statusOf(cs[i])
+		}
+		c.Recipients = append(c.Recipients, r)
+	}
+	return c, nil
+}
+
+// Recipient returns one recipient with its status and history.
+func (s *Store) Recipient(ctx context.Context, cid string, rid int64) (*notice.Recipient, error) {
+	c, err := s.LoadRecipients(ctx, cid, rid, rid+1, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	if len(c.Recipients) == 0 {
+		return nil, fmt.Errorf("recipient %d of campaign %s: %w", rid, cid, ErrNotFound)
+	}
+	return &c.Recipients[0], nil
+}
+
+// Page is one page of a campaign's recipients.
+type Page struct {
+	Recipients []notice.Recipient
+	Next       int64 // first id of the next page; 0 when there is none
+}
+
+// Recipients lists recipients from id cursor on, optionally only those with
+// status want. It reads at most scan ids per call, so a filter that matches
+// little still answers quickly; the caller follows Next.
+func (s *Store) Recipients(ctx context.Context, cid string, want notice.Status, cursor int64, limit int) (*Page, error) {
+	if cursor < 1 {
+		cursor = 1
+	}
+	st, err := s.State(ctx, cid)
+	if err != nil {
+		return nil, err
+	}
+	const scan = 5000
+	page := &Page{}
+	for from := cursor; from <= st.Seq; {
+		to := min(from+scan, st.Seq+1)
+		codes, err := s.rdb.GetRange(ctx, s.k.campaign(cid).st, from, to-1).Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("recipients of %s: %w", cid, err)
+		}
+		var pick []int64
+		next := int64(0)
+		for id := from; id < to; id++ {
+			code := byte(0)
+			if i := id - from; i < int64(len(codes)) {
+				code = codes[i]
+			}
+			if want != "" && statusOf(code) != want {
+				continue
+			}
+			if len(pick) == limit {
+				next = id
+				break
+			}
+			pick = append(pick, id)
+		}
+		for _, id := range pick {
+			r, err := s.Recipient(ctx, cid, id)
+			if err != nil {
+				return nil, err
+			}
+			page.Recipients = append(page.Recipients, *r)
+		}
+		if next > 0 {
+			page.Next = next
+			return page, nil
+		}
+		from = to
+		if len(page.Recipients) > 0 || from-cursor >= 4*scan {
+			if from <= st.Seq {
+				page.Next = from
+			}
+			return page, nil
+		}
+	}
+	return page, nil
+}
+
+// StepResult is what Step reports.
+type StepResult struct {
+	Finished bool                  // the finish changed the recipient's status
+	Claimed  bool                  // the claim was granted
+	Current  notice.Status         // when not claimed: the recipient's status
+	Busy     bool                  // when not claimed: someone else holds a live claim
+	Stopped  bool                  // when not claimed: the campaign is not sending (or another generation)
+	Campaign notice.CampaignStatus // the campaign's status after the step
+	Gen      int64
+	Done     bool // this step finished the campaign
+}
+
+// Step is one hot-path round trip: record the outcome of one recipient
+// (Finish) and claim the next one (Claim). Either may be empty.
+type Step struct {
+	Token string // identifies the claimant, so a stale worker cannot free another's claim
+
+	FinishID int64
+	Finish   notice.Status
+	Delivery *notice.Delivery // written as the recipient's delivery record
+
+	ClaimID       int64
+	ClaimTTL      time.Duration
+	Gen           int64 // claim only while the campaign is at this generation (0 = any)
+	ClaimRetrying bool  // a retry task may claim a retrying recipient
+	// Renew only extends a claim this Token already holds (a heartbeat
+	// during a slow SMTP transaction); it never takes a recipient, and it
+	// renews Lease only while the claim is still ours.
+	Renew bool
+
+	Lease     int64 // chunk lease member (its first id); 0 = none
+	LeaseTTL  time.Duration
+	DropLease bool
+}
+
+// Do runs a Step.
+func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error) {
+	now := time.Now()
+	dlv := ""
+	if st.Delivery != nil {
+		d := *st.Delivery
+		d.Status = st.Finish
+		d.Resends = nil
+		b, err := json.Marshal(d)
+		if err != nil {
+			return StepResult{}, fmt.Errorf("encode delivery: %w", err)
+		}
+		dlv = string(b)
+	}
+	lease := ""
+	if st.Lease > 0 {
+		lease = itoa(st.Lease)
+	}
+	v, err := stepScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(),
+		ms(now), st.Token, st.FinishID, codeOf(st.Finish), dlv,
+		st.ClaimID, ms(now.Add(st.ClaimTTL)), st.Gen, b2s(st.ClaimRetrying),
+		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew)).Slice()
+	if err != nil {
+		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+	}
+	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1}
+	switch c := v[1].(int64); {
+	case c == 1:
+		r.Claimed = true
+	case c == -1:
+		r.Busy, r.Current = true, notice.StatusSending
+	case c == -1000:
+		r.Stopped = true
+	case c >= 10:
+		r.Current = statusOf(byte(c - 10))
+	}
+	return r, nil
+}
+
+func b2s(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// Mark moves recipients whose status is one of from to status to (e.g.
+// pending → suppressed). It returns how many moved.
+func (s *Store) Mark(ctx context.Context, cid string, rids []int64, from []notice.Status, to notice.Status) (int64, error) {
+	if len(rids) == 0 {
+		return 0, nil
+	}
+	allowed := ""
+	for _, f := range from {
+		allowed += strconv.Itoa(codeOf(f))
+	}
+	args := []any{ms(time.Now()), codeOf(to), allowed}
+	for _, r := range rids {
+		args = append(args, r)
+	}
+	n, err := markScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+	}
+	return n, nil
+}
+
+// Release hands back recipients claimed with token, to status to.
+func (s *Store) Release(ctx context.Context, cid, token string, to notice.Status, rids ...int64) error {
+	if len(rids) == 0 {
+		return nil
+	}
+	args := []any{token, codeOf(to)}
+	for _, r := range rids {
+		args = append(args, r)
+	}
+	if err := releaseScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Err(); err != nil {
+		return fmt.Errorf("release recipients of %s: %w", cid, err)
+	}
+	return nil
+}
+
+// Stolen is what Steal took over.
+type Stolen struct {
+	Chunks     []int64 // first ids of chunks whose lease expired
+	Recipients []int64 // recipients whose claim expired; now retrying
+}
+
+// Steal takes over a campaign's expired chunk leases (renewing them for
+// leaseTTL so only one watchdog takes each) and expired recipient claims.
+func (s *Store) Steal(ctx context.Context, cid string, leaseTTL time.Duration) (Stolen, error) {
+	now := time.Now()
+	v, err := stealScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), ms(now), ms(now.Add(leaseTTL))).StringSlice()
+	if err != nil {
+		return Stolen{}, fmt.Errorf("steal expired work of %s: %w", cid, err)
+	}
+	var out Stolen
+	list := &out.Chunks
+	for _, x := range v {
+		if x == "|" {
+			list = &out.Recipients
+			continue
+		}
+		n, _ := strconv.ParseInt(x, 10, 64)
+		*list = append(*list, n)
+	}
+	return out, nil
+}
+
+// SetChunkLease records that the chunk starting at from is being worked on.
+func (s *Store) SetChunkLease(ctx context.Context, cid string, from int64, until time.Time) error {
+	return s.rdb.ZAdd(ctx, s.k.campaign(cid).chunks, redis.Z{Score: float64(ms(until)), Member: itoa(from)}).Err()
+}
+
+// DropChunkLease removes a chunk's lease.
+func (s *Store) DropChunkLease(ctx context.Context, cid string, from int64) error {
+	return s.rdb.ZRem(ctx, s.k.campaign(cid).chunks, itoa(from)).Err()
+}
+
+// FanoutCursor returns the next recipient id the fan-out of generation gen
+// has to enqueue (1 when it has not started).
+func (s *Store) FanoutCursor(ctx context.Context, cid string, gen int64) (int64, error) {
+	v, err := s.rdb.HGet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 1, nil
+	}
+	return v, err
+}
+
+// SetFanoutCursor records fan-out progress so a restarted fan-out resumes.
+func (s *Store) SetFanoutCursor(ctx context.Context, cid string, gen, next int64) error {
+	return s.rdb.HSet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen), next).Err()
+}
+
+// AddResend appends a resend to a recipient's resends and returns its number.
+func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.Resend) (int, error) {
+	var n int
+	err := s.updateResends(ctx, cid, rid, func(rs []notice.Resend) ([]notice.Resend, error) {
+		r.N = len(rs) + 1
+		n = r.N
+		return append(rs, r), nil
+	})
+	return n, err
+}
+
+// UpdateResend changes resend n of a recipient.
+func (s *Store) UpdateResend(ctx context.Context, cid string, rid int64, n int, fn func(*notice.Resend)) error {
+	return s.updateResends(ctx, cid, rid, func(rs []notice.Resend) ([]notice.Resend, error) {
+		if n < 1 || n > len(rs) {
+			return nil, fmt.Errorf("resend %d of recipient %d: %w", n, rid, ErrNotFound)
+		}
+		fn(&rs[n-1])
+		return rs, nil
+	})
+}
+
+// updateResends is an optimistic read-modify-write of one recipient's resends.
+func (s *Store) updateResends(ctx context.Context, cid string, rid int64, fn func([]notice.Resend) ([]notice.Resend, error)) error {
+	key := s.k.campaign(cid).rs
+	field := itoa(rid)
+	for range 50 {
+		err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			var rs []notice.Resend
+			v, err := tx.HGet(ctx, key, field).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return err
+			}
+			if v != "" {
+				if err := json.Unmarshal([]byte(v), &rs); err != nil {
+					return err
+				}
+			}
+			rs, err = fn(rs)
+			if err != nil {
+				return err
+			}
+			b, err := json.Marshal(rs)
+			if err != nil {
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.HSet(ctx, key, field, b)
+				return nil
+			})
+			return err
+		}, key)
+		if errors.Is(err, redis.TxFailedErr) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("resends of %s/%d: %w", cid, rid, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("resends of %s/%d: too much contention: %w", cid, rid, ErrConflict)
+}
+
+// LiveLeases is how many of a campaign's chunk leases have not expired.
+func (s *Store) LiveLeases(ctx context.Context, cid string) (int64, error) {
+	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(time.Now())), "+inf").Result()
+	if err != nil {
+		return 0, fmt.Errorf("chunk leases of %s: %w", cid, err)
+	}
+	return n, nil
+}
+
+// PendingChunks returns the first id of every size-aligned id range of a
+// campaign that still holds a pending recipient. It reads the whole status
+// string (a byte per recipient): for the watchdog's rare stall recovery, not
+// for a hot path.
+func (s *Store) PendingChunks(ctx context.Context, cid string, size int64) ([]int64, error) {
+	st, err := s.State(ctx, cid)
+	if err != nil {
+		return nil, err
+	}
+	codes, err := s.rdb.GetRange(ctx, s.k.campaign(cid).st, 0, st.Seq).Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("statuses of %s: %w", cid, err)
+	}
+	var out []int64
+	for from := int64(1); from <= st.Seq; from += size {
+		for id := from; id < min(from+size, st.Seq+1); id++ {
+			if id >= int64(len(codes)) || codes[id] == codePending {
+				out = append(out, from)
+				break
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,255 @@
+package store
+
+import "github.com/redis/go-redis/v9"
+
+// Status codes as stored in the one-byte-per-recipient status string. 0 is
+// pending so that SETRANGE's zero padding means "pending" for free.
+const (
+	codePending    = 0
+	codeSending    = 1
+	codeRetrying   = 2
+	codeSent       = 3
+	codeFailed     = 4
+	codeSuppressed = 5
+	codeCancelled  = 6
+)
+
+// luaPrelude is shared by the scripts that move recipients between states.
+// KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs.
+const luaPrelude = `
+local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled'}
+local function getst(rid)
+  local cur = redis.call('GETRANGE', KEYS[3], rid, rid)
+  if cur == '' then return 0 end
+  return string.byte(cur)
+end
+local function setst(rid, new)
+  local c = getst(rid)
+  if c == new then return c end
+  redis.call('SETRANGE', KEYS[3], rid, string.char(new))
+  redis.call('HINCRBY', KEYS[2], NAMES[c], -1)
+  redis.call('HINCRBY', KEYS[2], NAMES[new], 1)
+  return c
+end
+local function final(c) return c >= 3 end
+local function open()
+  local v = redis.call('HMGET', KEYS[2], 'pending', 'sending', 'retrying')
+  return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
+end
+-- maybeDone marks a sending campaign done once nothing is left open.
+local function maybeDone(now)
+  if open() <= 0 and redis.call('HGET', KEYS[1], 'status') == 'sending' then
+    redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', now)
+    return 1
+  end
+  return 0
+end
+`
+
+// addScript appends recipients. ARGV: now, then (email, profile) pairs.
+// Returns one id per pair, 0 for an address already in the campaign, or an
+// error when the campaign no longer accepts recipients.
+var addScript = redis.NewScript(luaPrelude + `
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == false then return redis.error_reply('NOCAMPAIGN') end
+if status ~= 'draft' then return redis.error_reply('NOTDRAFT ' .. status) end
+local out = {}
+local added = 0
+for i = 2, #ARGV, 2 do
+  local email = ARGV[i]
+  if redis.call('HEXISTS', KEYS[7], email) == 1 then
+    out[#out+1] = 0
+  else
+    local id = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    redis.call('HSET', KEYS[7], email, id)
+    redis.call('HSET', KEYS[6], id, ARGV[i+1])
+    out[#out+1] = id
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('HINCRBY', KEYS[2], 'total', added)
+  redis.call('HINCRBY', KEYS[2], 'pending', added)
+  -- pre-extend the status string so that GETRANGE over the whole id range is cheap
+  local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+  if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(0)) end
+end
+return out
+`)
+
+// stepScript finishes one recipient and claims the next in one round trip,
+// so that the hot path costs a single Redis call per message.
+//
+// ARGV: 1 now_ms, 2 token, 3 finish rid (0 = none), 4 finish code, 5 delivery
+// JSON, 6 claim rid (0 = none), 7 claim deadline ms, 8 gen to match (0 = any),
+// 9 allow claiming retrying (1/0), 10 chunk lease member (” = none),
+// 11 lease deadline, 12 drop lease (1/0), 13 renew only (1/0): extend a
+// claim this token already holds, never take a new one.
+//
+// Returns {finished, claimed, status, gen, done}: finished is 1 when the
+// finish changed the state; claimed is 1 when the claim was granted, else
+// the recipient's current code (negative: a live claim of someone else's).
+var stepScript = redis.NewScript(luaPrelude + `
+local now = tonumber(ARGV[1])
+local token = ARGV[2]
+local renew = ARGV[13] == '1'
+local finished, claimed, done = 0, 0, 0
+local function owner(rid)
+  local cl = redis.call('HGET', KEYS[4], rid)
+  if not cl then return nil, 0 end
+  local i = string.find(cl, ':', 1, true)
+  return string.sub(cl, i + 1), tonumber(string.sub(cl, 1, i - 1))
+end
+local frid = tonumber(ARGV[3])
+if frid > 0 then
+  local code = tonumber(ARGV[4])
+  local c = getst(frid)
+  local who = owner(frid)
+  -- A retry of a cancelled campaign will never run: the recipient is cancelled.
+  if code == 2 and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = 6 end
+  if code == 3 then
+    -- "sent" is a fact about the world: it wins even over a cancellation,
+    -- and over a claim another worker took after ours expired.
+    if (not final(c)) or c == 6 then
+      setst(frid, code)
+      finished = 1
+    end
+  elseif (not final(c)) and not (c == 1 and who and who ~= token) then
+    -- Any other outcome is ours to record only while nobody else has
+    -- taken the recipient over.
+    setst(frid, code)
+    finished = 1
+  end
+  if who == token then redis.call('HDEL', KEYS[4], frid) end
+  if finished == 1 and ARGV[5] ~= '' then redis.call('HSET', KEYS[5], frid, ARGV[5]) end
+  done = maybeDone(ARGV[1])
+end
+local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
+local status, gen = st[1] or '', tonumber(st[2]) or 0
+local crid = tonumber(ARGV[6])
+if crid > 0 then
+  local want = tonumber(ARGV[8])
+  if status ~= 'sending' or (want > 0 and want ~= gen) then
+    claimed = -1000
+  else
+    local c = getst(crid)
+    local ok = (not renew) and (c == 0 or (c == 2 and ARGV[9] == '1'))
+    if c == 1 then
+      local who, dl = owner(crid)
+      if who == token or ((not renew) and dl < now) then ok = true else claimed = -1 end
+    end
+    if ok then
+      setst(crid, 1)
+      redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
+      claimed = 1
+    elseif claimed == 0 then
+      claimed = c + 10
+    end
+  end
+end
+if ARGV[10] ~= '' and not (renew and claimed ~= 1) then
+  if ARGV[12] == '1' then redis.call('ZREM', KEYS[8], ARGV[10])
+  else redis.call('ZADD', KEYS[8], ARGV[11], ARGV[10]) end
+end
+return {finished, claimed, status, gen, done}
+`)
+
+// markScript moves recipients whose current code is in an allowed set to a
+// new code. ARGV: 1 now, 2 new code, 3 allowed codes (string of digits),
+// 4.. rids. Returns how many moved.
+var markScript = redis.NewScript(luaPrelude + `
+local new = tonumber(ARGV[2])
+local n = 0
+for i = 4, #ARGV do
+  local rid = tonumber(ARGV[i])
+  local c = getst(rid)
+  if string.find(ARGV[3], tostring(c), 1, true) then
+    if c == 1 then redis.call('HDEL', KEYS[4], rid) end
+    setst(rid, new)
+    n = n + 1
+  end
+end
+maybeDone(ARGV[1])
+return n
+`)
+
+// markRangeScript is markScript over the id range [from, to).
+// ARGV: 1 now, 2 new code, 3 allowed codes, 4 from, 5 to.
+var markRangeScript = redis.NewScript(luaPrelude + `
+local new = tonumber(ARGV[2])
+local from, to = tonumber(ARGV[4]), tonumber(ARGV[5])
+local n = 0
+local s = redis.call('GETRANGE', KEYS[3], from, to - 1)
+for i = 1, #s do
+  local c = string.byte(s, i)
+  if string.find(ARGV[3], tostring(c), 1, true) then
+    local rid = from + i - 1
+    if c == 1 then redis.call('HDEL', KEYS[4], rid) end
+    setst(rid, new)
+    n = n + 1
+  end
+end
+maybeDone(ARGV[1])
+return n
+`)
+
+// releaseScript hands claimed recipients back (a shutdown or a pause in
+// the middle of a chunk). ARGV: 1 token, 2 code to return to, 3.. rids.
+var releaseScript = redis.NewScript(luaPrelude + `
+local n = 0
+for i = 3, #ARGV do
+  local rid = tonumber(ARGV[i])
+  local cl = redis.call('HGET', KEYS[4], rid)
+  if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == 1 then
+    redis.call('HDEL', KEYS[4], rid)
+    setst(rid, tonumber(ARGV[2]))
+    n = n + 1
+  end
+end
+return n
+`)
+
+// transitionScript changes a campaign's status. ARGV: 1 now, 2 allowed
+// from-statuses (space separated), 3 new status, 4 bump gen (1/0),
+// 5 field to stamp with now (” = none). Returns {changed, status, gen}.
+var transitionScript = redis.NewScript(luaPrelude + `
+local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
+if st[1] == false then return redis.error_reply('NOCAMPAIGN') end
+local status, gen = st[1], tonumber(st[2]) or 0
+if status == ARGV[3] then return {0, status, gen} end
+if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {-1, status, gen}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+if ARGV[4] == '1' then gen = redis.call('HINCRBY', KEYS[1], 'gen', 1) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], ARGV[5], ARGV[1]) end
+if ARGV[3] == 'sending' then maybeDone(ARGV[1]) end
+return {1, redis.call('HGET', KEYS[1], 'status'), gen}
+`)
+
+// stealScript takes over expired chunk leases and recipient claims so the
+// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease deadline.
+// Returns {chunk members..., '|', rids...}; stolen recipients become retrying.
+var stealScript = redis.NewScript(luaPrelude + `
+local now = tonumber(ARGV[1])
+local out = {}
+local exp = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)
+for _, m in ipairs(exp) do
+  redis.call('ZADD', KEYS[8], ARGV[2], m)
+  out[#out+1] = m
+end
+out[#out+1] = '|'
+local cl = redis.call('HGETALL', KEYS[4])
+for i = 1, #cl, 2 do
+  local dl = tonumber(string.sub(cl[i+1], 1, string.find(cl[i+1], ':', 1, true) - 1))
+  if dl < now then
+    local rid = tonumber(cl[i])
+    redis.call('HDEL', KEYS[4], rid)
+    if getst(rid) == 1 then
+      setst(rid, 2)
+      out[#out+1] = cl[i]
+    end
+  end
+end
+return out
+`)

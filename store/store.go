@@ -1,0 +1,273 @@
+// Package store owns oshirase's own state in Redis: campaigns, recipients and
+// their delivery status, suppressions and the audit log. It is the truth about
+// who was sent what; asynq's task records are only the work queue.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/oshirase/oshirase/notice"
+)
+
+// Errors callers map to API answers.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrConflict    = errors.New("conflict")
+	ErrNotDraft    = errors.New("campaign is not a draft")
+	ErrInvalidMove = errors.New("invalid status change")
+)
+
+// Store is oshirase's state on one Redis (or cluster).
+type Store struct {
+	rdb redis.UniversalClient
+	k   keys
+}
+
+// New returns a Store whose keys all start with prefix (default "osh").
+func New(rdb redis.UniversalClient, prefix string) *Store {
+	if prefix == "" {
+		prefix = "osh"
+	}
+	return &Store{rdb: rdb, k: keys{p: prefix}}
+}
+
+// Redis returns the client, for health checks and rate limiting.
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
+// Prefix returns the key prefix.
+func (s *Store) Prefix() string { return s.k.p }
+
+func newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+func fromMS(s string) *time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return nil
+	}
+	t := time.UnixMilli(n).UTC()
+	return &t
+}
+
+// CreateCampaign stores a new draft campaign and sets c.ID, c.Status and
+// c.CreatedAt.
+func (s *Store) CreateCampaign(ctx context.Context, c *notice.Campaign) error {
+	c.ID = newID()
+	c.Status = notice.CampaignDraft
+	c.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	def, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("encode campaign: %w", err)
+	}
+	ck := s.k.campaign(c.ID)
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, ck.def, def, 0)
+		p.HSet(ctx, ck.state, "status", string(notice.CampaignDraft), "gen", 0, "seq", 0, "created_at", ms(c.CreatedAt))
+		p.HSet(ctx, ck.counts, "total", 0)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("create campaign: %w", err)
+	}
+	if err := s.rdb.ZAdd(ctx, s.k.campaigns(), redis.Z{Score: float64(ms(c.CreatedAt)), Member: c.ID}).Err(); err != nil {
+		return fmt.Errorf("index campaign: %w", err)
+	}
+	return nil
+}
+
+// Campaign returns a campaign with its current status and counts.
+func (s *Store) Campaign(ctx context.Context, id string) (*notice.Campaign, error) {
+	ck := s.k.campaign(id)
+	var def *redis.StringCmd
+	var st, cnt *redis.MapStringStringCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		def = p.Get(ctx, ck.def)
+		st = p.HGetAll(ctx, ck.state)
+		cnt = p.HGetAll(ctx, ck.counts)
+		return nil
+	})
+	if errors.Is(err, redis.Nil) || (err == nil && def.Val() == "") {
+		return nil, fmt.Errorf("campaign %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load campaign %s: %w", id, err)
+	}
+	var c notice.Campaign
+	if err := json.Unmarshal([]byte(def.Val()), &c); err != nil {
+		return nil, fmt.Errorf("decode campaign %s: %w", id, err)
+	}
+	applyState(&c, st.Val(), cnt.Val())
+	return &c, nil
+}
+
+func applyState(c *notice.Campaign, st, cnt map[string]string) {
+	c.Status = notice.CampaignStatus(st["status"])
+	c.StartedAt = fromMS(st["started_at"])
+	c.FinishedAt = fromMS(st["finished_at"])
+	c.Counts = notice.Counts{}
+	c.Counts.Total, _ = strconv.ParseInt(cnt["total"], 10, 64)
+	for _, s := range notice.Statuses {
+		n, _ := strconv.ParseInt(cnt[string(s)], 10, 64)
+		c.Counts.Set(s, n)
+	}
+}
+
+// CampaignState is the part of a campaign that changes while it sends.
+type CampaignState struct {
+	Status notice.CampaignStatus
+	Gen    int64
+	Seq    int64 // highest recipient id
+}
+
+// State returns a campaign's status, generation and highest recipient id.
+func (s *Store) State(ctx context.Context, id string) (CampaignState, error) {
+	v, err := s.rdb.HMGet(ctx, s.k.campaign(id).state, "status", "gen", "seq").Result()
+	if err != nil {
+		return CampaignState{}, fmt.Errorf("campaign %s state: %w", id, err)
+	}
+	if v[0] == nil {
+		return CampaignState{}, fmt.Errorf("campaign %s: %w", id, ErrNotFound)
+	}
+	st := CampaignState{Status: notice.CampaignStatus(v[0].(string))}
+	if g, ok := v[1].(string); ok {
+		st.Gen, _ = strconv.ParseInt(g, 10, 64)
+	}
+	if q, ok := v[2].(string); ok {
+		st.Seq, _ = strconv.ParseInt(q, 10, 64)
+	}
+	return st, nil
+}
+
+// Campaigns lists campaigns, newest first.
+func (s *Store) Campaigns(ctx context.Context, offset, limit int64) ([]*notice.Campaign, error) {
+	ids, err := s.rdb.ZRevRange(ctx, s.k.campaigns(), offset, offset+limit-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list campaigns: %w", err)
+	}
+	out := make([]*notice.Campaign, 0, len(ids))
+	for _, id := range ids {
+		c, err := s.Campaign(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Transition is the result of a campaign status change.
+type Transition struct {
+	Changed bool
+	Status  notice.CampaignStatus
+	Gen     int64
+}
+
+func (s *Store) transition(ctx context.Context, id string, from []notice.CampaignStatus, to notice.CampaignStatus, bumpGen bool, stamp string) (Transition, error) {
+	ck := s.k.campaign(id)
+	fs := make([]string, len(from))
+	for i, f := range from {
+		fs[i] = string(f)
+	}
+	bump := "0"
+	if bumpGen {
+		bump = "1"
+	}
+	v, err := transitionScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), strings.Join(fs, " "), string(to), bump, stamp).Slice()
+	if err != nil {
+		if strings.Contains(err.Error(), "NOCAMPAIGN") {
+			return Transition{}, fmt.Errorf("campaign %s: %w", id, ErrNotFound)
+		}
+		return Transition{}, fmt.Errorf("campaign %s: %w", id, err)
+	}
+	t := Transition{Changed: v[0].(int64) == 1, Status: notice.CampaignStatus(v[1].(string)), Gen: v[2].(int64)}
+	if v[0].(int64) < 0 {
+		return t, fmt.Errorf("campaign %s is %s, cannot become %s: %w", id, t.Status, to, ErrInvalidMove)
+	}
+	if t.Status == notice.CampaignSending {
+		s.rdb.SAdd(ctx, s.k.active(), id)
+	}
+	return t, nil
+}
+
+// Start moves a draft campaign to sending. Starting a campaign that is
+// already sending (or done) changes nothing and reports Changed false.
+func (s *Store) Start(ctx context.Context, id string) (Transition, error) {
+	t, err := s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignDraft}, notice.CampaignSending, true, "started_at")
+	if errors.Is(err, ErrInvalidMove) && (t.Status == notice.CampaignDone) {
+		return t, nil
+	}
+	return t, err
+}
+
+// Pause stops a sending campaign from claiming new recipients.
+func (s *Store) Pause(ctx context.Context, id string) (Transition, error) {
+	return s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignSending}, notice.CampaignPaused, false, "")
+}
+
+// Resume continues a paused campaign under a new generation.
+func (s *Store) Resume(ctx context.Context, id string) (Transition, error) {
+	return s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignPaused}, notice.CampaignSending, true, "")
+}
+
+// Cancel stops a campaign for good and marks every recipient not yet sent
+// cancelled. Messages already handed to SMTP finish and are recorded.
+func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
+	t, err := s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignDraft, notice.CampaignSending, notice.CampaignPaused}, notice.CampaignCancelled, true, "finished_at")
+	if err != nil {
+		return t, err
+	}
+	st, err := s.State(ctx, id)
+	if err != nil {
+		return t, err
+	}
+	ck := s.k.campaign(id)
+	const batch = 20000 // bounded work per script call keeps Redis responsive
+	for from := int64(1); from <= st.Seq; from += batch {
+		to := min(from+batch, st.Seq+1)
+		allowed := fmt.Sprintf("%d%d", codePending, codeRetrying)
+		if err := markRangeScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), codeCancelled, allowed, from, to).Err(); err != nil {
+			return t, fmt.Errorf("cancel recipients of %s: %w", id, err)
+		}
+	}
+	return t, nil
+}
+
+// Active lists campaigns that are (or recently were) sending.
+func (s *Store) Active(ctx context.Context) ([]string, error) {
+	return s.rdb.SMembers(ctx, s.k.active()).Result()
+}
+
+// Inactive drops a campaign from the active set.
+func (s *Store) Inactive(ctx context.Context, id string) error {
+	return s.rdb.SRem(ctx, s.k.active(), id).Err()
+}
+
+// DeleteCampaign removes a campaign and all its keys (tests and demo clean-up).
+func (s *Store) DeleteCampaign(ctx context.Context, id string) error {
+	ck := s.k.campaign(id)
+	if err := s.rdb.Del(ctx, ck.everything()...).Err(); err != nil {
+		return err
+	}
+	s.rdb.SRem(ctx, s.k.active(), id)
+	return s.rdb.ZRem(ctx, s.k.campaigns(), id).Err()
+}

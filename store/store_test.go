@@ -1,0 +1,261 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+)
+
+func newStore(t *testing.T) *store.Store {
+	rdb, _ := testenv.Redis(t, testenv.DBStore)
+	return store.New(rdb, "t")
+}
+
+func newCampaign(t *testing.T, s *store.Store, n int) *notice.Campaign {
+	t.Helper()
+	ctx := context.Background()
+	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
+	if err := s.CreateCampaign(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	var rs []notice.Recipient
+	for i := 1; i <= n; i++ {
+		rs = append(rs, notice.Recipient{Email: fmt.Sprintf("u%d@Example.JP", i), Name: "名前", Locale: "ja", CardLast4: "1234"})
+	}
+	if n > 0 {
+		if _, err := s.AddRecipients(ctx, c.ID, rs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+func TestAddRecipientsDedupAndIndex(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 3)
+	ids, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "U2@example.jp"}, {Email: "new@example.jp"}, {Email: "new@EXAMPLE.jp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids[0] != 0 || ids[1] != 4 || ids[2] != 0 {
+		t.Fatalf("ids %v, want [0 4 0]", ids)
+	}
+	got, _ := s.Campaign(ctx, c.ID)
+	if got.Counts.Total != 4 || got.Counts.Pending != 4 {
+		t.Fatalf("counts %+v", got.Counts)
+	}
+	refs, err := s.Lookup(ctx, "u2@EXAMPLE.jp")
+	if err != nil || len(refs) != 1 || refs[0] != (store.Ref{CampaignID: c.ID, RecipientID: 2}) {
+		t.Fatalf("lookup: %v %v", refs, err)
+	}
+	r, err := s.Recipient(ctx, c.ID, 2)
+	if err != nil || r.Email != "u2@Example.JP" || r.Status != notice.StatusPending || r.Name != "名前" {
+		t.Fatalf("recipient: %+v %v", r, err)
+	}
+	if _, err := s.Start(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "late@example.jp"}}); !errors.Is(err, store.ErrNotDraft) {
+		t.Fatalf("add after start: %v, want ErrNotDraft", err)
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 2)
+	steps := []struct {
+		name    string
+		fn      func(context.Context, string) (store.Transition, error)
+		changed bool
+		status  notice.CampaignStatus
+		err     error
+	}{
+		{"pause draft", s.Pause, false, notice.CampaignDraft, store.ErrInvalidMove},
+		{"start", s.Start, true, notice.CampaignSending, nil},
+		{"start again", s.Start, false, notice.CampaignSending, nil},
+		{"pause", s.Pause, true, notice.CampaignPaused, nil},
+		{"resume", s.Resume, true, notice.CampaignSending, nil},
+		{"cancel", s.Cancel, true, notice.CampaignCancelled, nil},
+		{"resume cancelled", s.Resume, false, notice.CampaignCancelled, store.ErrInvalidMove},
+	}
+	for _, st := range steps {
+		tr, err := st.fn(ctx, c.ID)
+		if !errors.Is(err, st.err) || (err == nil && (tr.Changed != st.changed || tr.Status != st.status)) {
+			t.Fatalf("%s: %+v %v", st.name, tr, err)
+		}
+	}
+	got, _ := s.Campaign(ctx, c.ID)
+	if got.Counts.Cancelled != 2 || got.Counts.Pending != 0 {
+		t.Fatalf("after cancel: %+v", got.Counts)
+	}
+	if _, err := s.Start(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("start unknown: %v", err)
+	}
+}
+
+func TestStepClaimFinish(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 3)
+	tr, _ := s.Start(ctx, c.ID)
+	claim := func(token string, rid int64, ttl time.Duration) store.StepResult {
+		t.Helper()
+		res, err := s.Do(ctx, c.ID, store.Step{Token: token, ClaimID: rid, ClaimTTL: ttl, Gen: tr.Gen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if r := claim("a", 1, time.Minute); !r.Claimed {
+		t.Fatalf("first claim: %+v", r)
+	}
+	if r := claim("b", 1, time.Minute); r.Claimed || !r.Busy {
+		t.Fatalf("second claim of a live claim: %+v", r)
+	}
+	// Finish 1 as sent and claim 2 in one step.
+	now := time.Now()
+	res, err := s.Do(ctx, c.ID, store.Step{Token: "a", FinishID: 1, Finish: notice.StatusSent,
+		Delivery: &notice.Delivery{Attempts: 1, MessageID: "m1", SentAt: &now}, ClaimID: 2, ClaimTTL: time.Millisecond, Gen: tr.Gen})
+	if err != nil || !res.Finished || !res.Claimed {
+		t.Fatalf("step: %+v %v", res, err)
+	}
+	if r := claim("b", 1, time.Minute); r.Claimed || r.Current != notice.StatusSent {
+		t.Fatalf("claim of a sent recipient: %+v", r)
+	}
+	// An expired claim can be taken over.
+	time.Sleep(5 * time.Millisecond)
+	if r := claim("b", 2, time.Minute); !r.Claimed {
+		t.Fatalf("takeover of an expired claim: %+v", r)
+	}
+	// Wrong generation is refused.
+	if r, _ := s.Do(ctx, c.ID, store.Step{Token: "x", ClaimID: 3, ClaimTTL: time.Minute, Gen: tr.Gen + 1}); r.Claimed || !r.Stopped {
+		t.Fatalf("claim with a stale generation: %+v", r)
+	}
+	// Release hands 2 back; steal finds nothing live.
+	if err := s.Release(ctx, c.ID, "b", notice.StatusPending, 2); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Campaign(ctx, c.ID)
+	if got.Counts.Sent != 1 || got.Counts.Pending != 2 || got.Counts.Sending != 0 {
+		t.Fatalf("counts %+v", got.Counts)
+	}
+	// Finishing the rest marks the campaign done.
+	for _, rid := range []int64{2, 3} {
+		claim("z", rid, time.Minute)
+		res, err := s.Do(ctx, c.ID, store.Step{Token: "z", FinishID: rid, Finish: notice.StatusFailed, Delivery: &notice.Delivery{Attempts: 1, LastError: "550"}})
+		if err != nil || !res.Finished {
+			t.Fatal(res, err)
+		}
+		if res.Done != (rid == 3) {
+			t.Fatalf("done after %d: %v", rid, res.Done)
+		}
+	}
+	got, _ = s.Campaign(ctx, c.ID)
+	if got.Status != notice.CampaignDone || got.FinishedAt == nil || got.Counts.Failed != 2 {
+		t.Fatalf("campaign %+v", got)
+	}
+	r3, _ := s.Recipient(ctx, c.ID, 3)
+	if r3.Status != notice.StatusFailed || r3.LastError != "550" || r3.Attempts != 1 {
+		t.Fatalf("recipient 3: %+v", r3)
+	}
+}
+
+func TestStealExpired(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 5)
+	tr, _ := s.Start(ctx, c.ID)
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "dead", ClaimID: 2, ClaimTTL: time.Millisecond, Gen: tr.Gen, Lease: 1, LeaseTTL: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "live", ClaimID: 3, ClaimTTL: time.Hour, Gen: tr.Gen}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	st, err := s.Steal(ctx, c.ID, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Chunks) != 1 || st.Chunks[0] != 1 || len(st.Recipients) != 1 || st.Recipients[0] != 2 {
+		t.Fatalf("stolen %+v", st)
+	}
+	r, _ := s.Recipient(ctx, c.ID, 2)
+	if r.Status != notice.StatusRetrying {
+		t.Fatalf("stolen recipient is %s, want retrying", r.Status)
+	}
+	// Taken once: a second watchdog finds nothing.
+	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Chunks)+len(st.Recipients) != 0 {
+		t.Fatalf("stolen twice: %+v", st)
+	}
+}
+
+func TestRecipientsPaging(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 250)
+	tr, _ := s.Start(ctx, c.ID)
+	// Every 10th recipient sent.
+	for rid := int64(10); rid <= 250; rid += 10 {
+		s.Do(ctx, c.ID, store.Step{Token: "a", ClaimID: rid, ClaimTTL: time.Minute, Gen: tr.Gen})
+		s.Do(ctx, c.ID, store.Step{Token: "a", FinishID: rid, Finish: notice.StatusSent, Delivery: &notice.Delivery{}})
+	}
+	for _, tc := range []struct {
+		status notice.Status
+		want   int
+	}{{"", 250}, {notice.StatusSent, 25}, {notice.StatusPending, 225}, {notice.StatusFailed, 0}} {
+		n, cursor := 0, int64(1)
+		for i := 0; i < 100; i++ {
+			p, err := s.Recipients(ctx, c.ID, tc.status, cursor, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range p.Recipients {
+				if tc.status != "" && r.Status != tc.status {
+					t.Fatalf("status %s in a %s page", r.Status, tc.status)
+				}
+			}
+			n += len(p.Recipients)
+			if p.Next == 0 {
+				break
+			}
+			cursor = p.Next
+		}
+		if n != tc.want {
+			t.Errorf("status %q: %d recipients, want %d", tc.status, n, tc.want)
+		}
+	}
+}
+
+func TestSuppressionAndAudit(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	if err := s.Suppress(ctx, store.Suppression{Email: "Bad@Example.com", Reason: "550 5.1.1"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Suppressed(ctx, []string{"bad@example.COM", "ok@example.com"})
+	if err != nil || m["bad@example.COM"] == nil || m["ok@example.com"] != nil {
+		t.Fatalf("suppressed: %v %v", m, err)
+	}
+	if ok, _ := s.Unsuppress(ctx, "BAD@example.com"); !ok {
+		t.Fatal("unsuppress")
+	}
+	for i := 0; i < 5; i++ {
+		s.Audit(ctx, store.AuditEntry{Actor: fmt.Sprintf("a%d", i%2), Action: "campaign.start", CampaignID: fmt.Sprint(i % 3)})
+	}
+	es, _, err := s.AuditLog(ctx, store.AuditQuery{Actor: "a0"})
+	if err != nil || len(es) != 3 || es[0].At.IsZero() {
+		t.Fatalf("audit by actor: %+v %v", es, err)
+	}
+	es, _, _ = s.AuditLog(ctx, store.AuditQuery{CampaignID: "1"})
+	if len(es) != 2 {
+		t.Fatalf("audit by campaign: %+v", es)
+	}
+}

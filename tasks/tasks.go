@@ -1,0 +1,75 @@
+// Package tasks builds the asynq tasks oshirase enqueues. Payloads carry ids
+// only: asynqmon and the asynq CLI show payloads to operators.
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/notice"
+)
+
+// Enqueuer is the part of *asynq.Client oshirase uses.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// Enqueue enqueues t; a task with the same TaskID already queued is not an
+// error, because every task id here names work that is idempotent.
+func Enqueue(ctx context.Context, q Enqueuer, t *asynq.Task, opts ...asynq.Option) error {
+	_, err := q.EnqueueContext(ctx, t, opts...)
+	if errors.Is(err, asynq.ErrTaskIDConflict) || errors.Is(err, asynq.ErrDuplicateTask) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("enqueue %s: %w", t.Type(), err)
+	}
+	return nil
+}
+
+func task(typ string, p any) *asynq.Task {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err) // payloads are plain structs of ids
+	}
+	return asynq.NewTask(typ, b)
+}
+
+// Fanout splits a campaign into chunks, once per start/resume generation.
+func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
+	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),
+		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d", cid, gen)), asynq.MaxRetry(1000))
+}
+
+// Chunk delivers recipients [from, to). suffix distinguishes a re-enqueued
+// chunk (watchdog, hand-back) from the fan-out's own.
+func Chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string) error {
+	id := fmt.Sprintf("chunk:%s:%d:%d", p.CampaignID, p.Gen, p.From)
+	if suffix != "" {
+		id += ":" + suffix
+	}
+	return Enqueue(ctx, q, task(notice.TypeChunk, p), asynq.Queue(notice.QueueBulk), asynq.TaskID(id), asynq.MaxRetry(1000))
+}
+
+// Deliver sends to one recipient after delay: a retry (queue bulk) or a
+// resend / single notice (queue urgent). id must name this delivery.
+func Deliver(ctx context.Context, q Enqueuer, p notice.DeliverPayload, queue, id string, delay time.Duration) error {
+	opts := []asynq.Option{asynq.Queue(queue), asynq.MaxRetry(1_000_000), asynq.TaskID(id)}
+	if delay > 0 {
+		opts = append(opts, asynq.ProcessIn(delay))
+	}
+	return Enqueue(ctx, q, task(notice.TypeDeliver, p), opts...)
+}
+
+// Decode reads a task's payload into p.
+func Decode(t *asynq.Task, p any) error {
+	if err := json.Unmarshal(t.Payload(), p); err != nil {
+		return fmt.Errorf("%s payload: %v: %w", t.Type(), err, asynq.SkipRetry)
+	}
+	return nil
+}

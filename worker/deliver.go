@@ -1,0 +1,447 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/mailer"
+	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/templates"
+)
+
+// handleFanout enqueues one chunk task per ChunkSize recipients. It records
+// its progress, so a fan-out interrupted by a crash resumes where it was.
+func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
+	var p notice.FanoutPayload
+	if err := tasks.Decode(t, &p); err != nil {
+		return err
+	}
+	st, err := w.store.State(ctx, p.CampaignID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Status != notice.CampaignSending || st.Gen != p.Gen {
+		return nil // paused, cancelled, or superseded by a newer generation
+	}
+	next, err := w.store.FanoutCursor(ctx, p.CampaignID, p.Gen)
+	if err != nil {
+		return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+	}
+	size := int64(w.cfg.ChunkSize)
+	n := 0
+	for from := next; from <= st.Seq; from += size {
+		cp := notice.ChunkPayload{CampaignID: p.CampaignID, Gen: p.Gen, From: from, To: min(from+size, st.Seq+1)}
+		if err := tasks.Chunk(ctx, w.queue, cp, ""); err != nil {
+			return err
+		}
+		if n++; n%50 == 0 {
+			if err := w.store.SetFanoutCursor(ctx, p.CampaignID, p.Gen, cp.To); err != nil {
+				return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+			}
+		}
+	}
+	if err := w.store.SetFanoutCursor(ctx, p.CampaignID, p.Gen, st.Seq+1); err != nil {
+		return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+	}
+	w.log.Info("fan-out done", "campaign", p.CampaignID, "gen", p.Gen, "chunks", n)
+	return nil
+}
+
+// handleChunk delivers the pending recipients of one id range, one Redis
+// round trip per message (finish the previous recipient and claim the next in
+// one script), over one pooled SMTP connection at a time.
+func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
+	var p notice.ChunkPayload
+	if err := tasks.Decode(t, &p); err != nil {
+		return err
+	}
+	c, err := w.campaign(ctx, p.CampaignID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	now := w.cfg.ClockNow()
+	ch, err := w.store.LoadRecipients(ctx, p.CampaignID, p.From, p.To, now.Add(w.cfg.ClaimTTL))
+	if err != nil {
+		return err
+	}
+	// Nothing in this function may be cut short by ctx between "SMTP accepted"
+	// and "status written": bg outlives a shutdown's cancellation.
+	bg := context.WithoutCancel(ctx)
+	dropLease := func() { w.store.DropChunkLease(bg, p.CampaignID, p.From) }
+	if ch.State.Status != notice.CampaignSending || ch.State.Gen != p.Gen {
+		dropLease()
+		return nil
+	}
+	todo := make([]*notice.Recipient, 0, len(ch.Recipients))
+	addrs := make([]string, 0, len(ch.Recipients))
+	for i := range ch.Recipients {
+		if r := &ch.Recipients[i]; r.Status == notice.StatusPending {
+			todo = append(todo, r)
+			addrs = append(addrs, r.Email)
+		}
+	}
+	if sup, err := w.store.Suppressed(ctx, addrs); err != nil {
+		return err
+	} else if len(sup) > 0 {
+		var ids []int64
+		kept := todo[:0]
+		for _, r := range todo {
+			if sup[r.Email] != nil {
+				ids = append(ids, r.ID)
+			} else {
+				kept = append(kept, r)
+			}
+		}
+		todo = kept
+		if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
+			return err
+		}
+		metrics.Messages.WithLabelValues(p.CampaignID, "suppressed").Add(float64(len(ids)))
+	}
+
+	token := newToken()
+	var prev store.Step // the finish of the previous recipient, folded into the next claim
+	withLease := func(s store.Step) store.Step {
+		s.Token, s.Lease, s.LeaseTTL = token, p.From, w.cfg.ClaimTTL
+		return s
+	}
+	// flush records prev now and renews the chunk's lease. The rate limiter
+	// calls it before it makes us wait: an outcome held in memory while we
+	// sleep would let our claim expire, and the watchdog would send again a
+	// message that was already accepted.
+	flush := func() error {
+		res, err := w.record(bg, p.CampaignID, withLease(prev))
+		if err != nil {
+			return err
+		}
+		w.finished(p.CampaignID, prev, res)
+		prev = store.Step{}
+		return nil
+	}
+	// handBack records the last outcome and re-enqueues the rest of the chunk
+	// from id on, so another worker (or this one after a restart) continues
+	// at once. Nothing from id on is claimed yet.
+	handBack := func(id int64) error {
+		step := withLease(prev)
+		step.DropLease = true
+		res, err := w.record(bg, p.CampaignID, step)
+		if err != nil {
+			return err
+		}
+		w.finished(p.CampaignID, prev, res)
+		rest := p
+		rest.From = id
+		return tasks.Chunk(bg, w.queue, rest, "h"+strconv.FormatInt(w.cfg.ClockNow().UnixNano(), 36))
+	}
+	for i, r := range todo {
+		if w.stopped() || ctx.Err() != nil {
+			return handBack(r.ID)
+		}
+		if err := w.waitRate(ctx, c, flush); err != nil {
+			if errors.Is(err, errRecord) {
+				return err
+			}
+			return handBack(r.ID)
+		}
+		step := withLease(prev)
+		step.ClaimID, step.ClaimTTL, step.Gen = r.ID, w.cfg.ClaimTTL, p.Gen
+		res, err := w.record(bg, p.CampaignID, step)
+		if err != nil {
+			// Redis stayed away: prev's claim expires and the watchdog
+			// retries it, the one case where a sent message may go twice.
+			return err
+		}
+		w.finished(p.CampaignID, prev, res)
+		prev = store.Step{}
+		if res.Stopped {
+			// Paused or cancelled: leave the rest pending for the next generation.
+			w.log.Info("chunk stopped", "campaign", p.CampaignID, "status", res.Campaign, "left", len(todo)-i)
+			dropLease()
+			return nil
+		}
+		if !res.Claimed {
+			continue // sent, or being sent, by someone else
+		}
+		release := w.hold(p.CampaignID, token, r.ID, p.From)
+		prev = w.attempt(bg, c, r, true)
+		release()
+	}
+	step := withLease(prev)
+	step.DropLease = true
+	res, err := w.record(bg, p.CampaignID, step)
+	if err != nil {
+		return err
+	}
+	w.finished(p.CampaignID, prev, res)
+	return nil
+}
+
+// errRecord marks a failure to record an outcome in Redis.
+var errRecord = errors.New("record outcome")
+
+// record runs a Step, retrying while Redis is away (a restart, a failover):
+// a Step may carry the outcome of an SMTP transaction that already
+// happened, and dropping it would have the recipient sent again. Steps are
+// idempotent for their token, so a retry after a lost reply is harmless.
+func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.StepResult, error) {
+	delay := 50 * time.Millisecond
+	deadline := time.Now().Add(w.cfg.RecordTimeout)
+	for {
+		res, err := w.store.Do(ctx, cid, s)
+		if err == nil {
+			return res, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return res, fmt.Errorf("%w: %w", errRecord, err)
+		}
+		w.log.Warn("record outcome: retrying", "campaign", cid, "err", err)
+		time.Sleep(delay)
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// hold keeps a recipient's claim (and the chunk's lease, when lease > 0)
+// alive while an SMTP transaction runs, however slow the server: a claim
+// that expired mid-send would let the watchdog hand the recipient to another
+// worker. The returned func stops it; no renewal runs after it returns.
+func (w *Worker) hold(cid, token string, rid, lease int64) (release func()) {
+	every := w.cfg.ClaimTTL / 3
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		_, err := w.store.Do(ctx, cid, store.Step{Token: token, ClaimID: rid, ClaimTTL: w.cfg.ClaimTTL, Renew: true,
+			Lease: lease, LeaseTTL: w.cfg.ClaimTTL})
+		cancel()
+		if err != nil {
+			w.log.Warn("renew claim", "campaign", cid, "recipient", rid, "err", err)
+		}
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
+}
+
+// finished logs and counts what a step recorded.
+func (w *Worker) finished(cid string, s store.Step, res store.StepResult) {
+	if s.FinishID == 0 {
+		return
+	}
+	if res.Done {
+		w.log.Info("campaign done", "campaign", cid)
+	}
+}
+
+// attempt sends to r once and returns the Step that records the outcome.
+// With schedule (the bulk path), a transient failure also enqueues the
+// recipient's retry task, before the step records it: a crash between the
+// two leaves a claim the watchdog recovers, never a recipient nobody retries.
+func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Recipient, schedule bool) store.Step {
+	d := r.Delivery
+	out := w.send(ctx, c, r, r.Email, 0, &d)
+	step := store.Step{FinishID: r.ID, Delivery: &d}
+	switch {
+	case out == nil:
+		step.Finish = notice.StatusSent
+		metrics.Messages.WithLabelValues(c.ID, "sent").Inc()
+	case out.Temporary && w.cfg.ClockNow().Sub(*d.FirstTryAt) < w.cfg.RetryMaxAge:
+		step.Finish = notice.StatusRetrying
+		metrics.Messages.WithLabelValues(c.ID, "retried").Inc()
+		if !schedule {
+			break
+		}
+		delay := w.backoff(d.Attempts)
+		id := fmt.Sprintf("retry:%s:%d:%d", c.ID, r.ID, d.Attempts)
+		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, delay); err != nil {
+			// Leave the claim to expire: the watchdog turns it into a retry.
+			w.log.Error("schedule retry", "campaign", c.ID, "recipient", r.ID, "err", err)
+			return store.Step{}
+		}
+	default:
+		step.Finish = notice.StatusFailed
+		metrics.Messages.WithLabelValues(c.ID, "failed").Inc()
+		w.permanent(ctx, c, r.ID, r.Email, out)
+		if !schedule {
+			break // a retry task: it is archived itself, with the reply
+		}
+		// A task of its own, archived at once with the SMTP reply as its
+		// error, so operators see permanent failures in asynqmon.
+		id := fmt.Sprintf("failed:%s:%d", c.ID, r.ID)
+		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, 0); err != nil {
+			w.log.Warn("report permanent failure", "campaign", c.ID, "recipient", r.ID, "err", err)
+		}
+	}
+	return step
+}
+
+// permanent handles a permanent failure: a non-existent mailbox (5.1.x) puts
+// the address on the suppression list.
+func (w *Worker) permanent(ctx context.Context, c *notice.Campaign, rid int64, addr string, e *mailer.Error) {
+	if e == nil || !strings.HasPrefix(e.Enhanced, "5.1.") {
+		return
+	}
+	err := w.store.Suppress(ctx, store.Suppression{
+		Email: addr, Reason: "bounced: " + e.Text, Code: e.Code, Enhanced: e.Enhanced, CampaignID: c.ID,
+	})
+	if err != nil {
+		w.log.Error("suppress address", "campaign", c.ID, "recipient", rid, "err", err)
+	}
+}
+
+// send renders and sends one notice to addr and records the attempt in d.
+// It returns nil on success or the classified failure.
+func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr string, resend int, d *notice.Delivery) *mailer.Error {
+	now := w.cfg.ClockNow().UTC()
+	if d.FirstTryAt == nil {
+		d.FirstTryAt = &now
+	}
+	d.Attempts++
+	a := notice.Attempt{At: now, Resend: resend}
+	if addr != r.Email {
+		a.To = addr
+	}
+	msgID := w.MessageID(c, r.ID, resend)
+	err := w.deliver(ctx, c, r, addr, msgID)
+	if err == nil {
+		a.OK, a.Code = true, 250
+		d.MessageID, d.SentAt, d.LastError, d.LastCode, d.Enhanced = msgID, &now, "", 250, ""
+		d.History = append(d.History, a)
+		metrics.SMTPReplies.WithLabelValues("250").Inc()
+		return nil
+	}
+	e := mailer.Classify(err)
+	a.Code, a.Enhanced, a.Text = e.Code, e.Enhanced, e.Text
+	d.LastError, d.LastCode, d.Enhanced = e.Error(), e.Code, e.Enhanced
+	d.History = append(d.History, a)
+	code := "none"
+	if e.Code > 0 {
+		code = strconv.Itoa(e.Code)
+	}
+	metrics.SMTPReplies.WithLabelValues(code).Inc()
+	w.log.Warn("send failed", "campaign", c.ID, "recipient", r.ID, "to", notice.MaskEmail(addr),
+		"code", e.Code, "enhanced", e.Enhanced, "temporary", e.Temporary, "err", notice.MaskAddresses(e.Error()))
+	return e
+}
+
+// deliver renders the notice and hands it to SMTP.
+func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string) error {
+	locale := r.EffectiveLocale(c.DefaultLocale)
+	var out *templates.Rendered
+	var err error
+	if c.StartedAt != nil {
+		// Dated by the campaign's start, every notice of the campaign in
+		// this locale differs only by recipient: render from a Prepared.
+		var p *templates.Prepared
+		if p, err = w.prepared(c, locale, *c.StartedAt); err == nil {
+			out, err = p.Render(*r)
+		}
+	} else {
+		out, err = w.templates.Render(c.Template, templates.Input{
+			Locale: locale, Data: c.Data, Recipient: *r, Paragraphs: c.Paragraphs, Date: w.cfg.ClockNow(),
+		})
+	}
+	if err != nil {
+		// A template that renders for the sample but not for this recipient
+		// is our bug, not the recipient's: permanent, with the reason.
+		return &mailer.Error{Code: 0, Text: "render: " + err.Error(), Temporary: false, Err: err}
+	}
+	start := time.Now()
+	err = w.sender.Send(ctx, &mailer.Message{
+		From: c.From, ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
+		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
+	})
+	metrics.SendSeconds.Observe(time.Since(start).Seconds())
+	return err
+}
+
+// waitRate blocks until both the global and the campaign's rate limit allow
+// one more message. Waiting is not a failed attempt. keep (may be nil) is
+// called before the first wait and then every ClaimTTL/3 while waiting, to
+// record what is pending and keep leases alive; its error ends the wait.
+func (w *Worker) waitRate(ctx context.Context, c *notice.Campaign, keep func() error) error {
+	start := time.Now()
+	defer func() { metrics.RateWaitSeconds.Observe(time.Since(start).Seconds()) }()
+	if w.cfg.Rate > 0 {
+		if err := w.take(ctx, w.store.RateKey(""), w.cfg.Rate, w.cfg.Burst, keep); err != nil {
+			return err
+		}
+	}
+	if c.Rate > 0 && (w.cfg.Rate == 0 || c.Rate < w.cfg.Rate) {
+		return w.take(ctx, w.store.RateKey(c.ID), c.Rate, 0, keep)
+	}
+	return nil
+}
+
+func (w *Worker) take(ctx context.Context, key string, rate float64, burst int, keep func() error) error {
+	lim := limitFor(rate, burst)
+	var kept time.Time
+	for {
+		res, err := w.limiter.Allow(ctx, key, lim)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// A limiter we cannot reach must not send unlimited: wait and retry.
+			w.log.Warn("rate limiter", "err", err)
+			res = &redis_rate.Result{RetryAfter: 100 * time.Millisecond}
+		} else if res.Allowed > 0 {
+			return nil
+		}
+		if keep != nil && time.Since(kept) >= w.cfg.ClaimTTL/3 {
+			if err := keep(); err != nil {
+				return err
+			}
+			kept = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.stopping:
+			return errors.New("stopping")
+		case <-time.After(res.RetryAfter):
+		}
+	}
+}
+
+// limitFor expresses a fractional rate per second as a GCRA limit.
+func limitFor(rate float64, burst int) redis_rate.Limit {
+	if burst <= 0 {
+		burst = max(1, int(rate/10))
+	}
+	// redis_rate wants an integer rate per period: use a longer period for
+	// fractional rates (0.5/s = 1 per 2s).
+	period := time.Second
+	r := rate
+	for r != float64(int(r)) && period < time.Hour {
+		r *= 10
+		period *= 10
+	}
+	return redis_rate.Limit{Rate: int(r), Burst: burst, Period: period}
+}

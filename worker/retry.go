@@ -1,0 +1,162 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// handleDeliver delivers to one recipient: a retry after a transient
+// failure, a resend (p.Resend > 0), or the report of a permanent failure.
+// Its error is what asynq shows operators: the SMTP reply.
+func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
+	var p notice.DeliverPayload
+	if err := tasks.Decode(t, &p); err != nil {
+		return err
+	}
+	c, err := w.campaign(ctx, p.CampaignID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if p.Resend > 0 {
+		return w.resend(ctx, c, p)
+	}
+	r, err := w.store.Recipient(ctx, p.CampaignID, p.RecipientID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if r.Status == notice.StatusFailed {
+		// The report of a permanent failure: archived at once, with the
+		// SMTP reply as the error operators see.
+		return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(r.LastError), asynq.SkipRetry)
+	}
+	if r.Status.Final() {
+		return nil // sent, suppressed, cancelled: nothing to do, never twice
+	}
+	if w.stopped() {
+		return &retryError{Delay: 0, Err: errors.New("worker stopping; handed back")}
+	}
+	if err := w.waitRate(ctx, c, nil); err != nil {
+		return &retryError{Err: fmt.Errorf("waiting for rate limit: %w", err)}
+	}
+	token := newToken()
+	bg := context.WithoutCancel(ctx)
+	res, err := w.record(bg, p.CampaignID, store.Step{
+		Token: token, ClaimID: r.ID, ClaimTTL: w.cfg.ClaimTTL, ClaimRetrying: true,
+	})
+	if err != nil {
+		return err
+	}
+	if !res.Claimed {
+		switch {
+		case res.Stopped && res.Campaign == notice.CampaignPaused:
+			return &retryError{Delay: w.cfg.ClaimTTL / 4, Err: errors.New("campaign paused")}
+		case res.Stopped && res.Campaign == notice.CampaignCancelled:
+			_, err := w.store.Mark(bg, p.CampaignID, []int64{r.ID}, []notice.Status{notice.StatusPending, notice.StatusRetrying}, notice.StatusCancelled)
+			return err
+		case res.Busy:
+			return &retryError{Delay: w.cfg.ClaimTTL, Err: errors.New("another worker is sending to this recipient")}
+		case res.Current == notice.StatusFailed:
+			// The report task of a chunk's permanent failure can run before
+			// the chunk recorded it: read the reply it recorded since.
+			if fresh, err := w.store.Recipient(bg, p.CampaignID, p.RecipientID); err == nil {
+				r = fresh
+			}
+			return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(r.LastError), asynq.SkipRetry)
+		}
+		return nil // sent, suppressed, cancelled: nothing to do, never twice
+	}
+	// Read the recipient again under the claim: its history may have grown
+	// since the read above (another retry task, a chunk finishing late).
+	release := w.hold(p.CampaignID, token, r.ID, 0)
+	defer release()
+	if fresh, err := w.store.Recipient(bg, p.CampaignID, p.RecipientID); err == nil {
+		r = fresh
+	} else {
+		// Nothing was sent: hand the claim back for a later try.
+		release()
+		w.store.Release(bg, p.CampaignID, token, notice.StatusRetrying, r.ID)
+		return err
+	}
+	step := w.attempt(bg, c, r, false)
+	release()
+	step.Token = token
+	out, err := w.record(bg, p.CampaignID, step)
+	if err != nil {
+		return err
+	}
+	w.finished(p.CampaignID, step, out)
+	switch step.Finish {
+	case notice.StatusRetrying:
+		// asynq keeps the task in its retry set with the SMTP reply as the
+		// error, which is what operators see in asynqmon.
+		return &retryError{Delay: w.backoff(step.Delivery.Attempts), Failure: true,
+			Err: fmt.Errorf("attempt %d: %s", step.Delivery.Attempts, notice.MaskAddresses(step.Delivery.LastError))}
+	case notice.StatusFailed:
+		return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(step.Delivery.LastError), asynq.SkipRetry)
+	}
+	return nil
+}
+
+// resend delivers resend number p.Resend of a recipient, to the address
+// support gave (the original or a corrected one). The original delivery stays
+// as it was; the resend has its own status and Message-ID.
+func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.DeliverPayload) error {
+	r, err := w.store.Recipient(ctx, p.CampaignID, p.RecipientID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if p.Resend > len(r.Resends) {
+		return fmt.Errorf("resend %d of recipient %d not found: %w", p.Resend, r.ID, asynq.SkipRetry)
+	}
+	rs := r.Resends[p.Resend-1]
+	if rs.Status == notice.StatusSent {
+		return nil
+	}
+	var d notice.Delivery
+	out := w.send(context.WithoutCancel(ctx), c, r, rs.Email, p.Resend, &d)
+	bg := context.WithoutCancel(ctx)
+	err = w.store.UpdateResend(bg, p.CampaignID, r.ID, p.Resend, func(x *notice.Resend) {
+		if out == nil {
+			x.Status, x.MessageID, x.SentAt, x.LastError = notice.StatusSent, d.MessageID, d.SentAt, ""
+			x.History = append(x.History, d.History...)
+			return
+		}
+		x.History = append(x.History, d.History...)
+		x.LastError = out.Error()
+		x.Status = notice.StatusRetrying
+		if !out.Temporary {
+			x.Status = notice.StatusFailed
+		}
+	})
+	if err != nil {
+		return err
+	}
+	switch {
+	case out == nil:
+		metrics.Messages.WithLabelValues(c.ID, "resent").Inc()
+		return nil
+	case out.Temporary:
+		n, _ := asynq.GetRetryCount(ctx)
+		return &retryError{Delay: w.backoff(n + 1), Failure: true, Err: fmt.Errorf("resend %d: %s", p.Resend, notice.MaskAddresses(out.Error()))}
+	default:
+		w.permanent(bg, c, r.ID, rs.Email, out)
+		return fmt.Errorf("resend %d failed permanently: %s: %w", p.Resend, notice.MaskAddresses(out.Error()), asynq.SkipRetry)
+	}
+}

@@ -1,0 +1,165 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// Watch recovers work a crashed worker left behind, every ClaimTTL/2 until
+// ctx ends. asynq recovers a dead worker's tasks too, but only one to two
+// minutes later; our own leases let a campaign carry on within ClaimTTL.
+// Several workers may run it: Steal hands each expired item to one of them.
+func (w *Worker) Watch(ctx context.Context) {
+	every := max(w.cfg.ClaimTTL/2, 500*time.Millisecond)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := w.Sweep(ctx); err != nil && ctx.Err() == nil {
+				w.log.Warn("watchdog sweep", "err", err)
+			}
+		}
+	}
+}
+
+// Sweep runs one watchdog round over the active campaigns.
+func (w *Worker) Sweep(ctx context.Context) error {
+	ids, err := w.store.Active(ctx)
+	if err != nil {
+		return fmt.Errorf("active campaigns: %w", err)
+	}
+	for _, id := range ids {
+		st, err := w.store.State(ctx, id)
+		if err != nil {
+			return err
+		}
+		if st.Status == notice.CampaignCancelled {
+			if err := w.sweepCancelled(ctx, id); err != nil {
+				return err
+			}
+			continue
+		}
+		if st.Status != notice.CampaignSending {
+			if st.Status != notice.CampaignPaused {
+				w.store.Inactive(ctx, id)
+			}
+			continue
+		}
+		// A fan-out that was never enqueued (the API died after Start) or
+		// died: enqueueing it again is idempotent (task id, cursor).
+		if cur, err := w.store.FanoutCursor(ctx, id, st.Gen); err == nil && cur <= st.Seq {
+			if err := tasks.Fanout(ctx, w.queue, id, st.Gen); err != nil {
+				return err
+			}
+		}
+		stolen, err := w.store.Steal(ctx, id, w.cfg.ClaimTTL)
+		if err != nil {
+			return err
+		}
+		stamp := fmt.Sprintf("w%d", time.Now().UnixMilli())
+		size := int64(w.cfg.ChunkSize)
+		for _, from := range stolen.Chunks {
+			p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
+			if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
+				return err
+			}
+		}
+		for _, rid := range stolen.Recipients {
+			tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
+			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueBulk, tid, 0); err != nil {
+				return err
+			}
+		}
+		if len(stolen.Chunks)+len(stolen.Recipients) > 0 {
+			w.log.Info("watchdog recovered work", "campaign", id, "chunks", len(stolen.Chunks), "recipients", len(stolen.Recipients))
+		}
+		if err := w.unstall(ctx, id, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unstall re-enqueues the pending parts of a campaign that nothing works on.
+// A chunk task can be lost without ever taking its lease: Redis executed
+// asynq's dequeue but went down (a restart, a failover) before the reply
+// reached the worker. asynq recovers such a task only when its own lease
+// runs out, a minute or two later. A campaign is stalled when it has pending
+// recipients, no live claim or chunk lease, nothing waiting in the bulk
+// queue, and made no progress since the previous sweep; its pending chunks
+// are enqueued again (claims keep that idempotent).
+func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState) error {
+	c, err := w.store.Campaign(ctx, id)
+	if err != nil {
+		return err
+	}
+	stalled := c.Counts.Pending > 0 && c.Counts.Sending == 0
+	if stalled {
+		live, err := w.store.LiveLeases(ctx, id)
+		if err != nil {
+			return err
+		}
+		stalled = live == 0
+	}
+	if stalled {
+		// No answer (the queue does not exist yet, Redis away) is not a stall.
+		q, err := w.inspector.GetQueueInfo(notice.QueueBulk)
+		stalled = err == nil && q.Pending == 0
+	}
+	w.mu.Lock()
+	prev, seen := w.stalls[id]
+	if stalled {
+		w.stalls[id] = c.Counts.Open()
+	} else {
+		delete(w.stalls, id)
+	}
+	w.mu.Unlock()
+	if !stalled || !seen || prev != c.Counts.Open() {
+		return nil
+	}
+	chunks, err := w.store.PendingChunks(ctx, id, int64(w.cfg.ChunkSize))
+	if err != nil {
+		return err
+	}
+	stamp := fmt.Sprintf("s%d", time.Now().UnixMilli())
+	size := int64(w.cfg.ChunkSize)
+	for _, from := range chunks {
+		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
+		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
+			return err
+		}
+	}
+	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending)
+	return nil
+}
+
+// sweepCancelled settles a cancelled campaign's claims whose worker died:
+// they can never finish, and a recipient left "sending" would keep the counts
+// from adding up. Whether such a message went out before the worker died is
+// unknowable; it is most likely not, so it counts as cancelled. Live claims
+// finish on their own; the campaign leaves the active set once none remain.
+func (w *Worker) sweepCancelled(ctx context.Context, id string) error {
+	stolen, err := w.store.Steal(ctx, id, w.cfg.ClaimTTL)
+	if err != nil {
+		return err
+	}
+	if _, err := w.store.Mark(ctx, id, stolen.Recipients, []notice.Status{notice.StatusRetrying}, notice.StatusCancelled); err != nil {
+		return err
+	}
+	c, err := w.store.Campaign(ctx, id)
+	if err != nil {
+		return err
+	}
+	if c.Counts.Sending == 0 {
+		return w.store.Inactive(ctx, id)
+	}
+	return nil
+}

@@ -1,0 +1,252 @@
+// Package worker runs oshirase's asynq handlers: it splits campaigns into
+// chunks, renders each notice, waits for the shared rate limit, sends it over
+// pooled SMTP connections and records the outcome. Per-recipient status in
+// Redis (package store) is the truth: a recipient already sent is never sent
+// again, whatever asynq redelivers.
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/mailer"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/templates"
+)
+
+// Sender sends one message. *mailer.Pool is the real one.
+type Sender interface {
+	Send(ctx context.Context, m *mailer.Message) error
+}
+
+// Config tunes delivery. The zero value of each field means its default.
+type Config struct {
+	ChunkSize     int           // recipients per chunk task (default 100)
+	ClaimTTL      time.Duration // how long a claim or chunk lease lives without progress (default 2m)
+	RetryBase     time.Duration // first retry delay (default 30s)
+	RetryMaxDelay time.Duration // cap on retry delay (default 1h)
+	RetryMaxAge   time.Duration // give up this long after the first attempt (default 72h)
+	Rate          float64       // SMTP_RATE: messages per second across all workers; 0 = unlimited
+	Burst         int           // SMTP_BURST (default: rate/10, at least 1)
+	MessageIDHost string        // right-hand side of Message-IDs (default: the From address's domain)
+	// RecordTimeout is how long a handler keeps trying to record an
+	// outcome while Redis is unreachable (default 1m).
+	RecordTimeout time.Duration
+	ClockNow      func() time.Time
+}
+
+func (c *Config) defaults() {
+	if c.ChunkSize <= 0 {
+		c.ChunkSize = 100
+	}
+	if c.ClaimTTL <= 0 {
+		c.ClaimTTL = 2 * time.Minute
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = 30 * time.Second
+	}
+	if c.RetryMaxDelay <= 0 {
+		c.RetryMaxDelay = time.Hour
+	}
+	if c.RetryMaxAge <= 0 {
+		c.RetryMaxAge = 72 * time.Hour
+	}
+	if c.RecordTimeout <= 0 {
+		c.RecordTimeout = time.Minute
+	}
+	if c.ClockNow == nil {
+		c.ClockNow = time.Now
+	}
+}
+
+// Worker holds what the handlers share.
+type Worker struct {
+	cfg       Config
+	store     *store.Store
+	queue     tasks.Enqueuer
+	templates *templates.Set
+	sender    Sender
+	limiter   *redis_rate.Limiter
+	log       *slog.Logger
+
+	inspector *asynq.Inspector // the watchdog looks at the bulk queue
+
+	mu        sync.Mutex
+	campaigns map[string]*notice.Campaign // definitions never change after creation
+	stalls    map[string]int64            // campaign → open count when last seen stalled
+
+	notices map[preparedKey]*templates.Prepared // under mu: campaigns' notices, prepared for deliver
+
+	stopping chan struct{} // closed when the process is asked to stop
+	stopOnce sync.Once
+}
+
+// New returns a Worker.
+func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sender, log *slog.Logger) *Worker {
+	cfg.defaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Worker{
+		cfg: cfg, store: st, queue: q, templates: ts, sender: s, log: log,
+		limiter:   redis_rate.NewLimiter(st.Redis()),
+		campaigns: map[string]*notice.Campaign{},
+		notices:   map[preparedKey]*templates.Prepared{},
+		stalls:    map[string]int64{},
+		inspector: asynq.NewInspectorFromRedisClient(st.Redis()),
+		stopping:  make(chan struct{}),
+	}
+}
+
+// Stop asks running handlers to hand their remaining work back at the next
+// message boundary, so a shutdown is quick and loses nothing.
+func (w *Worker) Stop() { w.stopOnce.Do(func() { close(w.stopping) }) }
+
+func (w *Worker) stopped() bool {
+	select {
+	case <-w.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// Register adds the handlers to mux.
+func (w *Worker) Register(mux *asynq.ServeMux) {
+	mux.HandleFunc(notice.TypeFanout, w.handleFanout)
+	mux.HandleFunc(notice.TypeChunk, w.handleChunk)
+	mux.HandleFunc(notice.TypeDeliver, w.handleDeliver)
+}
+
+// campaign returns a campaign's (immutable) definition, cached.
+func (w *Worker) campaign(ctx context.Context, id string) (*notice.Campaign, error) {
+	w.mu.Lock()
+	c := w.campaigns[id]
+	w.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	c, err := w.store.Campaign(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	if len(w.campaigns) > 1000 { // a bounded cache; campaigns are few
+		clear(w.campaigns)
+	}
+	w.campaigns[id] = c
+	w.mu.Unlock()
+	return c, nil
+}
+
+// preparedKey names a campaign's notice in one locale, dated date (Unix ns).
+type preparedKey struct {
+	campaign, locale string
+	date             int64
+}
+
+// prepared returns c's notice in locale, dated date, prepared for rendering
+// per recipient, cached. A Prepared holds a pre-rendered notice per shape
+// of recipient, tens of KB each: fewer of them are kept than campaigns.
+func (w *Worker) prepared(c *notice.Campaign, locale string, date time.Time) (*templates.Prepared, error) {
+	k := preparedKey{c.ID, locale, date.UnixNano()}
+	w.mu.Lock()
+	p := w.notices[k]
+	w.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	p, err := w.templates.Prepare(c.Template, templates.Input{Locale: locale, Data: c.Data, Paragraphs: c.Paragraphs, Date: date})
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if q := w.notices[k]; q != nil {
+		return q, nil // prepared meanwhile by another handler: share its pre-renderings
+	}
+	if len(w.notices) > 100 { // a bounded cache, like campaigns
+		clear(w.notices)
+	}
+	w.notices[k] = p
+	return p, nil
+}
+
+func newToken() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// retryError asks asynq to run a task again after Delay. Failure false means
+// the attempt did not fail (a pause, a busy claim): it burns no retry.
+type retryError struct {
+	Delay   time.Duration
+	Failure bool
+	Err     error
+}
+
+func (e *retryError) Error() string { return e.Err.Error() }
+func (e *retryError) Unwrap() error { return e.Err }
+
+// RetryDelay is the asynq Config.RetryDelayFunc for oshirase's tasks.
+func RetryDelay(n int, err error, t *asynq.Task) time.Duration {
+	var re *retryError
+	if errors.As(err, &re) {
+		return re.Delay
+	}
+	// Infrastructure errors (Redis away, a restart): come back soon, then back off.
+	d := time.Second << min(n, 5)
+	return d
+}
+
+// IsFailure is the asynq Config.IsFailure: waiting is not failing.
+func IsFailure(err error) bool {
+	var re *retryError
+	if errors.As(err, &re) {
+		return re.Failure
+	}
+	return err != nil
+}
+
+// backoff is the delay before retry number attempts (1 = the first retry),
+// growing like an MTA's queue: base, 2×, 4× … up to max.
+func (w *Worker) backoff(attempts int) time.Duration {
+	d := w.cfg.RetryBase
+	for i := 1; i < attempts && d < w.cfg.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, w.cfg.RetryMaxDelay)
+}
+
+// MessageID is derived from (campaign, recipient, resend) so that a duplicate
+// is recognisable as one.
+func (w *Worker) MessageID(c *notice.Campaign, rid int64, resend int) string {
+	host := w.cfg.MessageIDHost
+	if host == "" {
+		host = "oshirase.invalid"
+		if a, err := mail.ParseAddress(c.From); err == nil {
+			if at := strings.LastIndexByte(a.Address, '@'); at >= 0 {
+				host = a.Address[at+1:]
+			}
+		}
+	}
+	id := fmt.Sprintf("c.%s.r.%d", c.ID, rid)
+	if resend > 0 {
+		id += fmt.Sprintf(".s%d", resend)
+	}
+	return id + "@" + host
+}
