@@ -163,6 +163,9 @@ type skeleton struct {
 	fixedSubject, fixedText string
 	subjectFixed, textFixed bool
 
+	// The text, tidied and wrapped except for the lines that show fields.
+	finished textPlan
+
 	checked atomic.Bool // a notice of this shape matched its full rendering
 }
 
@@ -199,6 +202,7 @@ func (p *Prepared) build(shape uint32) *skeleton {
 		}
 	}
 	var parts [3]segments
+	var finished textPlan
 	for i, t := range []interface{ Execute(io.Writer, any) error }{p.lt.subject, p.lt.text, p.lt.html} {
 		var b strings.Builder
 		if err := t.Execute(&b, view); err != nil {
@@ -209,8 +213,15 @@ func (p *Prepared) build(shape uint32) *skeleton {
 			return &skeleton{full: true}
 		}
 		parts[i] = seg
+		if i == 1 && len(seg.slots) > 0 {
+			tp, ok := planText(b.String(), p.lead, shape, p.view.Locale)
+			if !ok {
+				return &skeleton{full: true}
+			}
+			finished = tp
+		}
 	}
-	sk := &skeleton{subject: parts[0], text: parts[1], html: parts[2]}
+	sk := &skeleton{subject: parts[0], text: parts[1], html: parts[2], finished: finished}
 	if len(sk.subject.slots) == 0 {
 		s, err := p.lt.finishSubject(sk.subject.lits[0])
 		if err != nil {
@@ -261,7 +272,11 @@ func (sk *skeleton) fill(vals *[numFields]string, locale string) (*Rendered, boo
 		}
 	}
 	if !sk.textFixed {
-		out.Text = finishText(sk.text.join(vals), locale)
+		if t, ok := sk.finished.fill(vals, locale); ok {
+			out.Text = t
+		} else {
+			out.Text = finishText(sk.text.join(vals), locale)
+		}
 	}
 	if len(sk.html.slots) == 0 {
 		out.HTML = sk.html.lits[0]
@@ -291,6 +306,86 @@ func (s *segments) join(vals *[numFields]string) string {
 	}
 	b.WriteString(s.lits[len(s.slots)])
 	return b.String()
+}
+
+// textPlan is a text skeleton after finishText, as far as that does not
+// depend on the values of the fields: tidyText and Wrap work line by line,
+// so every line without a field is finished once per shape, and only the
+// lines that show a field (a name, the last 4 digits) are wrapped per notice.
+// That holds for values that cannot change which lines are blank or what
+// is trimmed: no CR or LF, no trailing space or tab (fill checks).
+type textPlan struct {
+	parts []textPart
+	size  int // bytes of fixed text
+}
+
+// textPart is finished lines (each with its LF) or one line with fields.
+type textPart struct {
+	fixed string
+	line  *segments
+}
+
+// planText makes the textPlan of a text skeleton s with markers.
+func planText(s string, lead rune, shape uint32, locale string) (textPlan, bool) {
+	w, _ := wrapperFor(locale)
+	var tp textPlan
+	var fixed strings.Builder
+	flush := func() {
+		if fixed.Len() > 0 {
+			tp.parts = append(tp.parts, textPart{fixed: fixed.String()})
+			tp.size += fixed.Len()
+			fixed.Reset()
+		}
+	}
+	for _, l := range tidyLines(s) {
+		if !strings.ContainsRune(l, lead) {
+			fixed.WriteString(w.wrap(l))
+			fixed.WriteByte('\n')
+			continue
+		}
+		seg, ok := split(l, lead, shape)
+		if !ok {
+			return textPlan{}, false
+		}
+		flush()
+		tp.parts = append(tp.parts, textPart{line: &seg})
+		tp.size += seg.size + 1
+	}
+	flush()
+	return tp, len(tp.parts) > 0
+}
+
+// fill finishes the text with the recipient's values; false if a value
+// could change the lines around it (then finishText does the whole text).
+func (tp *textPlan) fill(vals *[numFields]string, locale string) (string, bool) {
+	if len(tp.parts) == 0 {
+		return "", false
+	}
+	n := tp.size
+	for _, p := range tp.parts {
+		if p.line == nil {
+			continue
+		}
+		for _, f := range p.line.slots {
+			v := vals[f]
+			if strings.ContainsAny(v, "\r\n") || strings.HasSuffix(v, " ") || strings.HasSuffix(v, "\t") {
+				return "", false
+			}
+			n += len(v)
+		}
+	}
+	w, _ := wrapperFor(locale)
+	var b strings.Builder
+	b.Grow(n + n/32)
+	for _, p := range tp.parts {
+		if p.line == nil {
+			b.WriteString(p.fixed)
+			continue
+		}
+		b.WriteString(w.wrap(p.line.join(vals)))
+		b.WriteByte('\n')
+	}
+	return b.String(), true
 }
 
 // escapeHTMLText is what html/template's escaper for HTML text

@@ -18,7 +18,7 @@ import (
 // characters html/template escapes, Japanese with ideographic spaces, very
 // long names (wrapping, and a token longer than a line may be), emoji,
 // things that look like Prepared's markers, controls. (Not invalid UTF-8:
-// ingest refuses it, and Wrap panics on it either way.)
+// ingest refuses it.)
 var nasty = []string{
 	"山田 太郎",
 	"山田　花子",

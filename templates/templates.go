@@ -495,7 +495,10 @@ func oneLine(s string) string {
 
 // tidyText normalises line ends, drops trailing blanks, squeezes runs of
 // blank lines that template conditionals leave, and ends with one newline.
-func tidyText(s string) string {
+func tidyText(s string) string { return strings.Join(tidyLines(s), "\n") + "\n" }
+
+// tidyLines is tidyText's lines, without their newlines.
+func tidyLines(s string) []string {
 	s = strings.ReplaceAll(s, "\r\n", "\n")
 	s = strings.ReplaceAll(s, "\r", "\n")
 	lines := strings.Split(s, "\n")
@@ -516,7 +519,7 @@ func tidyText(s string) string {
 	for len(out) > 0 && out[len(out)-1] == "" {
 		out = out[:len(out)-1]
 	}
-	return strings.Join(out, "\n") + "\n"
+	return out
 }
 
 // cleanRecipient keeps what templates show of a recipient safe to show:

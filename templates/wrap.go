@@ -39,14 +39,7 @@ const (
 // ("・", "- ", "1. ") continues with a hanging indent. CRLF becomes LF.
 func Wrap(text, locale string) string {
 	text = strings.ReplaceAll(text, "\r\n", "\n")
-	w := wrapper{max: widthEN}
-	if locale == "ja" {
-		w = wrapper{max: widthJA, ambiguousWide: true}
-	}
-	cache := wrapCacheJA
-	if locale != "ja" {
-		cache = wrapCacheEN
-	}
+	w, cache := wrapperFor(locale)
 	var b strings.Builder
 	b.Grow(len(text) + len(text)/32)
 	for i := 0; ; i++ {
@@ -61,6 +54,14 @@ func Wrap(text, locale string) string {
 		}
 	}
 	return b.String()
+}
+
+// wrapperFor returns the wrapper for locale and its cache of wrapped lines.
+func wrapperFor(locale string) (wrapper, *lineCache) {
+	if locale == "ja" {
+		return wrapper{max: widthJA, ambiguousWide: true}, wrapCacheJA
+	}
+	return wrapper{max: widthEN}, wrapCacheEN
 }
 
 // lineCache remembers wrapped lines. A campaign's notices differ from each
@@ -89,14 +90,7 @@ func (c *lineCache) wrap(w wrapper, line string) string {
 	if v, ok := m.Load(line); ok {
 		return v.(string)
 	}
-	var out string
-	if len(line) <= MaxLineOctets && w.width(line) <= w.max {
-		out = line
-	} else {
-		var b strings.Builder
-		w.wrapLine(&b, line)
-		out = b.String()
-	}
+	out := w.wrap(line)
 	if len(line) <= 4096 { // keep the cache small in bytes too
 		if c.n.Add(1) > lineCacheMax {
 			c.m.Store(new(sync.Map))
@@ -116,6 +110,16 @@ func (c *lineCache) wrap(w wrapper, line string) string {
 type wrapper struct {
 	max           int
 	ambiguousWide bool // East Asian ambiguous characters (①, ※, …) take two columns
+}
+
+// wrap folds one line (no LF in it) as Wrap does.
+func (w wrapper) wrap(line string) string {
+	if len(line) <= MaxLineOctets && w.width(line) <= w.max {
+		return line
+	}
+	var b strings.Builder
+	w.wrapLine(&b, line)
+	return b.String()
 }
 
 func (w wrapper) runeWidth(r rune) int {
