@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -14,6 +15,10 @@ import (
 //	redis://[user:pass@]host:port[/db]        one server (rediss:// for TLS)
 //	redis+sentinel://[:pass@]h1:p1,h2:p2/master[/db]   Sentinel-managed primary
 //	redis+cluster://[:pass@]h1:p1,h2:p2       Redis Cluster
+//
+// The user and password are the data nodes'. Sentinels that require a
+// password of their own (requirepass in sentinel.conf) take it as
+// ?sentinel_password=…, with ?sentinel_username=… for an ACL user.
 //
 // Every key of one campaign carries the same hash tag, so oshirase's Lua
 // scripts work in a cluster too.
@@ -51,6 +56,11 @@ func parseRedisURL(raw string) (*redisURL, error) {
 		}
 		return &redisURL{single: opt}, nil
 	case "redis+sentinel", "redis-sentinel":
+		rest, query, _ := strings.Cut(rest, "?")
+		params, err := queryParams(query, "sentinel_username", "sentinel_password")
+		if err != nil {
+			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+		}
 		user, pass, hosts, path, err := split(rest)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
@@ -70,8 +80,13 @@ func parseRedisURL(raw string) (*redisURL, error) {
 		}
 		return &redisURL{sentinel: &redis.FailoverOptions{
 			MasterName: parts[0], SentinelAddrs: hosts, Username: user, Password: pass, DB: db,
+			SentinelUsername: params["sentinel_username"], SentinelPassword: params["sentinel_password"],
 		}}, nil
 	case "redis+cluster", "redis-cluster":
+		rest, query, _ := strings.Cut(rest, "?")
+		if _, err := queryParams(query); err != nil {
+			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+		}
 		user, pass, hosts, path, err := split(rest)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
@@ -83,6 +98,29 @@ func parseRedisURL(raw string) (*redisURL, error) {
 		return &redisURL{cluster: &redis.ClusterOptions{Addrs: hosts, Username: user, Password: pass}}, nil
 	}
 	return nil, fmt.Errorf("REDIS_URL %q: scheme %q is not redis, rediss, redis+sentinel or redis+cluster", redact(raw), scheme)
+}
+
+// queryParams parses a URL query that may hold only the names given, each
+// once.
+func queryParams(query string, names ...string) (map[string]string, error) {
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("query: %w", err)
+	}
+	out := map[string]string{}
+	for k, vs := range q {
+		if !slices.Contains(names, k) {
+			if len(names) == 0 {
+				return nil, fmt.Errorf("unknown parameter %q (none is accepted here)", k)
+			}
+			return nil, fmt.Errorf("unknown parameter %q (want %s)", k, strings.Join(names, ", "))
+		}
+		if len(vs) != 1 {
+			return nil, fmt.Errorf("parameter %q given %d times", k, len(vs))
+		}
+		out[k] = vs[0]
+	}
+	return out, nil
 }
 
 func split(rest string) (user, pass string, hosts []string, path string, err error) {
@@ -106,16 +144,32 @@ func split(rest string) (user, pass string, hosts []string, path string, err err
 	return user, pass, hosts, path, nil
 }
 
-// redact hides a password in a URL for error messages and logs.
+// harmlessParams are the URL parameters (REDIS_URL, SMTP_URL) whose values
+// logs may show.
+var harmlessParams = []string{"tls", "insecure_skip_verify", "helo", "sentinel_username"}
+
+// redact hides the passwords in a URL for error messages and logs: its
+// user info, and the value of every query parameter but the few known to be
+// harmless (a misspelt sentinel_password must not show either).
 func redact(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
 		return raw
 	}
+	rest, query, hasQuery := strings.Cut(rest, "?")
 	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-		return scheme + "://***@" + rest[at+1:]
+		rest = "***@" + rest[at+1:]
 	}
-	return raw
+	if hasQuery {
+		params := strings.Split(query, "&")
+		for i, p := range params {
+			if k, _, ok := strings.Cut(p, "="); ok && !slices.Contains(harmlessParams, k) {
+				params[i] = k + "=***"
+			}
+		}
+		rest += "?" + strings.Join(params, "&")
+	}
+	return scheme + "://" + rest
 }
 
 // Redact hides credentials in a URL (Redis or SMTP) for logs.

@@ -15,6 +15,8 @@ func TestParseRedisURL(t *testing.T) {
 		master       string
 		user, pass   string
 		db           int
+		sentinelUser string
+		sentinelPass string
 		errSubstring string
 	}{
 		{url: "redis://127.0.0.1:6379/3", kind: "single", addrs: []string{"127.0.0.1:6379"}, db: 3},
@@ -23,6 +25,11 @@ func TestParseRedisURL(t *testing.T) {
 			addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"}, master: "mymaster"},
 		{url: "redis+sentinel://:p%40ss@s1:26379/mymaster/2", kind: "sentinel", addrs: []string{"s1:26379"}, master: "mymaster", pass: "p@ss", db: 2},
 		{url: "redis+sentinel://app:pw@s1:26379, s2:26379/m", kind: "sentinel", addrs: []string{"s1:26379", "s2:26379"}, master: "m", user: "app", pass: "pw"},
+		{url: "redis+sentinel://:pw@s1:26379/m?sentinel_password=s%26p&sentinel_username=sen", kind: "sentinel", addrs: []string{"s1:26379"}, master: "m", pass: "pw",
+			sentinelUser: "sen", sentinelPass: "s&p"},
+		{url: "redis+sentinel://s1:26379/m?sentinel_pasword=topsecret", errSubstring: `unknown parameter "sentinel_pasword" (want sentinel_username, sentinel_password)`},
+		{url: "redis+sentinel://s1:26379/m?sentinel_password=a&sentinel_password=topsecret", errSubstring: "given 2 times"},
+		{url: "redis+cluster://n1:7000?sentinel_password=topsecret", errSubstring: "none is accepted"},
 		{url: "redis+cluster://n1:7000,n2:7001,n3:7002", kind: "cluster", addrs: []string{"n1:7000", "n2:7001", "n3:7002"}},
 		{url: "redis+cluster://:pw@n1:7000/", kind: "cluster", addrs: []string{"n1:7000"}, pass: "pw"},
 		{url: "redis+sentinel://s1:26379", errSubstring: "master name"},
@@ -48,7 +55,7 @@ func TestParseRedisURL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var kind, master, user, pass string
+			var kind, master, user, pass, sUser, sPass string
 			var addrs []string
 			var db int
 			switch {
@@ -57,11 +64,13 @@ func TestParseRedisURL(t *testing.T) {
 			case r.sentinel != nil:
 				o := r.sentinel
 				kind, addrs, master, user, pass, db = "sentinel", o.SentinelAddrs, o.MasterName, o.Username, o.Password, o.DB
+				sUser, sPass = o.SentinelUsername, o.SentinelPassword
 			case r.cluster != nil:
 				kind, addrs, user, pass = "cluster", r.cluster.Addrs, r.cluster.Username, r.cluster.Password
 			}
-			if kind != tt.kind || !reflect.DeepEqual(addrs, tt.addrs) || master != tt.master || user != tt.user || pass != tt.pass || db != tt.db {
-				t.Errorf("got %s %v master=%q user=%q pass=%q db=%d", kind, addrs, master, user, pass, db)
+			if kind != tt.kind || !reflect.DeepEqual(addrs, tt.addrs) || master != tt.master || user != tt.user || pass != tt.pass || db != tt.db ||
+				sUser != tt.sentinelUser || sPass != tt.sentinelPass {
+				t.Errorf("got %s %v master=%q user=%q pass=%q db=%d sentinel user=%q pass=%q", kind, addrs, master, user, pass, db, sUser, sPass)
 			}
 		})
 	}
@@ -77,7 +86,16 @@ func TestParseRedisURL(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
-	if got := Redact("redis+sentinel://:pw@s1:26379/m"); strings.Contains(got, "pw") {
-		t.Errorf("Redact = %q", got)
+	tests := []struct{ in, want string }{
+		{"redis+sentinel://:pw@s1:26379/m", "redis+sentinel://***@s1:26379/m"},
+		{"redis+sentinel://s1:26379/m?sentinel_username=sen&sentinel_password=pw", "redis+sentinel://s1:26379/m?sentinel_username=sen&sentinel_password=***"},
+		{"smtp://user:pw@mail.example:587?tls=required&helo=mx1.example", "smtp://***@mail.example:587?tls=required&helo=mx1.example"},
+		{"redis+sentinel://s1:26379/m?sentinel_pasword=pw", "redis+sentinel://s1:26379/m?sentinel_pasword=***"},
+		{"redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"},
+	}
+	for _, tt := range tests {
+		if got := Redact(tt.in); got != tt.want {
+			t.Errorf("Redact(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

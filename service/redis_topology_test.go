@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/mail"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -592,19 +593,28 @@ type sentinel struct {
 
 // startSentinel runs one Sentinel watching the primary at port as mymaster.
 // One Sentinel is quorum 1: enough to test the client side of a failover.
-func startSentinel(t *testing.T, primaryPort int) *sentinel {
+// With passwords, the Sentinel requires pw.sentinel of its clients and
+// authenticates to the primary with pw.primary.
+func startSentinel(t *testing.T, primaryPort int, pw passwords) *sentinel {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePorts(t, 1)[0]
 	conf := filepath.Join(dir, "sentinel.conf") // Sentinel rewrites it: it must be writable
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`port %d
+	text := fmt.Sprintf(`port %d
 bind 127.0.0.1
 dir %s
 logfile %s
 sentinel monitor mymaster 127.0.0.1 %d 1
 sentinel down-after-milliseconds mymaster 1000
 sentinel failover-timeout mymaster 5000
-`, port, dir, filepath.Join(dir, "sentinel.log"), primaryPort)), 0o644); err != nil {
+`, port, dir, filepath.Join(dir, "sentinel.log"), primaryPort)
+	if pw.primary != "" {
+		text += "sentinel auth-pass mymaster " + pw.primary + "\n"
+	}
+	if pw.sentinel != "" {
+		text += "requirepass " + pw.sentinel + "\n"
+	}
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("redis-server", conf, "--sentinel")
@@ -620,12 +630,16 @@ sentinel failover-timeout mymaster 5000
 			}
 		}
 	})
-	s := &sentinel{addr: fmt.Sprintf("127.0.0.1:%d", port), c: redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})}
+	s := &sentinel{addr: fmt.Sprintf("127.0.0.1:%d", port),
+		c: redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: pw.sentinel})}
 	t.Cleanup(func() { s.c.Close() })
 	want := fmt.Sprintf("127.0.0.1:%d", primaryPort)
 	teststack.Eventually(t, "sentinel up and watching mymaster", 10*time.Second, func() bool { return s.master() == want })
 	return s
 }
+
+// passwords of a Sentinel setup ("" = none).
+type passwords struct{ primary, sentinel string }
 
 // master is the primary's address as the Sentinel announces it ("" when unknown).
 func (s *sentinel) master() string {
@@ -649,6 +663,19 @@ func (s *sentinel) goodReplica(addr string) bool {
 		}
 	}
 	return false
+}
+
+// sentinelURL is the REDIS_URL of mymaster behind the Sentinel at addr.
+func sentinelURL(addr string, pw passwords) string {
+	u := "redis+sentinel://"
+	if pw.primary != "" {
+		u += ":" + url.PathEscape(pw.primary) + "@"
+	}
+	u += addr + "/mymaster"
+	if pw.sentinel != "" {
+		u += "?sentinel_password=" + url.QueryEscape(pw.sentinel)
+	}
+	return u
 }
 
 func infoField(t *testing.T, c *redis.Client, section, field string) string {
@@ -691,8 +718,11 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 		failover    bool
 		minReplicas bool // the primary runs with min-replicas-to-write 1
 		maxDup      int  // extra copies allowed (-1: any, reported)
+		pw          passwords
 	}{
-		{name: "steady", maxDup: 0},
+		// Primary and Sentinel each with a password of its own: the URL
+		// carries the primary's as user info, the Sentinel's as a parameter.
+		{name: "steady", maxDup: 0, pw: passwords{primary: "primary-secret", sentinel: "sentinel-secret"}},
 		{name: "failover", failover: true, minReplicas: true, maxDup: concurrency},
 		{name: "failover with default replication", failover: true, maxDup: -1},
 	} {
@@ -704,7 +734,13 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 			if tc.minReplicas {
 				primaryArgs = append(primaryArgs, "--min-replicas-to-write", "1", "--min-replicas-max-lag", "5")
 			}
-			primary := startRedis(t, ports[0], primaryArgs...)
+			if tc.pw.primary != "" {
+				primaryArgs = append(primaryArgs, "--requirepass", tc.pw.primary)
+			}
+			primary := &testenv.RedisServer{Port: ports[0], Dir: t.TempDir(), Password: tc.pw.primary,
+				Args: append([]string{"--appendonly", "no"}, primaryArgs...)}
+			primary.Start(t)
+			t.Cleanup(primary.Stop)
 			var replica *testenv.RedisServer
 			if tc.failover {
 				// The replica is in sync before the Sentinel starts, so the
@@ -715,7 +751,7 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 					return infoField(t, rc, "replication", "master_link_status") == "up"
 				})
 			}
-			sen := startSentinel(t, primary.Port)
+			sen := startSentinel(t, primary.Port, tc.pw)
 			if tc.failover {
 				teststack.Eventually(t, "sentinel sees the replica", 15*time.Second, func() bool { return sen.goodReplica(replica.Addr()) })
 			}
@@ -726,7 +762,7 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 			}
 			t.Cleanup(func() { sink.Close() })
 			st := startTopoStack(t, map[string]string{
-				"REDIS_URL": "redis+sentinel://" + sen.addr + "/mymaster", "KEY_PREFIX": "sen",
+				"REDIS_URL": sentinelURL(sen.addr, tc.pw), "KEY_PREFIX": "sen",
 				"SMTP_URL": sink.URL(), "WORKER_CONCURRENCY": strconv.Itoa(concurrency), "CHUNK_SIZE": "25",
 				// Short claims let the watchdog take over quickly what a
 				// failover left claimed, leased or unqueued.

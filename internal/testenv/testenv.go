@@ -88,7 +88,10 @@ type RedisServer struct {
 	Port int
 	Dir  string
 	Args []string
-	cmd  *exec.Cmd
+	// Password is the server's requirepass, if Args set one: Start needs
+	// it to see the server up.
+	Password string
+	cmd      *exec.Cmd
 }
 
 // StartRedis starts redis-server on a free port with extra args (e.g.
@@ -115,7 +118,7 @@ func (s *RedisServer) Start(t testing.TB) {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr(), Password: s.Password})
 	defer rdb.Close()
 	for i := 0; i < 100; i++ {
 		if rdb.Ping(context.Background()).Err() == nil {
