@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,7 +19,10 @@ import (
 //	redis+sentinel://[:pass@]h1:p1,h2:p2/master[/db]   Sentinel-managed primary
 //	redis+cluster://[:pass@]h1:p1,h2:p2       Redis Cluster
 //
-// The user and password are the data nodes'. Sentinels that require a
+// rediss+sentinel:// and rediss+cluster:// speak TLS to every node (and
+// Sentinel), like rediss:// to one server; ?tls_ca_file=ca.pem trusts a
+// private CA instead of the system's. The user and password are the data
+// nodes'. Sentinels that require a
 // password of their own (requirepass in sentinel.conf) take it as
 // ?sentinel_password=…, with ?sentinel_username=… for an ACL user.
 //
@@ -50,14 +56,35 @@ func parseRedisURL(raw string) (*redisURL, error) {
 	}
 	switch scheme {
 	case "redis", "rediss", "unix":
-		opt, err := redis.ParseURL(raw)
+		// go-redis reads the other parameters of a single server's URL.
+		u, err := url.Parse(raw)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
+		q := u.Query()
+		caFile := q.Get("tls_ca_file")
+		q.Del("tls_ca_file")
+		u.RawQuery = q.Encode()
+		opt, err := redis.ParseURL(u.String())
+		if err != nil {
+			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+		}
+		if caFile != "" {
+			if opt.TLSConfig == nil {
+				return nil, fmt.Errorf("REDIS_URL %q: tls_ca_file needs rediss://", redact(raw))
+			}
+			if opt.TLSConfig.RootCAs, err = loadCAs(caFile); err != nil {
+				return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+			}
+		}
 		return &redisURL{single: opt}, nil
-	case "redis+sentinel", "redis-sentinel":
+	case "redis+sentinel", "redis-sentinel", "rediss+sentinel":
 		rest, query, _ := strings.Cut(rest, "?")
-		params, err := queryParams(query, "sentinel_username", "sentinel_password")
+		params, err := queryParams(query, "sentinel_username", "sentinel_password", "tls_ca_file")
+		if err != nil {
+			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+		}
+		tc, err := nodeTLS(scheme, params["tls_ca_file"])
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
@@ -81,10 +108,16 @@ func parseRedisURL(raw string) (*redisURL, error) {
 		return &redisURL{sentinel: &redis.FailoverOptions{
 			MasterName: parts[0], SentinelAddrs: hosts, Username: user, Password: pass, DB: db,
 			SentinelUsername: params["sentinel_username"], SentinelPassword: params["sentinel_password"],
+			TLSConfig: tc,
 		}}, nil
-	case "redis+cluster", "redis-cluster":
+	case "redis+cluster", "redis-cluster", "rediss+cluster":
 		rest, query, _ := strings.Cut(rest, "?")
-		if _, err := queryParams(query); err != nil {
+		params, err := queryParams(query, "tls_ca_file")
+		if err != nil {
+			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
+		}
+		tc, err := nodeTLS(scheme, params["tls_ca_file"])
+		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
 		user, pass, hosts, path, err := split(rest)
@@ -95,9 +128,44 @@ func parseRedisURL(raw string) (*redisURL, error) {
 			// A cluster has only database 0; saying otherwise is a mistake.
 			return nil, fmt.Errorf("REDIS_URL %q: Redis Cluster has only database 0", redact(raw))
 		}
-		return &redisURL{cluster: &redis.ClusterOptions{Addrs: hosts, Username: user, Password: pass}}, nil
+		return &redisURL{cluster: &redis.ClusterOptions{Addrs: hosts, Username: user, Password: pass, TLSConfig: tc}}, nil
 	}
-	return nil, fmt.Errorf("REDIS_URL %q: scheme %q is not redis, rediss, redis+sentinel or redis+cluster", redact(raw), scheme)
+	return nil, fmt.Errorf("REDIS_URL %q: scheme %q is not redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster", redact(raw), scheme)
+}
+
+// nodeTLS is the TLS configuration of a Sentinel or Cluster URL: nil for
+// redis+…, else one config for every node. Its ServerName stays empty, so
+// each connection checks the certificate against the address it dials
+// (crypto/tls takes the name from the address).
+func nodeTLS(scheme, caFile string) (*tls.Config, error) {
+	if !strings.HasPrefix(scheme, "rediss+") {
+		if caFile != "" {
+			return nil, fmt.Errorf("tls_ca_file needs rediss+sentinel:// or rediss+cluster://")
+		}
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		cas, err := loadCAs(caFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.RootCAs = cas
+	}
+	return tc, nil
+}
+
+// loadCAs reads a PEM file of CA certificates.
+func loadCAs(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("tls_ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("tls_ca_file %s: no PEM certificate in it", file)
+	}
+	return pool, nil
 }
 
 // queryParams parses a URL query that may hold only the names given, each
@@ -110,9 +178,6 @@ func queryParams(query string, names ...string) (map[string]string, error) {
 	out := map[string]string{}
 	for k, vs := range q {
 		if !slices.Contains(names, k) {
-			if len(names) == 0 {
-				return nil, fmt.Errorf("unknown parameter %q (none is accepted here)", k)
-			}
 			return nil, fmt.Errorf("unknown parameter %q (want %s)", k, strings.Join(names, ", "))
 		}
 		if len(vs) != 1 {
@@ -146,7 +211,7 @@ func split(rest string) (user, pass string, hosts []string, path string, err err
 
 // harmlessParams are the URL parameters (REDIS_URL, SMTP_URL) whose values
 // logs may show.
-var harmlessParams = []string{"tls", "insecure_skip_verify", "helo", "sentinel_username"}
+var harmlessParams = []string{"tls", "insecure_skip_verify", "helo", "sentinel_username", "tls_ca_file"}
 
 // redact hides the passwords in a URL for error messages and logs: its
 // user info, and the value of every query parameter but the few known to be

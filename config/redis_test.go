@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"reflect"
 	"strings"
 	"testing"
@@ -17,19 +18,27 @@ func TestParseRedisURL(t *testing.T) {
 		db           int
 		sentinelUser string
 		sentinelPass string
+		tls          bool
 		errSubstring string
 	}{
 		{url: "redis://127.0.0.1:6379/3", kind: "single", addrs: []string{"127.0.0.1:6379"}, db: 3},
-		{url: "rediss://:s3cret@redis.example:6380/0", kind: "single", addrs: []string{"redis.example:6380"}, pass: "s3cret"},
+		{url: "rediss://:s3cret@redis.example:6380/0", kind: "single", addrs: []string{"redis.example:6380"}, pass: "s3cret", tls: true},
 		{url: "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster", kind: "sentinel",
 			addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3:26379"}, master: "mymaster"},
 		{url: "redis+sentinel://:p%40ss@s1:26379/mymaster/2", kind: "sentinel", addrs: []string{"s1:26379"}, master: "mymaster", pass: "p@ss", db: 2},
 		{url: "redis+sentinel://app:pw@s1:26379, s2:26379/m", kind: "sentinel", addrs: []string{"s1:26379", "s2:26379"}, master: "m", user: "app", pass: "pw"},
 		{url: "redis+sentinel://:pw@s1:26379/m?sentinel_password=s%26p&sentinel_username=sen", kind: "sentinel", addrs: []string{"s1:26379"}, master: "m", pass: "pw",
 			sentinelUser: "sen", sentinelPass: "s&p"},
-		{url: "redis+sentinel://s1:26379/m?sentinel_pasword=topsecret", errSubstring: `unknown parameter "sentinel_pasword" (want sentinel_username, sentinel_password)`},
+		{url: "redis+sentinel://s1:26379/m?sentinel_pasword=topsecret", errSubstring: `unknown parameter "sentinel_pasword" (want sentinel_username, sentinel_password, tls_ca_file)`},
 		{url: "redis+sentinel://s1:26379/m?sentinel_password=a&sentinel_password=topsecret", errSubstring: "given 2 times"},
-		{url: "redis+cluster://n1:7000?sentinel_password=topsecret", errSubstring: "none is accepted"},
+		{url: "redis+cluster://n1:7000?sentinel_password=topsecret", errSubstring: `unknown parameter "sentinel_password" (want tls_ca_file)`},
+		{url: "redis+cluster://:topsecret@n1:7000?tls_ca_file=/etc/ssl/certs/ca-certificates.crt", errSubstring: "tls_ca_file needs rediss+sentinel:// or rediss+cluster://"},
+		{url: "redis://:topsecret@h:6379/0?tls_ca_file=/etc/ssl/certs/ca-certificates.crt", errSubstring: "tls_ca_file needs rediss://"},
+		{url: "rediss+cluster://:topsecret@n1:7000?tls_ca_file=/nonexistent.pem", errSubstring: "no such file"},
+		{url: "rediss+sentinel://:topsecret@s1:26379/m?tls_ca_file=/etc/hostname", errSubstring: "no PEM certificate"},
+		{url: "rediss+cluster://n1:7000,n2:7001", kind: "cluster", addrs: []string{"n1:7000", "n2:7001"}, tls: true},
+		{url: "rediss+sentinel://s1:26379/m", kind: "sentinel", addrs: []string{"s1:26379"}, master: "m", tls: true},
+		{url: "rediss://h:6380/1", kind: "single", addrs: []string{"h:6380"}, db: 1, tls: true},
 		{url: "redis+cluster://n1:7000,n2:7001,n3:7002", kind: "cluster", addrs: []string{"n1:7000", "n2:7001", "n3:7002"}},
 		{url: "redis+cluster://:pw@n1:7000/", kind: "cluster", addrs: []string{"n1:7000"}, pass: "pw"},
 		{url: "redis+sentinel://s1:26379", errSubstring: "master name"},
@@ -58,18 +67,20 @@ func TestParseRedisURL(t *testing.T) {
 			var kind, master, user, pass, sUser, sPass string
 			var addrs []string
 			var db int
+			var tc *tls.Config
 			switch {
 			case r.single != nil:
 				kind, addrs, user, pass, db = "single", []string{r.single.Addr}, r.single.Username, r.single.Password, r.single.DB
+				tc = r.single.TLSConfig
 			case r.sentinel != nil:
 				o := r.sentinel
 				kind, addrs, master, user, pass, db = "sentinel", o.SentinelAddrs, o.MasterName, o.Username, o.Password, o.DB
-				sUser, sPass = o.SentinelUsername, o.SentinelPassword
+				sUser, sPass, tc = o.SentinelUsername, o.SentinelPassword, o.TLSConfig
 			case r.cluster != nil:
-				kind, addrs, user, pass = "cluster", r.cluster.Addrs, r.cluster.Username, r.cluster.Password
+				kind, addrs, user, pass, tc = "cluster", r.cluster.Addrs, r.cluster.Username, r.cluster.Password, r.cluster.TLSConfig
 			}
 			if kind != tt.kind || !reflect.DeepEqual(addrs, tt.addrs) || master != tt.master || user != tt.user || pass != tt.pass || db != tt.db ||
-				sUser != tt.sentinelUser || sPass != tt.sentinelPass {
+				sUser != tt.sentinelUser || sPass != tt.sentinelPass || (tc != nil) != tt.tls {
 				t.Errorf("got %s %v master=%q user=%q pass=%q db=%d sentinel user=%q pass=%q", kind, addrs, master, user, pass, db, sUser, sPass)
 			}
 		})

@@ -2,16 +2,10 @@ package mailer
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/smtpsink"
 )
 
@@ -328,23 +323,12 @@ type smtpErr struct{}
 
 func (smtpErr) Error() string { return "something odd" }
 
-// tlsServer is a go-smtp server with a self-signed certificate, with
+// tlsServer is a go-smtp server with a certificate from a private CA, with
 // implicit TLS or STARTTLS.
 func tlsServer(t *testing.T, implicit bool) (addr string, got *atomic.Int64) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	tc := testenv.NewTLSFiles(t).Server
+	var err error
 	got = new(atomic.Int64)
 	srv := smtp.NewServer(countBackend{got})
 	srv.Domain = "tls.localhost"
@@ -425,7 +409,7 @@ func TestPoolTLS(t *testing.T) {
 		p := newPool(t, Options{URL: "smtp://" + addr + "?tls=required"})
 		err := p.Send(context.Background(), testMessage("tls@example.com"))
 		if err == nil || got.Load() != 0 {
-			t.Fatalf("self-signed certificate accepted without insecure_skip_verify: err %v", err)
+			t.Fatalf("certificate of an unknown CA accepted without insecure_skip_verify: err %v", err)
 		}
 		if !strings.Contains(err.Error(), "certificate") {
 			t.Errorf("error does not say why: %v", err)

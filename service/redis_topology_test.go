@@ -73,7 +73,22 @@ func freePorts(t *testing.T, n int) []int {
 // own, stopped (SIGKILL) when the test ends.
 func startRedis(t *testing.T, port int, args ...string) *testenv.RedisServer {
 	t.Helper()
-	s := &testenv.RedisServer{Port: port, Dir: t.TempDir(), Args: append([]string{"--appendonly", "no"}, args...)}
+	return startRedisWith(t, port, "", nil, args...)
+}
+
+// startRedisWith starts a redis-server that requires password (if not "")
+// and speaks only TLS (if tl is not nil).
+func startRedisWith(t *testing.T, port int, password string, tl *testenv.TLSFiles, args ...string) *testenv.RedisServer {
+	t.Helper()
+	s := &testenv.RedisServer{Port: port, Dir: t.TempDir(), Password: password,
+		Args: append([]string{"--appendonly", "no"}, args...)}
+	if password != "" {
+		s.Args = append(s.Args, "--requirepass", password)
+	}
+	if tl != nil {
+		s.Args = append(s.Args, tl.RedisArgs(port)...)
+		s.TLS = tl.Client
+	}
 	s.Start(t)
 	t.Cleanup(s.Stop)
 	return s
@@ -81,14 +96,25 @@ func startRedis(t *testing.T, port int, args ...string) *testenv.RedisServer {
 
 func plainClient(t *testing.T, addr string) *redis.Client {
 	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: addr})
+	return clientFor(t, addr, nil)
+}
+
+// clientFor is a client of the server at addr, over TLS if tl is not nil.
+func clientFor(t *testing.T, addr string, tl *testenv.TLSFiles) *redis.Client {
+	t.Helper()
+	o := &redis.Options{Addr: addr}
+	if tl != nil {
+		o.TLSConfig = tl.Client
+	}
+	c := redis.NewClient(o)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
 
 // startRedisCluster starts n masters (no replicas) and joins them into one
-// cluster with redis-cli, as an operator would.
-func startRedisCluster(t *testing.T, n int) []*testenv.RedisServer {
+// cluster with redis-cli, as an operator would; with tl, clients and the
+// cluster bus speak only TLS.
+func startRedisCluster(t *testing.T, n int, tl *testenv.TLSFiles) []*testenv.RedisServer {
 	t.Helper()
 	// Each node needs its client port and its cluster bus port. The bus port
 	// is set explicitly (cluster-port, Redis 7): the default, port+10000, is
@@ -96,10 +122,16 @@ func startRedisCluster(t *testing.T, n int) []*testenv.RedisServer {
 	ports := freePorts(t, 2*n)
 	nodes := make([]*testenv.RedisServer, n)
 	create := []string{"--cluster", "create"}
+	if tl != nil {
+		create = append([]string{"--tls", "--cacert", tl.CA}, create...)
+	}
 	for i := range nodes {
-		nodes[i] = startRedis(t, ports[2*i],
-			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-port", strconv.Itoa(ports[2*i+1]), "--cluster-node-timeout", "5000")
+		args := []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(ports[2*i+1]), "--cluster-node-timeout", "5000"}
+		if tl != nil {
+			args = append(args, "--tls-cluster", "yes")
+		}
+		nodes[i] = startRedisWith(t, ports[2*i], "", tl, args...)
 		create = append(create, nodes[i].Addr())
 	}
 	create = append(create, "--cluster-replicas", "0", "--cluster-yes")
@@ -111,7 +143,7 @@ func startRedisCluster(t *testing.T, n int) []*testenv.RedisServer {
 	// redis-cli returns once the slots are assigned; every node must also
 	// have heard of every other and consider the cluster healthy.
 	for _, nd := range nodes {
-		c := plainClient(t, nd.Addr())
+		c := clientFor(t, nd.Addr(), tl)
 		teststack.Eventually(t, "cluster_state:ok on "+nd.Addr(), 15*time.Second, func() bool {
 			info, err := c.ClusterInfo(context.Background()).Result()
 			return err == nil && strings.Contains(info, "cluster_state:ok") &&
@@ -343,7 +375,7 @@ func TestCampaignOnRedisCluster(t *testing.T) {
 		shared     = "Shared.Person@Example.JP" // in every campaign: the look-up spans nodes
 		pausedRate = 150                        // msg/s: the paused campaign runs long enough to pause it
 	)
-	nodes := startRedisCluster(t, 3)
+	nodes := startRedisCluster(t, 3, nil)
 	var addrs []string
 	for _, n := range nodes {
 		addrs = append(addrs, n.Addr())
@@ -594,8 +626,9 @@ type sentinel struct {
 // startSentinel runs one Sentinel watching the primary at port as mymaster.
 // One Sentinel is quorum 1: enough to test the client side of a failover.
 // With passwords, the Sentinel requires pw.sentinel of its clients and
-// authenticates to the primary with pw.primary.
-func startSentinel(t *testing.T, primaryPort int, pw passwords) *sentinel {
+// authenticates to the primary with pw.primary; with tl it speaks only TLS,
+// to its clients and to the primary.
+func startSentinel(t *testing.T, primaryPort int, pw passwords, tl *testenv.TLSFiles) *sentinel {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePorts(t, 1)[0]
@@ -614,6 +647,10 @@ sentinel failover-timeout mymaster 5000
 	if pw.sentinel != "" {
 		text += "requirepass " + pw.sentinel + "\n"
 	}
+	if tl != nil {
+		text += fmt.Sprintf("port 0\ntls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\ntls-auth-clients no\ntls-replication yes\n",
+			port, tl.Cert, tl.Key, tl.CA)
+	}
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -630,8 +667,11 @@ sentinel failover-timeout mymaster 5000
 			}
 		}
 	})
-	s := &sentinel{addr: fmt.Sprintf("127.0.0.1:%d", port),
-		c: redis.NewSentinelClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: pw.sentinel})}
+	o := &redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: pw.sentinel}
+	if tl != nil {
+		o.TLSConfig = tl.Client
+	}
+	s := &sentinel{addr: o.Addr, c: redis.NewSentinelClient(o)}
 	t.Cleanup(func() { s.c.Close() })
 	want := fmt.Sprintf("127.0.0.1:%d", primaryPort)
 	teststack.Eventually(t, "sentinel up and watching mymaster", 10*time.Second, func() bool { return s.master() == want })
@@ -734,13 +774,7 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 			if tc.minReplicas {
 				primaryArgs = append(primaryArgs, "--min-replicas-to-write", "1", "--min-replicas-max-lag", "5")
 			}
-			if tc.pw.primary != "" {
-				primaryArgs = append(primaryArgs, "--requirepass", tc.pw.primary)
-			}
-			primary := &testenv.RedisServer{Port: ports[0], Dir: t.TempDir(), Password: tc.pw.primary,
-				Args: append([]string{"--appendonly", "no"}, primaryArgs...)}
-			primary.Start(t)
-			t.Cleanup(primary.Stop)
+			primary := startRedisWith(t, ports[0], tc.pw.primary, nil, primaryArgs...)
 			var replica *testenv.RedisServer
 			if tc.failover {
 				// The replica is in sync before the Sentinel starts, so the
@@ -751,7 +785,7 @@ func TestCampaignOnRedisSentinel(t *testing.T) {
 					return infoField(t, rc, "replication", "master_link_status") == "up"
 				})
 			}
-			sen := startSentinel(t, primary.Port, tc.pw)
+			sen := startSentinel(t, primary.Port, tc.pw, nil)
 			if tc.failover {
 				teststack.Eventually(t, "sentinel sees the replica", 15*time.Second, func() bool { return sen.goodReplica(replica.Addr()) })
 			}

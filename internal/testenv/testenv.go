@@ -6,6 +6,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"net"
@@ -91,7 +92,10 @@ type RedisServer struct {
 	// Password is the server's requirepass, if Args set one: Start needs
 	// it to see the server up.
 	Password string
-	cmd      *exec.Cmd
+	// TLS is the client side of a server that speaks only TLS (Args from
+	// TLSFiles.RedisArgs), for Start to see it up.
+	TLS *tls.Config
+	cmd *exec.Cmd
 }
 
 // StartRedis starts redis-server on a free port with extra args (e.g.
@@ -118,7 +122,7 @@ func (s *RedisServer) Start(t testing.TB) {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr(), Password: s.Password})
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr(), Password: s.Password, TLSConfig: s.TLS})
 	defer rdb.Close()
 	for i := 0; i < 100; i++ {
 		if rdb.Ping(context.Background()).Err() == nil {
