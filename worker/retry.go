@@ -41,7 +41,7 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	if r.Status == notice.StatusFailed {
 		// The report of a permanent failure: archived at once, with the
 		// SMTP reply as the error operators see.
-		return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(r.LastError), asynq.SkipRetry)
+		return failedError(r.ID, r.LastError)
 	}
 	if r.Status.Final() {
 		return nil // sent, suppressed, cancelled: nothing to do, never twice
@@ -75,7 +75,7 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 			if fresh, err := w.store.Recipient(bg, p.CampaignID, p.RecipientID); err == nil {
 				r = fresh
 			}
-			return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(r.LastError), asynq.SkipRetry)
+			return failedError(r.ID, r.LastError)
 		}
 		return nil // sent, suppressed, cancelled: nothing to do, never twice
 	}
@@ -106,9 +106,15 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 		return &retryError{Delay: w.backoff(step.Delivery.Attempts), Failure: true,
 			Err: fmt.Errorf("attempt %d: %s", step.Delivery.Attempts, notice.MaskAddresses(step.Delivery.LastError))}
 	case notice.StatusFailed:
-		return fmt.Errorf("recipient %d failed permanently: %s: %w", r.ID, notice.MaskAddresses(step.Delivery.LastError), asynq.SkipRetry)
+		return failedError(r.ID, step.Delivery.LastError)
 	}
 	return nil
+}
+
+// failedError is what asynq archives for a permanently failed recipient:
+// the SMTP reply, addresses masked, for operators to read in asynqmon.
+func failedError(id int64, reply string) error {
+	return fmt.Errorf("recipient %d failed permanently: %s: %w", id, notice.MaskAddresses(reply), asynq.SkipRetry)
 }
 
 // resend delivers resend number p.Resend of a recipient, to the address
