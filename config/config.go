@@ -76,7 +76,7 @@ func dur(p func(*Config) *time.Duration) func(*Config, string) error {
 }
 
 var settings = []setting{
-	{"REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for queue and state: redis://[:pw@]host:port/db, rediss://…, redis+sentinel://[:pw@]h1:p1,h2:p2/master[/db][?sentinel_password=…], redis+cluster://h1:p1,h2:p2; rediss+sentinel://, rediss+cluster:// for TLS, ?tls_ca_file=ca.pem for a private CA", str(func(c *Config) *string { return &c.RedisURL })},
+	{"REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for queue and state: redis://[:pw@]host:port/db, rediss://…, redis+sentinel://[:pw@]h1:p1,h2:p2/master[/db][?sentinel_password=…], redis+cluster://h1:p1,h2:p2; rediss+sentinel://, rediss+cluster:// for TLS, with ?tls_ca_file=ca.pem for a private CA and &tls_cert_file=…&tls_key_file=… for a client certificate", str(func(c *Config) *string { return &c.RedisURL })},
 	{"KEY_PREFIX", "osh", "prefix of oshirase's own Redis keys", str(func(c *Config) *string { return &c.KeyPrefix })},
 	{"SMTP_URL", "smtp://127.0.0.1:1025", "SMTP relay: smtp://[user:pass@]host:port (STARTTLS when offered), ?tls=none, ?tls=required, smtps://host:port (implicit TLS)", str(func(c *Config) *string { return &c.SMTPURL })},
 	{"SMTP_POOL", "0", "persistent SMTP connections per process (0 = WORKER_CONCURRENCY, at most 32)", integer(func(c *Config) *int { return &c.SMTPPool })},

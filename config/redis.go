@@ -3,7 +3,9 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"slices"
@@ -20,9 +22,11 @@ import (
 //	redis+cluster://[:pass@]h1:p1,h2:p2       Redis Cluster
 //
 // rediss+sentinel:// and rediss+cluster:// speak TLS to every node (and
-// Sentinel), like rediss:// to one server; ?tls_ca_file=ca.pem trusts a
-// private CA instead of the system's. The user and password are the data
-// nodes'. Sentinels that require a
+// Sentinel), like rediss:// to one server. With any of them,
+// ?tls_ca_file=ca.pem trusts a private CA instead of the system's, and
+// ?tls_cert_file=client.pem&tls_key_file=client.key presents a client
+// certificate (Redis asks for one unless tls-auth-clients is off). The
+// user and password are the data nodes'. Sentinels that require a
 // password of their own (requirepass in sentinel.conf) take it as
 // ?sentinel_password=…, with ?sentinel_username=… for an ACL user.
 //
@@ -62,29 +66,34 @@ func parseRedisURL(raw string) (*redisURL, error) {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
 		q := u.Query()
-		caFile := q.Get("tls_ca_file")
-		q.Del("tls_ca_file")
+		files := map[string]string{}
+		for _, k := range tlsParams {
+			if v := q.Get(k); v != "" {
+				files[k] = v
+			}
+			q.Del(k)
+		}
 		u.RawQuery = q.Encode()
 		opt, err := redis.ParseURL(u.String())
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
-		if caFile != "" {
+		if len(files) > 0 {
 			if opt.TLSConfig == nil {
-				return nil, fmt.Errorf("REDIS_URL %q: tls_ca_file needs rediss://", redact(raw))
+				return nil, fmt.Errorf("REDIS_URL %q: %s needs rediss://", redact(raw), strings.Join(slices.Sorted(maps.Keys(files)), ", "))
 			}
-			if opt.TLSConfig.RootCAs, err = loadCAs(caFile); err != nil {
+			if err := loadTLS(opt.TLSConfig, files); err != nil {
 				return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 			}
 		}
 		return &redisURL{single: opt}, nil
 	case "redis+sentinel", "redis-sentinel", "rediss+sentinel":
 		rest, query, _ := strings.Cut(rest, "?")
-		params, err := queryParams(query, "sentinel_username", "sentinel_password", "tls_ca_file")
+		params, err := queryParams(query, append([]string{"sentinel_username", "sentinel_password"}, tlsParams...)...)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
-		tc, err := nodeTLS(scheme, params["tls_ca_file"])
+		tc, err := nodeTLS(scheme, params)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
@@ -112,11 +121,11 @@ func parseRedisURL(raw string) (*redisURL, error) {
 		}}, nil
 	case "redis+cluster", "redis-cluster", "rediss+cluster":
 		rest, query, _ := strings.Cut(rest, "?")
-		params, err := queryParams(query, "tls_ca_file")
+		params, err := queryParams(query, tlsParams...)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
-		tc, err := nodeTLS(scheme, params["tls_ca_file"])
+		tc, err := nodeTLS(scheme, params)
 		if err != nil {
 			return nil, fmt.Errorf("REDIS_URL %q: %w", redact(raw), err)
 		}
@@ -137,35 +146,55 @@ func parseRedisURL(raw string) (*redisURL, error) {
 // redis+…, else one config for every node. Its ServerName stays empty, so
 // each connection checks the certificate against the address it dials
 // (crypto/tls takes the name from the address).
-func nodeTLS(scheme, caFile string) (*tls.Config, error) {
+func nodeTLS(scheme string, params map[string]string) (*tls.Config, error) {
+	files := map[string]string{}
+	for _, k := range tlsParams {
+		if v := params[k]; v != "" {
+			files[k] = v
+		}
+	}
 	if !strings.HasPrefix(scheme, "rediss+") {
-		if caFile != "" {
-			return nil, fmt.Errorf("tls_ca_file needs rediss+sentinel:// or rediss+cluster://")
+		if len(files) > 0 {
+			return nil, fmt.Errorf("%s needs rediss+sentinel:// or rediss+cluster://", strings.Join(slices.Sorted(maps.Keys(files)), ", "))
 		}
 		return nil, nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile != "" {
-		cas, err := loadCAs(caFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.RootCAs = cas
+	if err := loadTLS(tc, files); err != nil {
+		return nil, err
 	}
 	return tc, nil
 }
 
-// loadCAs reads a PEM file of CA certificates.
-func loadCAs(file string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("tls_ca_file: %w", err)
+// tlsParams are the URL parameters that name TLS files.
+var tlsParams = []string{"tls_ca_file", "tls_cert_file", "tls_key_file"}
+
+// loadTLS reads the files named by tlsParams into tc: CA certificates to
+// trust, and a client certificate with its key.
+func loadTLS(tc *tls.Config, files map[string]string) error {
+	if ca := files["tls_ca_file"]; ca != "" {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			return fmt.Errorf("tls_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("tls_ca_file %s: no PEM certificate in it", ca)
+		}
+		tc.RootCAs = pool
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("tls_ca_file %s: no PEM certificate in it", file)
+	cert, key := files["tls_cert_file"], files["tls_key_file"]
+	if (cert == "") != (key == "") {
+		return errors.New("tls_cert_file and tls_key_file go together")
 	}
-	return pool, nil
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("tls_cert_file, tls_key_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return nil
 }
 
 // queryParams parses a URL query that may hold only the names given, each
@@ -211,7 +240,7 @@ func split(rest string) (user, pass string, hosts []string, path string, err err
 
 // harmlessParams are the URL parameters (REDIS_URL, SMTP_URL) whose values
 // logs may show.
-var harmlessParams = []string{"tls", "insecure_skip_verify", "helo", "sentinel_username", "tls_ca_file"}
+var harmlessParams = []string{"tls", "insecure_skip_verify", "helo", "sentinel_username", "tls_ca_file", "tls_cert_file", "tls_key_file"}
 
 // redact hides the passwords in a URL for error messages and logs: its
 // user info, and the value of every query parameter but the few known to be

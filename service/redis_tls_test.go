@@ -18,12 +18,14 @@ import (
 // (rediss+cluster://, the cluster bus on TLS too) and a Sentinel-managed
 // primary (rediss+sentinel://, Sentinel and primary both TLS-only). The
 // servers' certificates come from a private CA that the URL names with
-// tls_ca_file; the plain ports are off, so nothing can have gone around TLS.
+// tls_ca_file, and the servers want a client certificate too (Redis'
+// default), which tls_cert_file and tls_key_file give. The plain ports are
+// off, so nothing can have gone around TLS.
 func TestCampaignOverRedisTLS(t *testing.T) {
 	needRedisTools(t)
 	const n = 120
 	tl := testenv.NewTLSFiles(t)
-	ca := "tls_ca_file=" + url.QueryEscape(tl.CA)
+	q := tl.Query()
 	for _, tc := range []struct {
 		name  string
 		start func(t *testing.T) string // starts the servers, returns REDIS_URL
@@ -31,30 +33,34 @@ func TestCampaignOverRedisTLS(t *testing.T) {
 		{"single", func(t *testing.T) string {
 			port := freePorts(t, 1)[0]
 			s := startRedisWith(t, port, "", tl)
-			// The certificate is checked: without the CA, no connection.
-			c, err := config.OpenRedis("rediss://" + s.Addr() + "/0")
-			if err != nil {
-				t.Fatal(err)
+			// Certificates are checked both ways: without the CA the
+			// client refuses the server, without its own the server
+			// refuses the client.
+			for _, bad := range []string{"", "tls_ca_file=" + url.QueryEscape(tl.CA)} {
+				c, err := config.OpenRedis("rediss://" + s.Addr() + "/0?" + bad)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Ping(context.Background()).Err(); err == nil || !strings.Contains(err.Error(), "certificate") {
+					t.Errorf("rediss://…?%s: %v, want a certificate error", bad, err)
+				}
+				c.Close()
 			}
-			defer c.Close()
-			if err := c.Ping(context.Background()).Err(); err == nil || !strings.Contains(err.Error(), "certificate") {
-				t.Errorf("rediss:// without tls_ca_file to a private CA's server: %v, want a certificate error", err)
-			}
-			return "rediss://" + s.Addr() + "/0?" + ca
+			return "rediss://" + s.Addr() + "/0?" + q
 		}},
 		{"cluster", func(t *testing.T) string {
 			var addrs []string
 			for _, nd := range startRedisCluster(t, 3, tl) {
 				addrs = append(addrs, nd.Addr())
 			}
-			return "rediss+cluster://" + strings.Join(addrs, ",") + "?" + ca
+			return "rediss+cluster://" + strings.Join(addrs, ",") + "?" + q
 		}},
 		{"sentinel", func(t *testing.T) string {
 			port := freePorts(t, 1)[0]
 			primary := startRedisWith(t, port, "primary-secret", tl)
 			pw := passwords{primary: "primary-secret", sentinel: "sentinel-secret"}
 			sen := startSentinel(t, primary.Port, pw, tl)
-			return "rediss+sentinel://:primary-secret@" + sen.addr + "/mymaster?sentinel_password=sentinel-secret&" + ca
+			return "rediss+sentinel://:primary-secret@" + sen.addr + "/mymaster?sentinel_password=sentinel-secret&" + q
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

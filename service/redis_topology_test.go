@@ -123,7 +123,7 @@ func startRedisCluster(t *testing.T, n int, tl *testenv.TLSFiles) []*testenv.Red
 	nodes := make([]*testenv.RedisServer, n)
 	create := []string{"--cluster", "create"}
 	if tl != nil {
-		create = append([]string{"--tls", "--cacert", tl.CA}, create...)
+		create = append([]string{"--tls", "--cacert", tl.CA, "--cert", tl.Cert, "--key", tl.Key}, create...)
 	}
 	for i := range nodes {
 		args := []string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -648,7 +648,7 @@ sentinel failover-timeout mymaster 5000
 		text += "requirepass " + pw.sentinel + "\n"
 	}
 	if tl != nil {
-		text += fmt.Sprintf("port 0\ntls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\ntls-auth-clients no\ntls-replication yes\n",
+		text += fmt.Sprintf("port 0\ntls-port %d\ntls-cert-file %s\ntls-key-file %s\ntls-ca-cert-file %s\ntls-replication yes\n",
 			port, tl.Cert, tl.Key, tl.CA)
 	}
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {

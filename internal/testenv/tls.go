@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,7 +23,8 @@ import (
 // or in process).
 type TLSFiles struct {
 	CA, Cert, Key string // file paths
-	// Client trusts the CA (and nothing else).
+	// Client trusts the CA (and nothing else) and presents the certificate
+	// as its own: Redis asks clients for one (tls-auth-clients yes).
 	Client *tls.Config
 	// Server serves the certificate, for servers a test runs in process.
 	Server *tls.Config
@@ -83,15 +85,22 @@ func NewTLSFiles(t testing.TB) *TLSFiles {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	f.Client = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	f.Server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	pair := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	f.Client = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	f.Server = &tls.Config{Certificates: []tls.Certificate{pair}}
 	return f
 }
 
 // RedisArgs are redis-server arguments that serve TLS only, on port (they
-// come after RedisServer's own --port, which they turn off). Clients need
-// no certificate of their own.
+// come after RedisServer's own --port, which they turn off). As by Redis'
+// default, clients must present a certificate the CA signed.
 func (f *TLSFiles) RedisArgs(port int) []string {
 	return []string{"--port", "0", "--tls-port", strconv.Itoa(port), "--tls-cert-file", f.Cert, "--tls-key-file", f.Key,
-		"--tls-ca-cert-file", f.CA, "--tls-auth-clients", "no"}
+		"--tls-ca-cert-file", f.CA}
+}
+
+// Query is the REDIS_URL parameters for these files: trust the CA, present
+// the certificate.
+func (f *TLSFiles) Query() string {
+	return "tls_ca_file=" + url.QueryEscape(f.CA) + "&tls_cert_file=" + url.QueryEscape(f.Cert) + "&tls_key_file=" + url.QueryEscape(f.Key)
 }
