@@ -3,6 +3,8 @@ package service_test
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -259,5 +261,88 @@ func TestAuth(t *testing.T) {
 				t.Fatalf("%s %s: %d, want %d: %s", tc.method, tc.path, code, tc.want, b)
 			}
 		})
+	}
+}
+
+// TestExtraColumnsReachTheNotice: an upload's own columns personalise a
+// template of TEMPLATES_DIR (index .Recipient.Extra "column"), in the text
+// and, escaped, in the HTML; an empty one takes the template's {{else}}.
+func TestExtraColumnsReachTheNotice(t *testing.T) {
+	_, url := testenv.Redis(t, testenv.DBService)
+	sink, err := smtpsink.Start(smtpsink.Options{Keep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	dir := t.TempDir()
+	write := func(name, text string) {
+		t.Helper()
+		p := filepath.Join(dir, "order-notice", name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("meta.json", `{"description": "An order notice.",
+  "fields": [{"name": "company", "kind": "string", "required": true, "description": "Sender."}],
+  "sample": {"company": "Sample"}}`)
+	for _, loc := range []string{"ja", "en"} {
+		write(loc+"/subject.tmpl", "Order {{index .Recipient.Extra \"order_no\"}} from {{.Data.company}}\n")
+		write(loc+"/text.tmpl", "{{.Recipient.Name}}\nOrder: {{index .Recipient.Extra \"order_no\"}}\n"+
+			"{{with index .Recipient.Extra \"points\"}}Points: {{.}}{{else}}No points{{end}}\n{{.Data.company}}\n")
+		write(loc+"/html.tmpl", "<!DOCTYPE html>\n<html lang=\""+loc+"\"><body><p>Order: {{index .Recipient.Extra \"order_no\"}}</p>"+
+			"{{with index .Recipient.Extra \"points\"}}<p>Points: {{.}}</p>{{end}}</body></html>\n")
+	}
+	cfg := testenv.Config(t, map[string]string{
+		"REDIS_URL": url, "SMTP_URL": sink.URL(), "WORKER_CONCURRENCY": "4", "KEY_PREFIX": "extra", "TEMPLATES_DIR": dir,
+	})
+	st := teststack.StartStack(t, cfg, service.Options{API: true, Worker: true})
+
+	var c notice.Campaign
+	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json",
+		teststack.CampaignJSON(map[string]any{"template": "order-notice", "data": map[string]any{"company": "Sample & Co."}}), &c)
+	if code != 201 {
+		t.Fatalf("create campaign: %d %s", code, body)
+	}
+	const n = 60
+	var csv strings.Builder
+	csv.WriteString("email,name,locale,order_no,points\n")
+	for i := 1; i <= n; i++ {
+		points := ""
+		if i%3 != 0 {
+			points = fmt.Sprintf("%d<pt>", i*10)
+		}
+		fmt.Fprintf(&csv, "u%03d@example.jp,Name %d,%s,A-%04d,%s\n", i, i, []string{"ja", "en"}[i%2], i, points)
+	}
+	code, body = teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+c.ID+"/recipients", "text/csv", []byte(csv.String()), nil)
+	if code != 200 {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	if code, body = teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+c.ID+"/start", "", nil, nil); code != 202 {
+		t.Fatalf("start: %d %s", code, body)
+	}
+	done := teststack.WaitCampaign(t, st.Base, c.ID, 30*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone })
+	if done.Counts.Sent != n {
+		t.Fatalf("counts: %+v", done.Counts)
+	}
+	for _, m := range sink.Messages() {
+		p, err := mimetest.Parse(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var i int
+		fmt.Sscanf(m.To[0], "u%03d@", &i)
+		order := fmt.Sprintf("A-%04d", i)
+		wantText := fmt.Sprintf("Order: %s\nPoints: %d<pt>\n", order, i*10)
+		wantHTML := fmt.Sprintf("<p>Order: %s</p><p>Points: %d&lt;pt&gt;</p></body>", order, i*10)
+		if i%3 == 0 {
+			wantText, wantHTML = "Order: "+order+"\nNo points\n", "<p>Order: "+order+"</p></body>"
+		}
+		text := strings.ReplaceAll(p.Text, "\r\n", "\n")
+		if p.Subject != "Order "+order+" from Sample & Co." || !strings.Contains(text, wantText) || !strings.Contains(p.HTML, wantHTML) {
+			t.Errorf("%s: subject %q\ntext %q\nhtml %q", m.To[0], p.Subject, p.Text, p.HTML)
+		}
 	}
 }

@@ -14,32 +14,51 @@ import (
 // output in two ways: by which branch a {{with}} or {{if}} on a recipient
 // field takes, which depends only on whether the field is empty, and by the
 // field's value printed as it is (text/template) or through html/template's
-// escaper for HTML text, which escapeHTMLText replicates. Then a rendering
+// escaper for HTML text, which escapeHTMLText replicates. A field is one of
+// the recipient's own (.Recipient.Name, …) or an extra column of the upload
+// as templates read them: index .Recipient.Extra "plan", "" when a
+// recipient lacks it. (.Recipient.Extra.plan fails validation, which renders
+// with a sample recipient that has no extra columns.) Then a rendering
 // with a marker in place of each non-empty field, the marker replaced by the
 // value afterwards, is the rendering with the value. Anything else that
 // touches the recipient makes the analysis give up, and every notice of that
 // template and locale is rendered in full.
 
 // Recipient fields the fast path can substitute; a field's index is its bit
-// in a shape and its marker's number.
+// in a shape and its marker's number. The recipient's own come first, then
+// the extra columns a plan uses, up to maxFields in all.
 const (
 	fieldName = iota
 	fieldEmail
 	fieldCustomerID
 	fieldCardBrand
 	fieldCardLast4
-	numFields
+	numFields // the recipient's own
+
+	maxFields = 16
 )
 
 var fieldNames = [numFields]string{"Name", "Email", "CustomerID", "CardBrand", "CardLast4"}
 
-// fieldValues returns r's fields in field order.
-func fieldValues(r *notice.Recipient) [numFields]string {
-	return [numFields]string{r.Name, r.Email, r.CustomerID, r.CardBrand, r.CardLast4}
+// fieldValues appends r's fields to dst in field order: its own, then the
+// extra columns named by extra ("" for one r lacks, as index gives).
+func fieldValues(dst []string, r *notice.Recipient, extra []string) []string {
+	dst = append(dst, r.Name, r.Email, r.CustomerID, r.CardBrand, r.CardLast4)
+	for _, k := range extra {
+		dst = append(dst, r.Extra[k])
+	}
+	return dst
 }
 
-// setField sets field i of r.
-func setField(r *notice.Recipient, i int, v string) {
+// setField sets field i of r; extra names the extra columns.
+func setField(r *notice.Recipient, extra []string, i int, v string) {
+	if i >= numFields {
+		if r.Extra == nil {
+			r.Extra = make(map[string]string, len(extra))
+		}
+		r.Extra[extra[i-numFields]] = v
+		return
+	}
 	switch i {
 	case fieldName:
 		r.Name = v
@@ -61,8 +80,21 @@ const htmlTextEscaper = "_html_template_htmlescaper"
 
 // plan is the result of analysing one locale of a template.
 type plan struct {
-	uses  uint32 // bit i: field i appears in a template
-	leads []rune // marker leads that no template text contains
+	uses  uint32   // bit i: field i appears in a template
+	extra []string // the extra columns used: fields numFields, numFields+1, …
+	leads []rune   // marker leads that no template text contains
+}
+
+// field returns the index of extra column k, adding it to the plan.
+func (p *plan) field(k string) (int, bool) {
+	if i := slices.Index(p.extra, k); i >= 0 {
+		return numFields + i, true
+	}
+	if numFields+len(p.extra) == maxFields {
+		return 0, false
+	}
+	p.extra = append(p.extra, k)
+	return numFields + len(p.extra) - 1, true
 }
 
 // planFor analyses lt's templates; an error says why the fast path cannot
@@ -205,39 +237,52 @@ func (a *analyser) ref(p *parse.PipeNode, d dot) (int, bool) {
 }
 
 func (a *analyser) refCmd(c *parse.CommandNode, d dot) (int, bool) {
+	i, ok := a.fieldOf(c, d)
+	if ok {
+		a.plan.uses |= 1 << i
+	}
+	return i, ok
+}
+
+// fieldOf reports the field a command is, if it is nothing but a field:
+// .Recipient.X or index .Recipient.Extra "k" (from the Input or $), or . in
+// the body of a {{with}} on a field.
+func (a *analyser) fieldOf(c *parse.CommandNode, d dot) (int, bool) {
+	if len(c.Args) == 3 && isIdentNode(c.Args[0], "index") {
+		k, ok := c.Args[2].(*parse.StringNode)
+		if !ok || !slices.Equal(rootPath(c.Args[1], d), []string{"Recipient", "Extra"}) {
+			return 0, false
+		}
+		return a.plan.field(k.Text)
+	}
 	if len(c.Args) != 1 {
 		return 0, false
 	}
-	var ident []string
-	switch n := c.Args[0].(type) {
-	case *parse.DotNode:
-		if d.kind != dotField {
-			return 0, false
-		}
-		return d.field, true
-	case *parse.FieldNode:
-		if d.kind != dotRoot {
-			return 0, false
-		}
-		ident = n.Ident
-	case *parse.VariableNode:
-		if n.Ident[0] != "$" { // $ is the Input: free refuses assigning to it
-			return 0, false
-		}
-		ident = n.Ident[1:]
-	default:
-		return 0, false
+	if _, ok := c.Args[0].(*parse.DotNode); ok {
+		return d.field, d.kind == dotField
 	}
-	if len(ident) != 2 || ident[0] != "Recipient" {
-		return 0, false
-	}
-	for i, name := range fieldNames {
-		if ident[1] == name {
-			a.plan.uses |= 1 << i
+	if path := rootPath(c.Args[0], d); len(path) == 2 && path[0] == "Recipient" {
+		if i := slices.Index(fieldNames[:], path[1]); i >= 0 {
 			return i, true
 		}
 	}
 	return 0, false // ID, Locale, Extra…: not substituted
+}
+
+// rootPath is the chain of field names n takes from the Input: .A.B at the
+// root, or $.A.B anywhere ($ is the Input: free refuses assigning to it).
+func rootPath(n parse.Node, d dot) []string {
+	switch n := n.(type) {
+	case *parse.FieldNode:
+		if d.kind == dotRoot {
+			return n.Ident
+		}
+	case *parse.VariableNode:
+		if n.Ident[0] == "$" {
+			return n.Ident[1:]
+		}
+	}
+	return nil
 }
 
 // free returns an error if n, a pipeline or part of one, uses the
@@ -288,9 +333,10 @@ func (a *analyser) free(n parse.Node, d dot) error {
 }
 
 func isIdent(c *parse.CommandNode, name string) bool {
-	if len(c.Args) != 1 {
-		return false
-	}
-	id, ok := c.Args[0].(*parse.IdentifierNode)
+	return len(c.Args) == 1 && isIdentNode(c.Args[0], name)
+}
+
+func isIdentNode(n parse.Node, name string) bool {
+	id, ok := n.(*parse.IdentifierNode)
 	return ok && id.Ident == name
 }

@@ -37,8 +37,17 @@ type Prepared struct {
 
 	off    atomic.Bool // a pre-rendered notice differed from the full rendering
 	mu     sync.Mutex  // held while building a skeleton
-	shapes [1 << numFields]atomic.Pointer[skeleton]
+	shapes sync.Map    // shape (uint32) → *skeleton
+	built  int         // skeletons in shapes, under mu
 }
+
+// maxShapes bounds the skeletons of one Prepared: with extra columns a
+// template may use up to maxFields fields, whose 2^16 shapes could each hold
+// a rendering. Notices of shapes past the first maxShapes render in full.
+const maxShapes = 64
+
+// renderFull is the skeleton of a shape rendered in full.
+var renderFull = &skeleton{full: true}
 
 // Candidate first runes of markers, private-use characters. Prepare takes
 // the first that neither the templates nor the campaign's data contain.
@@ -104,7 +113,8 @@ func (p *Prepared) Render(r notice.Recipient) (*Rendered, error) {
 	if p.plan == nil || p.off.Load() {
 		return p.full(clean)
 	}
-	vals := fieldValues(&clean)
+	var buf [maxFields]string // vals stays on the stack
+	vals := fieldValues(buf[:0], &clean, p.plan.extra)
 	var shape uint32
 	for i, v := range vals {
 		if p.plan.uses&(1<<i) == 0 || v == "" {
@@ -122,7 +132,7 @@ func (p *Prepared) Render(r notice.Recipient) (*Rendered, error) {
 	if sk.full {
 		return p.full(clean)
 	}
-	out, ok := sk.fill(&vals, p.view.Locale)
+	out, ok := sk.fill(vals, p.view.Locale)
 	if !ok {
 		return p.full(clean) // for its error
 	}
@@ -179,16 +189,20 @@ type segments struct {
 
 // skeleton returns shape's skeleton, built the first time it is asked for.
 func (p *Prepared) skeleton(shape uint32) *skeleton {
-	if sk := p.shapes[shape].Load(); sk != nil {
-		return sk
+	if sk, ok := p.shapes.Load(shape); ok {
+		return sk.(*skeleton)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if sk := p.shapes[shape].Load(); sk != nil {
-		return sk
+	if sk, ok := p.shapes.Load(shape); ok {
+		return sk.(*skeleton)
+	}
+	if p.built == maxShapes {
+		return renderFull
 	}
 	sk := p.build(shape)
-	p.shapes[shape].Store(sk)
+	p.shapes.Store(shape, sk)
+	p.built++
 	return sk
 }
 
@@ -196,10 +210,12 @@ func (p *Prepared) skeleton(shape uint32) *skeleton {
 // rendered in full, which reports them.
 func (p *Prepared) build(shape uint32) *skeleton {
 	view := p.view
-	for i := range numFields {
+	for i := range numFields + len(p.plan.extra) {
+		v := ""
 		if shape&(1<<i) != 0 {
-			setField(&view.Recipient, i, marker(p.lead, i))
+			v = marker(p.lead, i)
 		}
+		setField(&view.Recipient, p.plan.extra, i, v)
 	}
 	var parts [3]segments
 	var finished textPlan
@@ -247,7 +263,7 @@ func split(s string, lead rune, shape uint32) (segments, bool) {
 		}
 		r, n := utf8.DecodeRuneInString(s[i+len(m):])
 		f := int(r - lead - 1)
-		if f < 0 || f >= numFields || shape&(1<<f) == 0 {
+		if f < 0 || f >= maxFields || shape&(1<<f) == 0 {
 			return segments{}, false
 		}
 		seg.lits = append(seg.lits, s[:i])
@@ -263,7 +279,7 @@ func split(s string, lead rune, shape uint32) (segments, bool) {
 
 // fill renders a notice from sk and the recipient's (cleaned) field values.
 // It fails where the full rendering fails: an empty subject.
-func (sk *skeleton) fill(vals *[numFields]string, locale string) (*Rendered, bool) {
+func (sk *skeleton) fill(vals []string, locale string) (*Rendered, bool) {
 	out := &Rendered{Subject: sk.fixedSubject, Text: sk.fixedText}
 	if !sk.subjectFixed {
 		out.Subject = oneLine(sk.subject.join(vals))
@@ -281,16 +297,19 @@ func (sk *skeleton) fill(vals *[numFields]string, locale string) (*Rendered, boo
 	if len(sk.html.slots) == 0 {
 		out.HTML = sk.html.lits[0]
 	} else {
-		var esc [numFields]string
-		for i, v := range vals {
-			esc[i] = escapeHTMLText(v)
+		var buf [maxFields]string
+		esc := buf[:len(vals)]
+		for _, f := range sk.html.slots {
+			if esc[f] == "" {
+				esc[f] = escapeHTMLText(vals[f])
+			}
 		}
-		out.HTML = sk.html.join(&esc)
+		out.HTML = sk.html.join(esc)
 	}
 	return out, true
 }
 
-func (s *segments) join(vals *[numFields]string) string {
+func (s *segments) join(vals []string) string {
 	if len(s.slots) == 0 {
 		return s.lits[0]
 	}
@@ -357,7 +376,7 @@ func planText(s string, lead rune, shape uint32, locale string) (textPlan, bool)
 
 // fill finishes the text with the recipient's values; false if a value
 // could change the lines around it (then finishText does the whole text).
-func (tp *textPlan) fill(vals *[numFields]string, locale string) (string, bool) {
+func (tp *textPlan) fill(vals []string, locale string) (string, bool) {
 	if len(tp.parts) == 0 {
 		return "", false
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -83,18 +84,22 @@ func recipients(n int) []notice.Recipient {
 		if set[fieldCardLast4] {
 			r.CardLast4 = pick(cards)
 		}
-		if rng.IntN(4) == 0 {
+		switch rng.IntN(4) {
+		case 0:
 			r.Extra = map[string]string{"plan": pick(nasty)}
+		case 1:
+			r.Extra = map[string]string{"plan": pick(nasty), "order-no": pick(append([]string{"A-0001", ""}, nasty...)), "other": "x"}
 		}
 		out[i] = r
 	}
 	return out
 }
 
-// writeEverything writes a template that shows every recipient field in
-// every way the fast path takes: at the top, in a range with $, in nested
-// {{with}}, {{else with}} and {{if}}, in the subject. Its subject can come
-// out empty (an Email of spaces), an error both ways must agree on.
+// writeEverything writes a template that shows every recipient field, and
+// two extra columns, in every way the fast path takes: at the top, in a
+// range with $, in nested {{with}}, {{else with}} and {{if}}, in the
+// subject. Its subject can come out empty (an Email of spaces), an error
+// both ways must agree on.
 func writeEverything(t *testing.T, dir string) {
 	t.Helper()
 	writeFile(t, filepath.Join(dir, "everything", "meta.json"), `{
@@ -118,6 +123,7 @@ func writeEverything(t *testing.T, dir string) {
 
 {{end}}
 {{.Recipient.Name}}{{.Recipient.Name}}{{.Recipient.CustomerID}}{{.Recipient.CardBrand}}
+{{with index .Recipient.Extra "plan"}}Plan: {{.}}{{else}}No plan{{end}} order {{index $.Recipient.Extra "order-no"}}
 `)
 		writeFile(t, filepath.Join(dir, "everything", loc, "html.tmpl"), `<!DOCTYPE html>
 <html lang="`+loc+`"><body>
@@ -125,6 +131,7 @@ func writeEverything(t *testing.T, dir string) {
 <p>{{.Recipient.Email}}</p>
 <ul>{{range .Data.items}}<li>{{.}} {{$.Recipient.CustomerID}}</li>{{end}}</ul>
 {{with .Recipient.CardLast4}}<p>{{with $.Recipient.CardBrand}}<b>{{.}}</b> {{end}}{{.}}</p>{{end}}
+<p>{{index .Recipient.Extra "plan"}}{{if index .Recipient.Extra "order-no"}} #{{index .Recipient.Extra "order-no"}}{{end}}</p>
 {{range .Paragraphs}}<p>{{.}}</p>{{end}}
 </body></html>
 `)
@@ -226,11 +233,12 @@ func TestPreparedEqualsRender(t *testing.T) {
 						t.Fatal("the fast path was turned off by a mismatch")
 					}
 					if v.fast {
-						for shape := range p.shapes {
-							if sk := p.shapes[shape].Load(); sk != nil && (sk.full || !sk.checked.Load()) {
-								t.Errorf("shape %05b: full %v, checked %v", shape, sk.full, sk.checked.Load())
+						p.shapes.Range(func(shape, sk any) bool {
+							if sk := sk.(*skeleton); sk.full || !sk.checked.Load() {
+								t.Errorf("shape %016b: full %v, checked %v", shape, sk.full, sk.checked.Load())
 							}
-						}
+							return true
+						})
 					}
 				})
 			}
@@ -276,7 +284,11 @@ func TestPreparedUnsafe(t *testing.T) {
 		{name: "whole input", file: text, body: `{{printf "%v" .}}` + "\n", rcpt: notice.Recipient{Name: "Ann"}, want: "Ann"},
 		{name: "with dot", file: text, body: `{{with .}}{{.Recipient.Name}}{{end}}` + "\n", rcpt: notice.Recipient{Name: "Ann"}, want: "Ann"},
 		{name: "recipient locale", file: text, body: `{{.Recipient.Locale}}` + "\n", rcpt: notice.Recipient{Locale: "en"}, want: "en"},
-		{name: "extra", file: text, body: `{{index .Recipient.Extra "plan"}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold"}}, want: "gold"},
+		{name: "extra map", file: text, body: `{{range $k, $v := .Recipient.Extra}}{{$k}}={{$v}}{{end}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold"}}, want: "plan=gold"},
+		{name: "extra printed whole", file: text, body: `{{.Recipient.Extra}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold"}}, want: "gold"},
+		{name: "extra key from data", file: text, body: `{{index .Recipient.Extra .Data.company}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"Sample": "gold"}}, want: "gold"},
+		{name: "extra len", file: text, body: `{{len (index .Recipient.Extra "plan")}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold"}}, want: "4"},
+		{name: "extra in with", file: text, body: `{{with .Recipient.Extra}}{{.plan}}{{end}}` + "\n", rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold"}}, want: "gold"},
 		{name: "assign $", file: text, body: `{{$ = .Data}}{{.Recipient.Name}}` + "\n", rcpt: notice.Recipient{Name: "Ann"}, want: "Ann"},
 		{name: "template call", file: text, body: `{{define "n"}}{{.Recipient.Name}}{{end}}{{template "n" .}}` + "\n", rcpt: notice.Recipient{Name: "Ann"}, want: "Ann"},
 		{name: "rcdata", file: html, body: `<title>{{.Recipient.Name}}</title>`, rcpt: notice.Recipient{Name: "A&B"}, want: "A&amp;B", inHTML: true},
@@ -294,8 +306,15 @@ func TestPreparedUnsafe(t *testing.T) {
 			rcpt: notice.Recipient{Email: "a+b@example.com"}, want: "a&#43;b@example.com", inHTML: true},
 		{name: "data in with", file: text, body: "{{with .Recipient.Name}}{{with $.Data.company}}{{.}}{{end}} {{.}}{{end}}\n", safe: true,
 			rcpt: notice.Recipient{Name: "Ann"}, want: "Sample Ann"},
+		{name: "extra", file: text, body: `{{index .Recipient.Extra "plan"}} {{index $.Recipient.Extra "order-no"}}` + "\n", safe: true,
+			rcpt: notice.Recipient{Extra: map[string]string{"plan": "gold", "order-no": "A-1"}}, want: "gold A-1"},
+		{name: "extra in with and range", file: text, body: "{{with index .Recipient.Extra \"plan\"}}plan {{.}}{{else}}no plan{{end}}\n{{range .Data.items}}{{.}} {{index $.Recipient.Extra \"order-no\"}}\n{{end}}", safe: true,
+			rcpt: notice.Recipient{Extra: map[string]string{"plan": "", "order-no": "A-1"}}, want: "no plan\na A-1"},
+		{name: "extra in html", file: html, body: `<p>{{index .Recipient.Extra "plan"}}</p>{{if index .Recipient.Extra "order-no"}}<p>{{.Recipient.Name}}</p>{{end}}`, safe: true,
+			rcpt: notice.Recipient{Name: "Ann", Extra: map[string]string{"plan": "<gold>", "order-no": "1"}}, want: "<p>&lt;gold&gt;</p><p>Ann</p>", inHTML: true},
 	}
-	others := []notice.Recipient{{}, {Name: "Taro", CardBrand: "VISA", CardLast4: "1234"}, {Name: `"><script>`, CardBrand: "JCB", Email: "x@example.com"}, {Name: "   "}}
+	others := []notice.Recipient{{}, {Name: "Taro", CardBrand: "VISA", CardLast4: "1234"}, {Name: `"><script>`, CardBrand: "JCB", Email: "x@example.com"}, {Name: "   "},
+		{Name: "Jo", Extra: map[string]string{"plan": "silver & <b>", "order-no": ""}}, {Extra: map[string]string{"plan": "x"}}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -363,7 +382,7 @@ func TestPreparedMismatchTurnsFastPathOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := SampleRecipient("ja")
-	vals := fieldValues(&r)
+	vals := fieldValues(nil, &r, p.plan.extra)
 	var shape uint32
 	for i, v := range vals {
 		if v != "" && p.plan.uses&(1<<i) != 0 {
@@ -372,7 +391,7 @@ func TestPreparedMismatchTurnsFastPathOff(t *testing.T) {
 	}
 	sk := p.build(shape)
 	sk.html.lits[0] = "<p>wrong</p>" + sk.html.lits[0]
-	p.shapes[shape].Store(sk)
+	p.shapes.Store(shape, sk)
 
 	for i, r := range []notice.Recipient{r, r, {Name: "Other", CardLast4: "9999"}} {
 		in.Recipient = r
@@ -480,52 +499,85 @@ func TestPreparedConcurrent(t *testing.T) {
 // BenchmarkRender is the cost of one notice of a campaign, Set.Render
 // against Prepared.Render, over recipients that differ as a real list's do.
 func BenchmarkRender(b *testing.B) {
-	s, err := Load("")
-	if err != nil {
-		b.Fatal(err)
-	}
+	// card-reissue as embedded, and a copy that also shows an extra column
+	// of the upload (an order number) in its text and HTML.
+	dir := b.TempDir()
+	copyTemplate(b, dir, "card-reissue")
 	for _, loc := range Locales {
-		in, _ := s.Sample("card-reissue", loc)
-		in.Date = fixedDate
-		in.Paragraphs = []string{"Our phone lines are very busy. If you cannot get through, please email us instead."}
-		rcpts := make([]notice.Recipient, 256)
-		for i := range rcpts {
-			r := SampleRecipient(loc)
-			r.Name += " " + strings.Repeat("x", i%7) + string(rune('A'+i%26))
-			r.CardLast4 = []string{"1234", "9876", "5555", "0000"}[i%4]
-			if i%5 == 0 {
-				r.CardBrand = ""
-			}
-			if i%11 == 0 {
-				r.Name = ""
-			}
-			rcpts[i] = r
-		}
-		b.Run(loc+"/Set", func(b *testing.B) {
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				in.Recipient = rcpts[i%len(rcpts)]
-				i++
-				if _, err := s.Render("card-reissue", in); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(loc+"/Prepared", func(b *testing.B) {
-			p, err := s.Prepare("card-reissue", in)
+		for file, edit := range map[string]func(string) string{
+			"text.tmpl": func(s string) string { return s + "\nOrder: {{index .Recipient.Extra \"order_no\"}}\n" },
+			"html.tmpl": func(s string) string {
+				return strings.Replace(s, "</body>", "<p>Order: {{index .Recipient.Extra \"order_no\"}}</p></body>", 1)
+			},
+		} {
+			path := filepath.Join(dir, "card-reissue", loc, file)
+			src, err := os.ReadFile(path)
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				if _, err := p.Render(rcpts[i%len(rcpts)]); err != nil {
+			writeFile(b, path, edit(string(src)))
+		}
+	}
+	embedded, err := Load("")
+	if err != nil {
+		b.Fatal(err)
+	}
+	withExtra, err := Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, set := range []struct {
+		name string
+		s    *Set
+	}{{"card-reissue", embedded}, {"with-extra-column", withExtra}} {
+		s := set.s
+		for _, loc := range Locales {
+			in, _ := s.Sample("card-reissue", loc)
+			in.Date = fixedDate
+			in.Paragraphs = []string{"Our phone lines are very busy. If you cannot get through, please email us instead."}
+			rcpts := make([]notice.Recipient, 256)
+			for i := range rcpts {
+				r := SampleRecipient(loc)
+				r.Name += " " + strings.Repeat("x", i%7) + string(rune('A'+i%26))
+				r.CardLast4 = []string{"1234", "9876", "5555", "0000"}[i%4]
+				if i%5 == 0 {
+					r.CardBrand = ""
+				}
+				if i%11 == 0 {
+					r.Name = ""
+				}
+				r.Extra = map[string]string{"order_no": fmt.Sprintf("A-%06d", i)}
+				rcpts[i] = r
+			}
+			b.Run(set.name+"/"+loc+"/Set", func(b *testing.B) {
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					in.Recipient = rcpts[i%len(rcpts)]
+					i++
+					if _, err := s.Render("card-reissue", in); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run(set.name+"/"+loc+"/Prepared", func(b *testing.B) {
+				p, err := s.Prepare("card-reissue", in)
+				if err != nil {
 					b.Fatal(err)
 				}
-				i++
-			}
-		})
+				if p.plan == nil {
+					b.Fatalf("no fast path: %v", p.lt.noPlan)
+				}
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					if _, err := p.Render(rcpts[i%len(rcpts)]); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
 	}
 }
 

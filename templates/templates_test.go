@@ -398,7 +398,7 @@ func TestValidateCampaign(t *testing.T) {
 }
 
 // copyTemplate copies the embedded template name into dir.
-func copyTemplate(t *testing.T, dir, name string) {
+func copyTemplate(t testing.TB, dir, name string) {
 	t.Helper()
 	sub, err := fs.Sub(embedded, name)
 	if err != nil {
@@ -409,7 +409,7 @@ func copyTemplate(t *testing.T, dir, name string) {
 	}
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
