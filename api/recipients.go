@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -273,14 +274,9 @@ type recipientView struct {
 func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	q := r.URL.Query()
-	var want notice.Status
-	if v := q.Get("status"); v != "" {
-		st, err := notice.ParseStatus(v)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_status", err.Error(), nil)
-			return
-		}
-		want = st
+	want, ok := statusParam(w, q)
+	if !ok {
+		return
 	}
 	cursor, err := parseCursor(q.Get("cursor"))
 	if err != nil {
@@ -303,6 +299,21 @@ func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 		ans["next_cursor"] = nil
 	}
 	writeJSON(w, http.StatusOK, ans)
+}
+
+// statusParam reads the ?status= filter ("" for none); on a bad one it
+// answers 400 and returns false.
+func statusParam(w http.ResponseWriter, q url.Values) (notice.Status, bool) {
+	v := q.Get("status")
+	if v == "" {
+		return "", true
+	}
+	st, err := notice.ParseStatus(v)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_status", err.Error(), nil)
+		return "", false
+	}
+	return st, true
 }
 
 func orEmpty(rs []notice.Recipient) []notice.Recipient {

@@ -189,27 +189,38 @@ type Chunk struct {
 // LoadRecipients reads recipients [from, to) with their status and delivery
 // records. With lease set, it also takes the chunk's lease in the same trip.
 func (s *Store) LoadRecipients(ctx context.Context, cid string, from, to int64, lease time.Time) (*Chunk, error) {
-	ck := s.k.campaign(cid)
-	ids := make([]string, 0, to-from)
+	ids := make([]int64, 0, to-from)
 	for id := from; id < to; id++ {
-		ids = append(ids, itoa(id))
+		ids = append(ids, id)
+	}
+	return s.load(ctx, cid, ids, lease)
+}
+
+// load reads the recipients ids (ascending, not empty) in one round trip;
+// with lease set it also takes the lease of the chunk that starts at ids[0].
+func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Time) (*Chunk, error) {
+	ck := s.k.campaign(cid)
+	from, last := ids[0], ids[len(ids)-1]
+	fields := make([]string, len(ids))
+	for i, id := range ids {
+		fields[i] = itoa(id)
 	}
 	var st *redis.SliceCmd
 	var codes *redis.StringCmd
 	var profs, dlvs, rss *redis.SliceCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		st = p.HMGet(ctx, ck.state, "status", "gen", "seq")
-		codes = p.GetRange(ctx, ck.st, from, to-1)
-		profs = p.HMGet(ctx, ck.rcpt, ids...)
-		dlvs = p.HMGet(ctx, ck.dlv, ids...)
-		rss = p.HMGet(ctx, ck.rs, ids...)
+		codes = p.GetRange(ctx, ck.st, from, last)
+		profs = p.HMGet(ctx, ck.rcpt, fields...)
+		dlvs = p.HMGet(ctx, ck.dlv, fields...)
+		rss = p.HMGet(ctx, ck.rs, fields...)
 		if !lease.IsZero() {
 			p.ZAdd(ctx, ck.chunks, redis.Z{Score: float64(ms(lease)), Member: itoa(from)})
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load recipients %d-%d of %s: %w", from, to, cid, err)
+		return nil, fmt.Errorf("load recipients %d-%d of %s: %w", from, last, cid, err)
 	}
 	c := &Chunk{}
 	if v := st.Val(); v[0] != nil {
@@ -228,10 +239,10 @@ func (s *Store) LoadRecipients(ctx context.Context, cid string, from, to int64, 
 		var r notice.Recipient
 		var p profile
 		if err := json.Unmarshal([]byte(ps), &p); err != nil {
-			return nil, fmt.Errorf("decode recipient %d of %s: %w", from+int64(i), cid, err)
+			return nil, fmt.Errorf("decode recipient %d of %s: %w", ids[i], cid, err)
 		}
 		p.into(&r)
-		r.ID, r.CampaignID = from+int64(i), cid
+		r.ID, r.CampaignID = ids[i], cid
 		if dv, ok := dlvs.Val()[i].(string); ok {
 			if err := json.Unmarshal([]byte(dv), &r.Delivery); err != nil {
 				return nil, fmt.Errorf("decode delivery %d of %s: %w", r.ID, cid, err)
@@ -243,8 +254,8 @@ func (s *Store) LoadRecipients(ctx context.Context, cid string, from, to int64, 
 			}
 		}
 		r.Status = notice.StatusPending
-		if i < len(cs) {
-			r.Status = statusOf(cs[i])
+		if j := r.ID - from; j < int64(len(cs)) {
+			r.Status = statusOf(cs[j])
 		}
 		c.Recipients = append(c.Recipients, r)
 	}
@@ -304,12 +315,12 @@ func (s *Store) Recipients(ctx context.Context, cid string, want notice.Status, 
 			}
 			pick = append(pick, id)
 		}
-		for _, id := range pick {
-			r, err := s.Recipient(ctx, cid, id)
+		if len(pick) > 0 {
+			c, err := s.load(ctx, cid, pick, time.Time{})
 			if err != nil {
 				return nil, err
 			}
-			page.Recipients = append(page.Recipients, *r)
+			page.Recipients = append(page.Recipients, c.Recipients...)
 		}
 		if next > 0 {
 			page.Next = next
