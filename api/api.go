@@ -89,6 +89,7 @@ func (s *Server) routes() {
 	h("POST /v1/campaigns/{id}/cancel", s.cancelCampaign)
 	h("GET /v1/campaigns/{id}/preview", s.previewCampaign)
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
+	h("POST /v1/campaigns/{id}/test", s.testSend)
 
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)

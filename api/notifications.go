@@ -56,12 +56,24 @@ type NotificationAnswer struct {
 // and delivered through the urgent queue, so it is tracked, looked up,
 // resent and audited like any other recipient.
 func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*NotificationAnswer, error) {
-	creq := campaignRequest{
-		Name: NotificationPrefix + req.Template, Template: req.Template, DefaultLocale: req.Locale,
-		From: req.From, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
+	tmpl := req.Template
+	if tmpl == "" {
+		tmpl = "card-reissue"
 	}
-	if req.Template == "" {
-		creq.Name = NotificationPrefix + "card-reissue"
+	ans, err := s.sendOne(ctx, NotificationPrefix+tmpl, req)
+	if err != nil {
+		return nil, err
+	}
+	details, _ := json.Marshal(map[string]string{"template": tmpl, "email": notice.MaskEmail(req.Recipient.Email)})
+	s.auditCtx(ctx, store.AuditEntry{Action: "notification.send", CampaignID: ans.CampaignID, Recipient: ans.RecipientID, Details: details})
+	return ans, nil
+}
+
+// sendOne sends req as the one recipient of a new campaign called name.
+func (s *Server) sendOne(ctx context.Context, name string, req NotificationRequest) (*NotificationAnswer, error) {
+	creq := campaignRequest{
+		Name: name, Template: req.Template, DefaultLocale: req.Locale,
+		From: req.From, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
 	}
 	errs := creq.validate(s.templates)
 	for i := range errs {
@@ -122,8 +134,6 @@ func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*Notifica
 		s.store.SetFanoutCursor(context.WithoutCancel(ctx), c.ID, t.Gen, 1)
 		return nil, err
 	}
-	details, _ := json.Marshal(map[string]string{"template": c.Template, "email": notice.MaskEmail(rc.Email)})
-	s.auditCtx(ctx, store.AuditEntry{Action: "notification.send", CampaignID: c.ID, Recipient: rid, Details: details})
 	return &NotificationAnswer{
 		CampaignID: c.ID, RecipientID: rid, Status: notice.StatusPending,
 		URL: fmt.Sprintf("/v1/campaigns/%s/recipients/%d", c.ID, rid),
