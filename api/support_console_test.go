@@ -112,3 +112,66 @@ func TestSupportConsoleGuards(t *testing.T) {
 		t.Errorf("search after sign-out: %d, want 401", r.code)
 	}
 }
+
+// TestSupportConsoleJapanese: a browser that prefers Japanese gets the
+// console in Japanese, messages included; ?lang= switches and is remembered.
+func TestSupportConsoleJapanese(t *testing.T) {
+	_, url0 := testenv.Redis(t, testenv.DBSupport)
+	cfg := testenv.Config(t, map[string]string{"REDIS_URL": url0, "SMTP_URL": "smtp://127.0.0.1:1?tls=none", "KEY_PREFIX": "conja"})
+	st := teststack.StartStack(t, cfg, service.Options{API: true})
+	jar, _ := cookiejar.New(nil)
+	cl := &http.Client{Jar: jar}
+	get := func(path, acceptLanguage string, form url.Values) string {
+		t.Helper()
+		method, body := "GET", ""
+		if form != nil {
+			method, body = "POST", form.Encode()
+		}
+		req, _ := http.NewRequest(method, st.Base+path, strings.NewReader(body))
+		if form != nil {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		req.Header.Set("Accept-Language", acceptLanguage)
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	for _, tc := range []struct {
+		acceptLanguage string
+		ja             bool
+	}{
+		{"ja-JP,ja;q=0.9,en-US;q=0.8", true},
+		{"ja", true},
+		{"en-US,en;q=0.9,ja;q=0.5", false},
+		{"fr-FR", false},
+		{"", false},
+	} {
+		body := get("/support/", tc.acceptLanguage, nil)
+		if ja := strings.Contains(body, `<html lang="ja">`) && strings.Contains(body, "API キーでログインしてください"); ja != tc.ja {
+			t.Errorf("Accept-Language %q: Japanese %v, want %v", tc.acceptLanguage, ja, tc.ja)
+		}
+	}
+	// A sign-in refused, in Japanese.
+	body := get("/support/", "ja", nil)
+	body = get("/support/login", "ja", url.Values{"login_token": {hidden(body, "login_token")}, "key": {"not-a-key-0123456789abcdef"}})
+	if !strings.Contains(body, "そのキーは無効です。") {
+		t.Errorf("refused sign-in, Japanese: %s", body)
+	}
+	// Signed in, a search for an address nobody was sent to.
+	body = get("/support/", "ja", nil)
+	get("/support/login", "ja", url.Values{"login_token": {hidden(body, "login_token")}, "key": {testenv.SupportKey}})
+	body = get("/support/", "ja", nil)
+	body = get("/support/search", "ja", url.Values{"csrf": {hidden(body, "csrf")}, "email": {"nobody@example.jp"}})
+	if !strings.Contains(body, `<span id="searched">nobody@example.jp</span> 宛てのお知らせ`) || !strings.Contains(body, "このアドレス宛てのお知らせはありません。") {
+		t.Errorf("search, Japanese: %s", body)
+	}
+	// English chosen on the page wins over the browser's Japanese, and stays.
+	get("/support/?lang=en", "ja", nil)
+	if body := get("/support/", "ja", nil); !strings.Contains(body, `<html lang="en">`) || !strings.Contains(body, ">Search<") {
+		t.Errorf("after ?lang=en: %s", body)
+	}
+}

@@ -16,8 +16,6 @@ import (
 	"embed"
 	"encoding/base64"
 	"errors"
-	"fmt"
-	"html/template"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -31,23 +29,6 @@ import (
 
 //go:embed templates/*.html
 var files embed.FS
-
-var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
-	"fmtTime": fmtTime,
-	"fmtTimePtr": func(t *time.Time) string {
-		if t == nil {
-			return ""
-		}
-		return fmtTime(*t)
-	},
-}).ParseFS(files, "templates/page.html"))
-
-func fmtTime(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return t.UTC().Format("2006-01-02 15:04:05 MST")
-}
 
 const (
 	sessionCookie = "oshirase_support"
@@ -115,6 +96,7 @@ func sameOrigin(r *http.Request) bool {
 
 // view is what the page template shows.
 type view struct {
+	Lang       string // ja or en
 	Signed     bool
 	Actor      string
 	Role       api.Role
@@ -133,10 +115,12 @@ type session struct {
 	key  *api.Key
 }
 
-func (c *Console) render(w http.ResponseWriter, status int, v view) {
+func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, v view) {
+	v.Lang = lang(r)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Language", v.Lang)
 	w.WriteHeader(status)
-	if err := page.Execute(w, v); err != nil {
+	if err := pages[v.Lang].Execute(w, v); err != nil {
 		c.log.Error("support console: render", "err", err)
 	}
 }
@@ -180,6 +164,12 @@ func (c *Console) current(r *http.Request) (*session, error) {
 func mayUse(r api.Role) bool { return r == api.RoleAdmin || r == api.RoleSupport }
 
 func (c *Console) index(w http.ResponseWriter, r *http.Request) {
+	if l := r.URL.Query().Get("lang"); l == "ja" || l == "en" {
+		// Remembered for a year; the page shows in it from now on.
+		http.SetCookie(w, c.cookie(r, langCookie, l, 365*24*3600))
+		http.Redirect(w, r, "/support/", http.StatusSeeOther)
+		return
+	}
 	s, err := c.current(r)
 	if err != nil {
 		c.fail(w, r, err)
@@ -189,7 +179,7 @@ func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 		c.loginPage(w, r, http.StatusOK, "")
 		return
 	}
-	c.render(w, http.StatusOK, c.signedView(s))
+	c.render(w, r, http.StatusOK, c.signedView(s))
 }
 
 func (c *Console) signedView(s *session) view {
@@ -201,7 +191,7 @@ func (c *Console) signedView(s *session) view {
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	tok := randomToken()
 	http.SetCookie(w, c.cookie(r, loginCookie, tok, 600))
-	c.render(w, status, view{LoginToken: tok, Error: msg})
+	c.render(w, r, status, view{LoginToken: tok, Error: msg})
 }
 
 func parseForm(w http.ResponseWriter, r *http.Request) error {
@@ -211,23 +201,23 @@ func parseForm(w http.ResponseWriter, r *http.Request) error {
 
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	if err := parseForm(w, r); err != nil {
-		c.loginPage(w, r, http.StatusBadRequest, "The form could not be read.")
+		c.loginPage(w, r, http.StatusBadRequest, tr(r, "The form could not be read."))
 		return
 	}
 	lc, err := r.Cookie(loginCookie)
 	if err != nil || !equal(lc.Value, r.PostFormValue("login_token")) {
-		c.loginPage(w, r, http.StatusForbidden, "The sign-in form expired; please try again.")
+		c.loginPage(w, r, http.StatusForbidden, tr(r, "The sign-in form expired; please try again."))
 		return
 	}
 	key, ok := c.keys.Find(r.PostFormValue("key"))
 	if !ok {
 		c.log.Warn("support console: sign-in with an unknown key", "remote", r.RemoteAddr)
-		c.loginPage(w, r, http.StatusUnauthorized, "That key is not valid.")
+		c.loginPage(w, r, http.StatusUnauthorized, tr(r, "That key is not valid."))
 		return
 	}
 	if !mayUse(key.Role) {
 		c.log.Warn("support console: sign-in refused for role", "key", key.Name, "role", key.Role)
-		c.loginPage(w, r, http.StatusForbidden, "Only support and admin keys may use the support console.")
+		c.loginPage(w, r, http.StatusForbidden, tr(r, "Only support and admin keys may use the support console."))
 		return
 	}
 	id := randomToken()
@@ -251,7 +241,7 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session))
 			return
 		}
 		if s == nil {
-			c.loginPage(w, r, http.StatusUnauthorized, "Please sign in.")
+			c.loginPage(w, r, http.StatusUnauthorized, tr(r, "Please sign in."))
 			return
 		}
 		if err := parseForm(w, r); err != nil {
@@ -292,8 +282,8 @@ func (c *Console) showLookup(w http.ResponseWriter, r *http.Request, s *session,
 		status = http.StatusUnprocessableEntity
 	}
 	if v.Email == "" || !strings.Contains(v.Email, "@") {
-		v.Error = "Enter an email address."
-		c.render(w, http.StatusUnprocessableEntity, v)
+		v.Error = tr(r, "Enter an email address.")
+		c.render(w, r, http.StatusUnprocessableEntity, v)
 		return
 	}
 	res, err := c.api.Lookup(r.Context(), v.Email)
@@ -302,7 +292,7 @@ func (c *Console) showLookup(w http.ResponseWriter, r *http.Request, s *session,
 		return
 	}
 	v.Result = res
-	c.render(w, status, v)
+	c.render(w, r, status, v)
 }
 
 func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
@@ -311,7 +301,7 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	rid, err := strconv.ParseInt(f.Get("recipient"), 10, 64)
 	cid := f.Get("campaign")
 	if err != nil || rid < 1 || cid == "" {
-		c.showLookup(w, r, s, q, "", "The resend form is incomplete; search again.")
+		c.showLookup(w, r, s, q, "", tr(r, "The resend form is incomplete; search again."))
 		return
 	}
 	rs, err := c.api.Resend(r.Context(), cid, rid, api.ResendRequest{
@@ -320,12 +310,12 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	var ie *api.InvalidError
 	switch {
 	case err == nil:
-		c.showLookup(w, r, s, q, fmt.Sprintf("Resend #%d queued to %s.", rs.N, rs.Email), "")
+		c.showLookup(w, r, s, q, tr(r, "Resend #%d queued to %s.", rs.N, rs.Email), "")
 	case errors.As(err, &ie):
-		c.showLookup(w, r, s, q, "", "Not resent: "+ie.Msg)
+		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", ie.Msg))
 	case errors.Is(err, api.ErrSuppressed), errors.Is(err, api.ErrNotSent),
 		errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
-		c.showLookup(w, r, s, q, "", "Not resent: "+err.Error())
+		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", err.Error()))
 	default:
 		c.fail(w, r, err)
 	}

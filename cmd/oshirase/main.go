@@ -15,6 +15,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	_ "time/tzdata" // TZ=Asia/Tokyo works in images without a zoneinfo database
 
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/service"
