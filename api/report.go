@@ -60,6 +60,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("\ufeff"))
 	}
 	cw := csv.NewWriter(w)
+	cw.UseCRLF = true // RFC 4180, as spreadsheets expect
 	cw.Write(reportColumns)
 	flusher, _ := w.(http.Flusher)
 	for from := int64(1); from <= st.Seq; from += reportBatch {
