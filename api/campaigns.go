@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/mail"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
@@ -158,7 +160,38 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, c)
+	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, time.Now())})
+}
+
+// campaignView is a campaign as GET /v1/campaigns/{id} shows it.
+type campaignView struct {
+	*notice.Campaign
+	Progress *progress `json:"progress,omitempty"`
+}
+
+// progress is how a sending campaign drains, for operators watching it:
+// recipients done (sent, failed, suppressed or cancelled), the average rate
+// since it started, and when it will be done at that rate.
+type progress struct {
+	Done          int64    `json:"done"`
+	RatePerSecond float64  `json:"rate_per_second"`
+	ETASeconds    *float64 `json:"eta_seconds,omitempty"`
+}
+
+func progressOf(c *notice.Campaign, now time.Time) *progress {
+	if c.Status != notice.CampaignSending || c.StartedAt == nil {
+		return nil
+	}
+	n := c.Counts
+	p := &progress{Done: n.Sent + n.Failed + n.Suppressed + n.Cancelled}
+	if d := now.Sub(*c.StartedAt).Seconds(); d > 0 {
+		p.RatePerSecond = math.Round(float64(p.Done)/d*10) / 10
+	}
+	if p.RatePerSecond > 0 {
+		eta := math.Ceil(float64(n.Total-p.Done) / p.RatePerSecond)
+		p.ETASeconds = &eta
+	}
+	return p
 }
 
 func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
