@@ -110,10 +110,11 @@ func (s *Server) sendOne(ctx context.Context, name string, req NotificationReque
 	if err := s.store.CreateCampaign(ctx, &c); err != nil {
 		return nil, err
 	}
-	ids, err := s.store.AddRecipients(ctx, c.ID, []notice.Recipient{rc})
+	added, err := s.store.AddRecipients(ctx, c.ID, []notice.Recipient{rc})
 	if err != nil {
 		return nil, err
 	}
+	ids := added.IDs
 	if len(ids) != 1 || ids[0] < 1 {
 		return nil, fmt.Errorf("notification %s: recipient not added", c.ID)
 	}

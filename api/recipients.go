@@ -1,12 +1,14 @@
 package api
 
 import (
+	"cmp"
 	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -37,6 +39,50 @@ type uploadAnswer struct {
 	Lines         int                `json:"lines"`
 	Incomplete    *incompleteUpload  `json:"incomplete,omitempty"`
 	Total         int64              `json:"total_recipients"`
+	// AlreadyAddressed warns of recipients whom other campaigns have
+	// already addressed: a follow-up is meant to, the same notice twice is
+	// the mistake oshirase exists to prevent.
+	AlreadyAddressed *alreadyAddressed `json:"already_addressed,omitempty"`
+
+	earlier map[string]int64 // campaign id → accepted recipients it had addressed
+}
+
+// alreadyAddressed is how many of an upload's recipients other campaigns had
+// addressed, and which campaigns (the ten with most of them).
+type alreadyAddressed struct {
+	Recipients int64             `json:"recipients"`
+	Campaigns  []earlierCampaign `json:"campaigns"`
+}
+
+type earlierCampaign struct {
+	ID         string                `json:"id"`
+	Name       string                `json:"name"`
+	Template   string                `json:"template"`
+	Status     notice.CampaignStatus `json:"status"`
+	CreatedAt  time.Time             `json:"created_at"`
+	Recipients int64                 `json:"recipients"`
+}
+
+// maxEarlierCampaigns bounds the campaigns an upload answer names.
+const maxEarlierCampaigns = 10
+
+// describeEarlier fills ans.AlreadyAddressed from ans.earlier.
+func (s *Server) describeEarlier(ctx context.Context, ans *uploadAnswer, repeats int64) {
+	if repeats == 0 {
+		return
+	}
+	ids := slices.Collect(maps.Keys(ans.earlier))
+	slices.SortFunc(ids, func(a, b string) int { return cmp.Or(cmp.Compare(ans.earlier[b], ans.earlier[a]), cmp.Compare(a, b)) })
+	aa := &alreadyAddressed{Recipients: repeats, Campaigns: []earlierCampaign{}}
+	for _, id := range ids[:min(len(ids), maxEarlierCampaigns)] {
+		c, err := s.store.Campaign(ctx, id)
+		if err != nil {
+			continue // deleted since
+		}
+		aa.Campaigns = append(aa.Campaigns, earlierCampaign{ID: c.ID, Name: c.Name, Template: c.Template, Status: c.Status,
+			CreatedAt: c.CreatedAt, Recipients: ans.earlier[id]})
+	}
+	ans.AlreadyAddressed = aa
 }
 
 // incompleteUpload says how far an upload that broke off got.
@@ -88,7 +134,8 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ans := &uploadAnswer{Rejected: []ingest.Rejection{}}
-	perr := s.ingest(ctx, id, p, ans)
+	repeats, perr := s.ingest(ctx, id, p, ans)
+	s.describeEarlier(ctx, ans, repeats)
 	ans.Lines = p.Line()
 	ans.Charset = p.Charset()
 	if ans.RejectedCount > 0 {
@@ -96,7 +143,8 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	metrics.Ingested.WithLabelValues("accepted").Add(float64(ans.Accepted))
 	metrics.Ingested.WithLabelValues("rejected").Add(float64(ans.RejectedCount))
-	details, _ := json.Marshal(map[string]any{"accepted": ans.Accepted, "rejected": ans.RejectedCount, "lines": ans.Lines, "complete": perr == nil})
+	details, _ := json.Marshal(map[string]any{"accepted": ans.Accepted, "rejected": ans.RejectedCount, "lines": ans.Lines,
+		"complete": perr == nil, "already_addressed": repeats})
 	s.audit(r, store.AuditEntry{Action: "recipients.upload", CampaignID: id, Details: details})
 	if c2, err := s.store.Campaign(ctx, id); err == nil {
 		ans.Total = c2.Counts.Total
@@ -122,9 +170,12 @@ type upBatch struct {
 // follow the request's context: when a client breaks off, what was parsed
 // before the break is still stored (and the answer, if anyone still reads
 // it, says how far it got).
-func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *uploadAnswer) error {
+// It returns how many accepted recipients other campaigns had addressed
+// (counted per campaign in ans.earlier).
+func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *uploadAnswer) (int64, error) {
 	wctx := context.WithoutCancel(ctx)
 	var mu sync.Mutex // guards ans.Rejected and ans.RejectedCount
+	var repeats int64 // written by the writer goroutine, read after done
 	reject := func(rej ingest.Rejection) {
 		mu.Lock()
 		ans.RejectedCount++
@@ -145,13 +196,20 @@ func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *u
 				continue // drain: the parser stops at its next batch
 			}
 			if len(b.rs) > 0 {
-				ids, err := s.store.AddRecipients(wctx, id, b.rs)
+				added, err := s.store.AddRecipients(wctx, id, b.rs)
 				if err != nil {
 					werr = err
 					failed.Store(true)
 					continue
 				}
-				for i, rid := range ids {
+				repeats += added.Repeats
+				for c, n := range added.Earlier {
+					if ans.earlier == nil {
+						ans.earlier = map[string]int64{}
+					}
+					ans.earlier[c] += n
+				}
+				for i, rid := range added.IDs {
 					if rid == 0 {
 						rej := ingest.Rejection{Line: b.lines[i], Field: "email", Error: "address already in this campaign"}
 						reject(rej)
@@ -211,9 +269,9 @@ func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *u
 	<-done
 	slices.SortStableFunc(ans.Rejected, func(a, b ingest.Rejection) int { return a.Line - b.Line })
 	if werr != nil {
-		return werr // a store error outranks a parse error after it
+		return repeats, werr // a store error outranks a parse error after it
 	}
-	return perr
+	return repeats, perr
 }
 
 // uploadFailed answers an upload that could not be read to its end. What was

@@ -296,3 +296,47 @@ func TestUploadJSON(t *testing.T) {
 		t.Errorf("answer echoes the card number: %s", b)
 	}
 }
+
+// TestUploadAlreadyAddressed: an upload says which of its recipients other
+// campaigns have already addressed, and which campaigns — the second
+// campaign to the same people that may be a mistake.
+func TestUploadAlreadyAddressed(t *testing.T) {
+	hs := uploadServer(t, 0)
+	ct := map[string]string{"Content-Type": "text/csv"}
+	type answer struct {
+		Accepted         int `json:"accepted"`
+		AlreadyAddressed *struct {
+			Recipients int64 `json:"recipients"`
+			Campaigns  []struct {
+				ID, Name, Template string
+				Recipients         int64
+			} `json:"campaigns"`
+		} `json:"already_addressed"`
+	}
+	upload := func(rows string) (string, answer) {
+		t.Helper()
+		id := newCampaign(t, hs)
+		var a answer
+		if code := call(t, hs, "POST", "/v1/campaigns/"+id+"/recipients", ct, strings.NewReader(csvHeader+rows), &a); code != 200 {
+			t.Fatalf("upload: %d", code)
+		}
+		return id, a
+	}
+	first, a1 := upload(csvRows(1, 300))
+	if a1.Accepted != 300 || a1.AlreadyAddressed != nil {
+		t.Fatalf("first upload: %+v", a1)
+	}
+	// 101..300 again (one in upper case), 301..400 new.
+	second, a2 := upload(strings.Replace(csvRows(101, 300), "example.jp", "EXAMPLE.JP", 1))
+	if aa := a2.AlreadyAddressed; a2.Accepted != 300 || aa == nil || aa.Recipients != 200 || len(aa.Campaigns) != 1 ||
+		aa.Campaigns[0].ID != first || aa.Campaigns[0].Recipients != 200 || aa.Campaigns[0].Template != "card-reissue" || aa.Campaigns[0].Name != "upload test" {
+		t.Fatalf("second upload: %+v", a2.AlreadyAddressed)
+	}
+	// 251..450: 251..300 in both earlier campaigns, 301..400 in the second.
+	_, a3 := upload(csvRows(251, 200))
+	aa := a3.AlreadyAddressed
+	if aa == nil || aa.Recipients != 150 || len(aa.Campaigns) != 2 ||
+		aa.Campaigns[0].ID != second || aa.Campaigns[0].Recipients != 150 || aa.Campaigns[1].ID != first || aa.Campaigns[1].Recipients != 50 {
+		t.Fatalf("third upload: %+v", aa)
+	}
+}

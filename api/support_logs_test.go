@@ -131,10 +131,11 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 	if code, body := teststack.Do(t, base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c); code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}
-	ids, err := svc.Store.AddRecipients(context.Background(), c.ID, rcpts)
+	added, err := svc.Store.AddRecipients(context.Background(), c.ID, rcpts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ids := added.IDs
 	teststack.Do(t, base, teststack.AdminKey, "POST", "/v1/campaigns/"+c.ID+"/start", "", nil, nil)
 	got := teststack.WaitCampaign(t, base, c.ID, 20*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone })
 	if got.Counts.Sent != 1 || got.Counts.Failed != 2 {

@@ -46,7 +46,7 @@ func sentCampaign(t testing.TB, st *teststack.Stack, name string, rcpts []notice
 	if code != 201 {
 		t.Fatalf("create campaign: %d %s", code, body)
 	}
-	ids, err := st.Svc.Store.AddRecipients(context.Background(), c.ID, rcpts)
+	added, err := st.Svc.Store.AddRecipients(context.Background(), c.ID, rcpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func sentCampaign(t testing.TB, st *teststack.Stack, name string, rcpts []notice
 		t.Fatalf("start: %d %s", code, body)
 	}
 	teststack.WaitCampaign(t, st.Base, c.ID, 30*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone })
-	return c.ID, ids
+	return c.ID, added.IDs
 }
 
 func lookup(t *testing.T, st *teststack.Stack, addr string) api.LookupResult {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,16 +40,25 @@ func (p profile) into(r *notice.Recipient) {
 // at every provider people use.
 func EmailKey(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
 
-// AddResult tells, per recipient given to AddRecipients, its new id, or 0
-// when the address was already in the campaign.
-type AddResult []int64
+// AddResult tells what AddRecipients did.
+type AddResult struct {
+	// IDs holds, per recipient given, its new id, or 0 when the address was
+	// already in the campaign.
+	IDs []int64
+	// Repeats counts the new recipients whose address other campaigns had
+	// already addressed; Earlier counts them per such campaign. A second
+	// campaign to the same people may be meant (a follow-up) or a mistake
+	// (the same notice twice); the uploader is told either way.
+	Repeats int64
+	Earlier map[string]int64
+}
 
 // AddRecipients appends recipients to a draft campaign in one round trip and
 // indexes their addresses for support look-ups. Callers batch (a few hundred
 // per call keeps each script short).
-func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recipient) (AddResult, error) {
+func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recipient) (*AddResult, error) {
 	if len(rs) == 0 {
-		return nil, nil
+		return &AddResult{}, nil
 	}
 	args := make([]any, 0, 1+2*len(rs))
 	args = append(args, ms(time.Now()))
@@ -69,25 +79,31 @@ func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recip
 		}
 		return nil, fmt.Errorf("add recipients to %s: %w", cid, err)
 	}
-	if err := s.index(ctx, cid, rs, v); err != nil {
-		return v, err
+	res := &AddResult{IDs: v}
+	if err := s.index(ctx, cid, rs, res); err != nil {
+		return res, err
 	}
-	return v, nil
+	return res, nil
 }
 
-// indexScript appends "cid:rid" to each address's entry of the look-up hash.
+// indexScript appends "cid:rid" to each address's entry of the look-up hash
+// and returns the entries that were there before: the address's notices in
+// other campaigns.
 var indexScript = redis.NewScript(`
+local earlier = {}
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if cur then redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
+  if cur then
+    redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
+    earlier[#earlier+1] = cur
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 end
-return 0
+return earlier
 `)
 
-func (s *Store) index(ctx context.Context, cid string, rs []notice.Recipient, ids []int64) error {
+func (s *Store) index(ctx context.Context, cid string, rs []notice.Recipient, res *AddResult) error {
 	args := make([]any, 0, 2*len(rs))
-	for i, id := range ids {
+	for i, id := range res.IDs {
 		if id > 0 {
 			args = append(args, EmailKey(rs[i].Email), cid+":"+itoa(id))
 		}
@@ -95,8 +111,22 @@ func (s *Store) index(ctx context.Context, cid string, rs []notice.Recipient, id
 	if len(args) == 0 {
 		return nil
 	}
-	if err := indexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
+	earlier, err := indexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).StringSlice()
+	if err != nil {
 		return fmt.Errorf("index addresses: %w", err)
+	}
+	for _, e := range earlier {
+		res.Repeats++
+		var seen []string // an address's campaigns, each counted once
+		for _, ref := range strings.Fields(e) {
+			if c, _, ok := strings.Cut(ref, ":"); ok && c != cid && !slices.Contains(seen, c) {
+				seen = append(seen, c)
+				if res.Earlier == nil {
+					res.Earlier = map[string]int64{}
+				}
+				res.Earlier[c]++
+			}
+		}
 	}
 	return nil
 }

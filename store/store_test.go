@@ -40,11 +40,11 @@ func TestAddRecipientsDedupAndIndex(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
-	ids, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "U2@example.jp"}, {Email: "new@example.jp"}, {Email: "new@EXAMPLE.jp"}})
+	res, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "U2@example.jp"}, {Email: "new@example.jp"}, {Email: "new@EXAMPLE.jp"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ids[0] != 0 || ids[1] != 4 || ids[2] != 0 {
+	if ids := res.IDs; ids[0] != 0 || ids[1] != 4 || ids[2] != 0 {
 		t.Fatalf("ids %v, want [0 4 0]", ids)
 	}
 	got, _ := s.Campaign(ctx, c.ID)
