@@ -272,6 +272,10 @@ func load(fsys fs.FS, label, name string) (*tmpl, error) {
 		} {
 			in.Date = time.Date(2019, 6, 1, 0, 0, 0, 0, time.UTC)
 			if _, err := t.render(in); err != nil {
+				if strings.Contains(err.Error(), ".Recipient.Extra.") && strings.Contains(err.Error(), "map has no entry for key") {
+					// The natural spelling fails: not every upload has every column.
+					return nil, fmt.Errorf(`%w (an extra column may be missing for a recipient: write index .Recipient.Extra "column", which gives "" then)`, err)
+				}
 				return nil, err
 			}
 		}

@@ -479,6 +479,7 @@ func TestBrokenOverrideFailsLoad(t *testing.T) {
 		{"field not declared", "ja/text.tmpl", "a\nb\n{{.Data.nope}}\n", []string{filepath.Join("hello", "ja", "text.tmpl") + ":3:", ".Data.nope"}},
 		{"field not declared in a branch not taken", "en/html.tmpl", "<p>\n{{if false}}{{$.Data.nope}}{{end}}</p>", []string{filepath.Join("hello", "en", "html.tmpl") + ":2:", ".Data.nope"}},
 		{"recipient field that does not exist", "ja/text.tmpl", "a\n{{.Recipient.Nickname}}\n", []string{filepath.Join("hello", "ja", "text.tmpl") + ":2:", "Nickname"}},
+		{"extra column read as a field", "en/text.tmpl", "a\n{{.Recipient.Extra.order_no}}\n", []string{filepath.Join("hello", "en", "text.tmpl") + ":2:", `"order_no"`, `index .Recipient.Extra "column"`}},
 		{"helper fails on sample data", "en/text.tmpl", "a\n\n{{date .Data.company}}\n", []string{filepath.Join("hello", "en", "text.tmpl") + ":3:", "date"}},
 		{"empty subject", "ja/subject.tmpl", "{{/* nothing */}}\n", []string{filepath.Join("hello", "ja", "subject.tmpl"), "subject is empty"}},
 		{"sample lacks a required field", "meta.json", `{"description": "x", "fields": [{"name": "company", "kind": "string", "required": true, "description": ""}, {"name": "when", "kind": "date", "required": true, "description": ""}], "sample": {"company": "S"}}`, []string{filepath.Join("hello", "meta.json"), `"when"`, "is required"}},
