@@ -1,8 +1,11 @@
 package monitoring
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
+	"slices"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,17 +13,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
 )
 
 // Metrics returns the /metrics handler: oshirase's own metrics, asynq's
-// queue metrics read from Redis at scrape time, and the Go runtime's.
-func Metrics(insp *asynq.Inspector, log *slog.Logger) (http.Handler, error) {
+// queue metrics and the active campaigns' recipients, both read from Redis
+// at scrape time, and the Go runtime's.
+func Metrics(insp *asynq.Inspector, campaigns Campaigns, log *slog.Logger) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
 	if err := metrics.Register(reg); err != nil {
 		return nil, err
 	}
 	for _, c := range []prometheus.Collector{
 		NewQueueCollector(insp, log),
+		&CampaignCollector{campaigns: campaigns, log: log},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {
@@ -29,6 +35,57 @@ func Metrics(insp *asynq.Inspector, log *slog.Logger) (http.Handler, error) {
 		}
 	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+}
+
+// Campaigns is where CampaignCollector reads campaigns (a *store.Store).
+type Campaigns interface {
+	Active(ctx context.Context) ([]string, error)
+	Campaign(ctx context.Context, id string) (*notice.Campaign, error)
+}
+
+// CampaignCollector exports the recipients of every active campaign by
+// status, so a dashboard shows each campaign drain (asynq's queue size
+// counts chunk tasks of 100, not people).
+type CampaignCollector struct {
+	campaigns Campaigns
+	log       *slog.Logger
+}
+
+// maxCampaignSeries bounds the campaigns one scrape reports.
+const maxCampaignSeries = 100
+
+var descRecipients = prometheus.NewDesc("oshirase_campaign_recipients",
+	"Recipients of an active (sending or paused) campaign by status.", []string{"campaign", "status"}, nil)
+
+// Describe implements prometheus.Collector.
+func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descRecipients }
+
+// Collect implements prometheus.Collector.
+func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ids, err := c.campaigns.Active(ctx)
+	if err != nil {
+		if c.log != nil {
+			c.log.Warn("campaign metrics", "err", err)
+		}
+		return
+	}
+	slices.Sort(ids)
+	for _, id := range ids[:min(len(ids), maxCampaignSeries)] {
+		cp, err := c.campaigns.Campaign(ctx, id)
+		if err != nil {
+			continue // deleted or unreadable: the next scrape tries again
+		}
+		n := cp.Counts
+		for status, v := range map[notice.Status]int64{
+			notice.StatusPending: n.Pending, notice.StatusSending: n.Sending, notice.StatusRetrying: n.Retrying,
+			notice.StatusSent: n.Sent, notice.StatusFailed: n.Failed, notice.StatusSuppressed: n.Suppressed,
+			notice.StatusCancelled: n.Cancelled,
+		} {
+			ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.GaugeValue, float64(v), id, string(status))
+		}
+	}
 }
 
 type slogErrorLog struct{ l *slog.Logger }

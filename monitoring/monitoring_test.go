@@ -158,6 +158,8 @@ func TestMetrics(t *testing.T) {
 			`asynq_tasks_processed_total{queue="bulk"}`,
 			`asynq_tasks_failed_total{queue="bulk"}`,
 			`asynq_up 1`,
+			`oshirase_campaign_recipients{campaign="` + c.ID + `",status="pending"} 1`,
+			`oshirase_campaign_recipients{campaign="` + c.ID + `",status="sent"} 0`,
 			`oshirase_smtp_send_seconds_bucket`,
 			`oshirase_rate_limit_wait_seconds_bucket`,
 			`go_goroutines`,
