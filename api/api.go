@@ -90,6 +90,7 @@ func (s *Server) routes() {
 	h("GET /v1/campaigns/{id}/preview", s.previewCampaign)
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
 	h("POST /v1/campaigns/{id}/test", s.testSend)
+	h("POST /v1/campaigns/{id}/purge", s.purgeCampaign)
 
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)
@@ -163,7 +164,8 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error(), nil)
-	case errors.Is(err, store.ErrInvalidMove), errors.Is(err, store.ErrNotDraft), errors.Is(err, store.ErrConflict):
+	case errors.Is(err, store.ErrInvalidMove), errors.Is(err, store.ErrNotDraft), errors.Is(err, store.ErrConflict),
+		errors.Is(err, store.ErrNotFinished):
 		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -308,3 +308,36 @@ func (s *Server) campaignAnswer(w http.ResponseWriter, r *http.Request, id strin
 	}
 	writeJSON(w, status, c)
 }
+
+// purgeCampaign removes the personal data of a done or cancelled campaign's
+// recipients (see store.Purge) once it is no longer needed — after the
+// delivery report has been kept, say. The campaign, its counts and the
+// audit log stay. A reason is required: it is the record of why.
+func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if strings.TrimSpace(req.Reason) == "" {
+		writeError(w, http.StatusUnprocessableEntity, "invalid", "a reason is required", []fieldError{{"reason", "required"}})
+		return
+	}
+	n, err := s.store.Purge(r.Context(), id)
+	if n > 0 || err == nil {
+		details, _ := json.Marshal(map[string]any{"recipients": n, "complete": err == nil})
+		s.audit(r, store.AuditEntry{Action: "campaign.purge", CampaignID: id, Reason: req.Reason, Details: details})
+	}
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"purged": n, "campaign": c})
+}

@@ -96,6 +96,7 @@ type Campaign struct {
 	CreatedAt     time.Time      `json:"created_at"`
 	StartedAt     *time.Time     `json:"started_at,omitempty"`
 	FinishedAt    *time.Time     `json:"finished_at,omitempty"`
+	PurgedAt      *time.Time     `json:"purged_at,omitempty"` // recipients' personal data removed
 	Counts        Counts         `json:"counts"`
 }
 

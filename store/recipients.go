@@ -632,3 +632,90 @@ func (s *Store) PendingChunks(ctx context.Context, cid string, size int64) ([]in
 	}
 	return out, nil
 }
+
+// unindexScript removes "cid:rid" refs from addresses' entries of the
+// look-up hash, and an entry left empty.
+var unindexScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local keep = {}
+    for ref in string.gmatch(cur, '%S+') do
+      if ref ~= ARGV[i+1] then keep[#keep+1] = ref end
+    end
+    if #keep == 0 then redis.call('HDEL', KEYS[1], ARGV[i])
+    else redis.call('HSET', KEYS[1], ARGV[i], table.concat(keep, ' ')) end
+  end
+end
+return 0
+`)
+
+// purgeBatch is how many recipients Purge handles per round of commands.
+const purgeBatch = 1000
+
+// Purge removes the personal data of a done or cancelled campaign: its
+// recipients' profiles (address, name, card digits, extra columns),
+// delivery records and resends (which hold addresses and SMTP replies
+// naming them), the address set, the rejections, and the recipients'
+// entries in the support look-up index. What proves the campaign happened
+// stays: its definition, state and counts, the status of each recipient id,
+// and the audit log. It works a batch at a time, so Redis never blocks on
+// one huge deletion, and it can be run again after a failure. It returns
+// the number of recipients whose data it removed.
+func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
+	st, err := s.State(ctx, cid)
+	if err != nil {
+		return 0, err
+	}
+	if st.Status != notice.CampaignDone && st.Status != notice.CampaignCancelled {
+		return 0, fmt.Errorf("campaign %s is %s: %w", cid, st.Status, ErrNotFinished)
+	}
+	ck := s.k.campaign(cid)
+	var n int64
+	for from := int64(1); from <= st.Seq; from += purgeBatch {
+		fields := make([]string, 0, purgeBatch)
+		for id := from; id < min(from+purgeBatch, st.Seq+1); id++ {
+			fields = append(fields, itoa(id))
+		}
+		profs, err := s.rdb.HMGet(ctx, ck.rcpt, fields...).Result()
+		if err != nil {
+			return n, fmt.Errorf("purge %s: %w", cid, err)
+		}
+		args := make([]any, 0, 2*len(fields))
+		for i, pv := range profs {
+			ps, ok := pv.(string)
+			if !ok {
+				continue
+			}
+			var p profile
+			if err := json.Unmarshal([]byte(ps), &p); err != nil {
+				return n, fmt.Errorf("purge %s: decode recipient %s: %w", cid, fields[i], err)
+			}
+			args = append(args, EmailKey(p.Email), cid+":"+fields[i])
+		}
+		if len(args) > 0 {
+			if err := unindexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
+				return n, fmt.Errorf("purge %s: look-up index: %w", cid, err)
+			}
+		}
+		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.HDel(ctx, ck.rcpt, fields...)
+			p.HDel(ctx, ck.dlv, fields...)
+			p.HDel(ctx, ck.rs, fields...)
+			return nil
+		})
+		if err != nil {
+			return n, fmt.Errorf("purge %s: %w", cid, err)
+		}
+		n += int64(len(args) / 2)
+	}
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks)
+		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("purge %s: %w", cid, err)
+	}
+	return n, nil
+}

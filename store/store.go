@@ -25,6 +25,7 @@ var (
 	ErrConflict    = errors.New("conflict")
 	ErrNotDraft    = errors.New("campaign is not a draft")
 	ErrInvalidMove = errors.New("invalid status change")
+	ErrNotFinished = errors.New("campaign is not done or cancelled") // purging a draft, sending or paused one
 )
 
 // Store is oshirase's state on one Redis (or cluster).
@@ -121,6 +122,7 @@ func applyState(c *notice.Campaign, st, cnt map[string]string) {
 	c.Status = notice.CampaignStatus(st["status"])
 	c.StartedAt = fromMS(st["started_at"])
 	c.FinishedAt = fromMS(st["finished_at"])
+	c.PurgedAt = fromMS(st["purged_at"])
 	c.Counts = notice.Counts{}
 	c.Counts.Total, _ = strconv.ParseInt(cnt["total"], 10, 64)
 	for _, s := range notice.Statuses {

@@ -1,0 +1,115 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/oshirase/oshirase/internal/teststack"
+	"github.com/oshirase/oshirase/notice"
+)
+
+// TestPurge removes a finished campaign's personal data: look-ups, the
+// report and the recipient API find nobody, another campaign to the same
+// address is untouched, the counts stay, and the purge is audited.
+func TestPurge(t *testing.T) {
+	st, _ := startSupportStack(t, nil)
+	const shared = "shared@example.jp"
+	rcpts := []notice.Recipient{{Email: shared, Name: "山田 太郎", Locale: "ja", CardLast4: "1234"}}
+	for i := range 1200 { // more than one purge batch
+		rcpts = append(rcpts, notice.Recipient{Email: fmt.Sprintf("p%04d@example.jp", i), Locale: "ja"})
+	}
+	old, ids := sentCampaign(t, st, "old notice", rcpts)
+	other, _ := sentCampaign(t, st, "follow-up", rcpts[:1])
+	purge := func(id, body string) (int, []byte) {
+		return teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+id+"/purge", "application/json", []byte(body), nil)
+	}
+
+	if code, _ := purge(old, `{}`); code != 422 {
+		t.Errorf("purge without a reason: %d, want 422", code)
+	}
+	var draft notice.Campaign
+	teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &draft)
+	if code, _ := purge(draft.ID, `{"reason":"x"}`); code != 409 {
+		t.Errorf("purge of a draft: %d, want 409", code)
+	}
+	var ans struct {
+		Purged   int64           `json:"purged"`
+		Campaign notice.Campaign `json:"campaign"`
+	}
+	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+old+"/purge", "application/json",
+		[]byte(`{"reason":"retention period over; report kept"}`), &ans)
+	if code != 200 || ans.Purged != int64(len(rcpts)) || ans.Campaign.PurgedAt == nil || ans.Campaign.Counts.Sent != int64(len(rcpts)) {
+		t.Fatalf("purge: %d %s", code, body)
+	}
+
+	res := lookup(t, st, shared)
+	if len(res.Notices) != 1 || res.Notices[0].Campaign.ID != other {
+		t.Errorf("look-up after purge: %+v, want only the follow-up", res.Notices)
+	}
+	if res := lookup(t, st, "p0000@example.jp"); len(res.Notices) != 0 {
+		t.Errorf("look-up of a purged-only address: %+v", res.Notices)
+	}
+	if code, _ := teststack.Do(t, st.Base, teststack.SupportKey, "GET", fmt.Sprintf("/v1/campaigns/%s/recipients/%d", old, ids[0]), "", nil, nil); code != 404 {
+		t.Errorf("purged recipient: %d, want 404", code)
+	}
+	code, report := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/"+old+"/report?bom=false", "", nil, nil)
+	if code != 200 || bytes.Count(report, []byte("\n")) != 1 {
+		t.Errorf("report after purge: %d, %d lines", code, bytes.Count(report, []byte("\n")))
+	}
+	for _, k := range []string{"山田", "example.jp", "1234"} {
+		if keys := personalKeys(t, st, old, k); keys != "" {
+			t.Errorf("%q still in Redis after purge: %s", k, keys)
+		}
+	}
+	// Again: nothing left, nothing breaks.
+	if code, body := purge(old, `{"reason":"again"}`); code != 200 || !strings.Contains(string(body), `"purged":0`) {
+		t.Errorf("second purge: %d %s", code, body)
+	}
+	var audit struct {
+		Entries []struct{ Action, Reason string } `json:"entries"`
+	}
+	teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?campaign="+old, "", nil, &audit)
+	purges := 0
+	for _, e := range audit.Entries {
+		if e.Action == "campaign.purge" {
+			purges++
+		}
+	}
+	if purges != 2 {
+		t.Errorf("%d purges audited, want 2", purges)
+	}
+}
+
+// personalKeys lists the keys of campaign cid whose values contain s.
+func personalKeys(t *testing.T, st *teststack.Stack, cid, s string) string {
+	t.Helper()
+	ctx := context.Background()
+	rdb := st.Svc.Redis
+	var found []string
+	keys, err := rdb.Keys(ctx, "*{c:"+cid+"}*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		var text string
+		switch typ := rdb.Type(ctx, k).Val(); typ {
+		case "string":
+			text = rdb.Get(ctx, k).Val()
+		case "hash":
+			text = fmt.Sprint(rdb.HGetAll(ctx, k).Val())
+		case "set":
+			text = fmt.Sprint(rdb.SMembers(ctx, k).Val())
+		case "list":
+			text = fmt.Sprint(rdb.LRange(ctx, k, 0, -1).Val())
+		case "zset":
+			text = fmt.Sprint(rdb.ZRange(ctx, k, 0, -1).Val())
+		}
+		if strings.Contains(text, s) && !strings.HasSuffix(k, ":def") {
+			found = append(found, k)
+		}
+	}
+	return strings.Join(found, ", ")
+}
