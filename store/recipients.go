@@ -670,6 +670,13 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	if st.Status != notice.CampaignDone && st.Status != notice.CampaignCancelled {
 		return 0, fmt.Errorf("campaign %s is %s: %w", cid, st.Status, ErrNotFinished)
 	}
+	// Just cancelled, workers may still be finishing messages in flight and
+	// would write their outcome back after the purge.
+	if n, err := s.LiveLeases(ctx, cid); err != nil {
+		return 0, err
+	} else if n > 0 {
+		return 0, fmt.Errorf("campaign %s: %d chunks are still finishing; purge when they are done: %w", cid, n, ErrConflict)
+	}
 	ck := s.k.campaign(cid)
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
