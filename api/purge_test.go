@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
@@ -23,10 +24,23 @@ func TestPurge(t *testing.T) {
 	}
 	old, ids := sentCampaign(t, st, "old notice", rcpts)
 	other, _ := sentCampaign(t, st, "follow-up", rcpts[:1])
+	// A resend to a corrected address: indexed under that address as well.
+	const corrected = "moved@example.com"
+	if code, body := teststack.Do(t, st.Base, teststack.SupportKey, "POST", fmt.Sprintf("/v1/campaigns/%s/recipients/%d/resend", old, ids[1]),
+		"application/json", []byte(`{"reason":"new address","email":"`+corrected+`"}`), nil); code != 202 {
+		t.Fatalf("resend: %d %s", code, body)
+	}
+	teststack.Eventually(t, "resend recorded", 10*time.Second, func() bool {
+		res := lookup(t, st, corrected)
+		return len(res.Notices) == 1 && len(res.Notices[0].Resends) == 1 && res.Notices[0].Resends[0].Status == notice.StatusSent
+	})
 	purge := func(id, body string) (int, []byte) {
 		return teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+id+"/purge", "application/json", []byte(body), nil)
 	}
 
+	if raw := st.Svc.Redis.HGet(context.Background(), "sup:idx:email", corrected).Val(); raw == "" {
+		t.Fatalf("no index entry for %s before the purge", corrected)
+	}
 	if code, _ := purge(old, `{}`); code != 422 {
 		t.Errorf("purge without a reason: %d, want 422", code)
 	}
@@ -49,8 +63,13 @@ func TestPurge(t *testing.T) {
 	if len(res.Notices) != 1 || res.Notices[0].Campaign.ID != other {
 		t.Errorf("look-up after purge: %+v, want only the follow-up", res.Notices)
 	}
-	if res := lookup(t, st, "p0000@example.jp"); len(res.Notices) != 0 {
-		t.Errorf("look-up of a purged-only address: %+v", res.Notices)
+	for _, addr := range []string{"p0000@example.jp", corrected} {
+		if res := lookup(t, st, addr); len(res.Notices) != 0 {
+			t.Errorf("look-up of purged %s: %+v", addr, res.Notices)
+		}
+	}
+	if raw := st.Svc.Redis.HGet(context.Background(), "sup:idx:email", corrected).Val(); raw != "" {
+		t.Errorf("index entry of %s left after purge: %q", corrected, raw)
 	}
 	if code, _ := teststack.Do(t, st.Base, teststack.SupportKey, "GET", fmt.Sprintf("/v1/campaigns/%s/recipients/%d", old, ids[0]), "", nil, nil); code != 404 {
 		t.Errorf("purged recipient: %d, want 404", code)
@@ -59,7 +78,7 @@ func TestPurge(t *testing.T) {
 	if code != 200 || bytes.Count(report, []byte("\n")) != 1 {
 		t.Errorf("report after purge: %d, %d lines", code, bytes.Count(report, []byte("\n")))
 	}
-	for _, k := range []string{"山田", "example.jp", "1234"} {
+	for _, k := range []string{"山田", "example.jp", "example.com", "1234"} {
 		if keys := personalKeys(t, st, old, k); keys != "" {
 			t.Errorf("%q still in Redis after purge: %s", k, keys)
 		}

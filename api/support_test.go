@@ -139,6 +139,21 @@ func TestLookupResendAudit(t *testing.T) {
 	if sink.CountFor(taro) != 1 {
 		t.Fatalf("original address got %d messages, want 1", sink.CountFor(taro))
 	}
+	// The customer who gave the new address is found by it too: the same
+	// notice, with the resend to it.
+	if res := lookup(t, st, corrected); len(res.Notices) != 1 || res.Notices[0].ID != ids[0] || len(res.Notices[0].Resends) != 1 ||
+		res.Notices[0].Resends[0].Email != corrected {
+		t.Fatalf("look-up by the corrected address: %+v", res.Notices)
+	}
+	// A second resend to the same corrected address adds no second entry.
+	if code, body := teststack.Do(t, st.Base, teststack.SupportKey, "POST", resendPath, "application/json",
+		[]byte(`{"reason":"once more","email":"`+corrected+`"}`), nil); code != 202 {
+		t.Fatalf("second resend: %d %s", code, body)
+	}
+	teststack.Eventually(t, "second resend delivered", 10*time.Second, func() bool { return sink.CountFor(corrected) == 2 })
+	if res := lookup(t, st, corrected); len(res.Notices) != 1 {
+		t.Fatalf("look-up after a second resend: %d notices, want 1", len(res.Notices))
+	}
 
 	// A suppressed address needs the override.
 	if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/suppressions", "application/json",
@@ -171,7 +186,7 @@ func TestLookupResendAudit(t *testing.T) {
 			t.Errorf("audit entry of another campaign or without time: %+v", e)
 		}
 	}
-	if actions["campaign.create"] != 1 || actions["campaign.start"] != 1 || actions["recipient.resend"] != 2 {
+	if actions["campaign.create"] != 1 || actions["campaign.start"] != 1 || actions["recipient.resend"] != 3 {
 		t.Fatalf("audit actions: %v", actions)
 	}
 	if strings.Contains(strings.ToLower(string(body)), strings.ToLower(corrected)) || strings.Contains(strings.ToLower(string(body)), hanako) {
@@ -187,7 +202,7 @@ func TestLookupResendAudit(t *testing.T) {
 	}
 	json.Unmarshal(body, &page)
 	code, body = teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?actor=support&before="+page.NextBefore, "", nil, &audit)
-	if code != 200 || len(audit.Entries) != 1 || audit.Entries[0].Reason != "customer changed address" {
+	if code != 200 || len(audit.Entries) != 2 || audit.Entries[0].Reason != "once more" || audit.Entries[1].Reason != "customer changed address" {
 		t.Fatalf("audit second page: %d %s", code, body)
 	}
 	if code, _ := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?before=x", "", nil, nil); code != 400 {

@@ -544,8 +544,28 @@ func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.R
 		n = r.N
 		return append(rs, r), nil
 	})
-	return n, err
+	if err != nil {
+		return n, err
+	}
+	// A resend to a corrected address is found by that address too: the
+	// customer who called with a new one asks "did it go there?".
+	if err := addRefScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, EmailKey(r.Email), cid+":"+itoa(rid)).Err(); err != nil {
+		return n, fmt.Errorf("index resend address: %w", err)
+	}
+	return n, nil
 }
+
+// addRefScript adds "cid:rid" to an address's entry of the look-up hash
+// unless it is there already (a resend to the original address).
+var addRefScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
+for ref in string.gmatch(cur, '%S+') do
+  if ref == ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cur .. ' ' .. ARGV[2])
+return 1
+`)
 
 // UpdateResend changes resend n of a recipient.
 func (s *Store) UpdateResend(ctx context.Context, cid string, rid int64, n int, fn func(*notice.Resend)) error {
@@ -684,21 +704,40 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		for id := from; id < min(from+purgeBatch, st.Seq+1); id++ {
 			fields = append(fields, itoa(id))
 		}
-		profs, err := s.rdb.HMGet(ctx, ck.rcpt, fields...).Result()
+		var profs, rss *redis.SliceCmd
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			profs = p.HMGet(ctx, ck.rcpt, fields...)
+			rss = p.HMGet(ctx, ck.rs, fields...)
+			return nil
+		})
 		if err != nil {
 			return n, fmt.Errorf("purge %s: %w", cid, err)
 		}
 		args := make([]any, 0, 2*len(fields))
-		for i, pv := range profs {
+		var found int64
+		for i, pv := range profs.Val() {
 			ps, ok := pv.(string)
 			if !ok {
 				continue
 			}
+			found++
 			var p profile
 			if err := json.Unmarshal([]byte(ps), &p); err != nil {
 				return n, fmt.Errorf("purge %s: decode recipient %s: %w", cid, fields[i], err)
 			}
 			args = append(args, EmailKey(p.Email), cid+":"+fields[i])
+			// Corrected addresses of resends are indexed too.
+			if rv, ok := rss.Val()[i].(string); ok {
+				var rs []notice.Resend
+				if err := json.Unmarshal([]byte(rv), &rs); err != nil {
+					return n, fmt.Errorf("purge %s: decode resends %s: %w", cid, fields[i], err)
+				}
+				for _, r := range rs {
+					if EmailKey(r.Email) != EmailKey(p.Email) {
+						args = append(args, EmailKey(r.Email), cid+":"+fields[i])
+					}
+				}
+			}
 		}
 		if len(args) > 0 {
 			if err := unindexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
@@ -714,7 +753,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		if err != nil {
 			return n, fmt.Errorf("purge %s: %w", cid, err)
 		}
-		n += int64(len(args) / 2)
+		n += found
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks)
