@@ -700,60 +700,11 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	ck := s.k.campaign(cid)
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
-		fields := make([]string, 0, purgeBatch)
-		for id := from; id < min(from+purgeBatch, st.Seq+1); id++ {
-			fields = append(fields, itoa(id))
-		}
-		var profs, rss *redis.SliceCmd
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			profs = p.HMGet(ctx, ck.rcpt, fields...)
-			rss = p.HMGet(ctx, ck.rs, fields...)
-			return nil
-		})
+		k, err := s.purgeRange(ctx, cid, from, min(from+purgeBatch, st.Seq+1))
+		n += k
 		if err != nil {
 			return n, fmt.Errorf("purge %s: %w", cid, err)
 		}
-		args := make([]any, 0, 2*len(fields))
-		var found int64
-		for i, pv := range profs.Val() {
-			ps, ok := pv.(string)
-			if !ok {
-				continue
-			}
-			found++
-			var p profile
-			if err := json.Unmarshal([]byte(ps), &p); err != nil {
-				return n, fmt.Errorf("purge %s: decode recipient %s: %w", cid, fields[i], err)
-			}
-			args = append(args, EmailKey(p.Email), cid+":"+fields[i])
-			// Corrected addresses of resends are indexed too.
-			if rv, ok := rss.Val()[i].(string); ok {
-				var rs []notice.Resend
-				if err := json.Unmarshal([]byte(rv), &rs); err != nil {
-					return n, fmt.Errorf("purge %s: decode resends %s: %w", cid, fields[i], err)
-				}
-				for _, r := range rs {
-					if EmailKey(r.Email) != EmailKey(p.Email) {
-						args = append(args, EmailKey(r.Email), cid+":"+fields[i])
-					}
-				}
-			}
-		}
-		if len(args) > 0 {
-			if err := unindexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
-				return n, fmt.Errorf("purge %s: look-up index: %w", cid, err)
-			}
-		}
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			p.HDel(ctx, ck.rcpt, fields...)
-			p.HDel(ctx, ck.dlv, fields...)
-			p.HDel(ctx, ck.rs, fields...)
-			return nil
-		})
-		if err != nil {
-			return n, fmt.Errorf("purge %s: %w", cid, err)
-		}
-		n += found
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks)
@@ -764,4 +715,64 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		return n, fmt.Errorf("purge %s: %w", cid, err)
 	}
 	return n, nil
+}
+
+// purgeRange purges recipients [from, to): their look-up index entries
+// (original and corrected addresses), then their profiles, delivery records
+// and resends. It returns how many recipients it found.
+func (s *Store) purgeRange(ctx context.Context, cid string, from, to int64) (int64, error) {
+	ck := s.k.campaign(cid)
+	fields := make([]string, 0, to-from)
+	for id := from; id < to; id++ {
+		fields = append(fields, itoa(id))
+	}
+	var profs, rss *redis.SliceCmd
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		profs = p.HMGet(ctx, ck.rcpt, fields...)
+		rss = p.HMGet(ctx, ck.rs, fields...)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	var found int64
+	args := make([]any, 0, 2*len(fields))
+	for i, pv := range profs.Val() {
+		ps, ok := pv.(string)
+		if !ok {
+			continue
+		}
+		found++
+		var p profile
+		if err := json.Unmarshal([]byte(ps), &p); err != nil {
+			return 0, fmt.Errorf("decode recipient %s: %w", fields[i], err)
+		}
+		ref := cid + ":" + fields[i]
+		args = append(args, EmailKey(p.Email), ref)
+		var rs []notice.Resend
+		if rv, ok := rss.Val()[i].(string); ok {
+			if err := json.Unmarshal([]byte(rv), &rs); err != nil {
+				return 0, fmt.Errorf("decode resends %s: %w", fields[i], err)
+			}
+		}
+		for _, r := range rs {
+			if EmailKey(r.Email) != EmailKey(p.Email) {
+				args = append(args, EmailKey(r.Email), ref)
+			}
+		}
+	}
+	if len(args) > 0 {
+		if err := unindexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
+			return 0, fmt.Errorf("look-up index: %w", err)
+		}
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HDel(ctx, ck.rcpt, fields...)
+		p.HDel(ctx, ck.dlv, fields...)
+		p.HDel(ctx, ck.rs, fields...)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return found, nil
 }
