@@ -169,8 +169,26 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if subj, file := japaneseSubject(emlDir); subj != "" {
 			fmt.Fprintf(stdout, "A Japanese notice (%s):\n  Subject: %s\n", filepath.Base(file), subj)
 		}
+		// The proof of who was told what and when, as an admin downloads it.
+		report := emlDir + "-report.csv"
+		if err := writeReport(ctx, c, camp.ID, report); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Delivery report: %s (GET /v1/campaigns/%s/report)\n", report, camp.ID)
 	}
 	return nil
+}
+
+func writeReport(ctx context.Context, c *apiclient.Client, id, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("delivery report: %w", err)
+	}
+	if err := c.Download(ctx, "/v1/campaigns/"+id+"/report?reason=demo", f); err != nil {
+		f.Close()
+		return fmt.Errorf("delivery report: %w", err)
+	}
+	return f.Close()
 }
 
 func isTerminal(w io.Writer) bool {

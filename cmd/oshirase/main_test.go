@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -28,6 +29,17 @@ func TestDemo(t *testing.T) {
 	emls, _ := filepath.Glob(filepath.Join(dir, "*", "*.eml"))
 	if len(emls) != 120 {
 		t.Fatalf("%d .eml files, want 120", len(emls))
+	}
+	reports, _ := filepath.Glob(filepath.Join(dir, "*-report.csv"))
+	if len(reports) != 1 || !strings.Contains(s, "Delivery report: "+reports[0]) {
+		t.Fatalf("delivery report %v not written or not named in:\n%s", reports, s)
+	}
+	b, err := os.ReadFile(reports[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(b), "\n"); lines != 121 || strings.Count(string(b), ",sent,") != 120 {
+		t.Errorf("report has %d lines, %d sent; want 121 and 120", lines, strings.Count(string(b), ",sent,"))
 	}
 }
 

@@ -14,6 +14,28 @@ import (
 // Client calls the API at Base with an API key.
 type Client struct{ Base, Key string }
 
+// Download copies the body of a 2xx answer to GET path into w.
+func (c *Client) Download(ctx context.Context, path string, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", c.Base+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, bytes.TrimSpace(b))
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
+}
+
 // Do sends one request and decodes a 2xx JSON answer into out (when not
 // nil); any other status is an error that carries the API's error body.
 func (c *Client) Do(ctx context.Context, method, path, ctype string, body io.Reader, out any) error {
