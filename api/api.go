@@ -4,9 +4,11 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -84,6 +86,7 @@ func (s *Server) routes() {
 	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
 	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
 	h("POST /v1/campaigns/{id}/start", s.startCampaign)
+	h("DELETE /v1/campaigns/{id}/schedule", s.unscheduleCampaign)
 	h("POST /v1/campaigns/{id}/pause", s.pauseCampaign)
 	h("POST /v1/campaigns/{id}/resume", s.resumeCampaign)
 	h("POST /v1/campaigns/{id}/cancel", s.cancelCampaign)
@@ -171,6 +174,20 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
 	}
+}
+
+// decodeOptionalJSON is decodeJSON for a body that may also be empty.
+func decodeOptionalJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+		return false
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return true
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return decodeJSON(w, r, v)
 }
 
 // decodeJSON reads a JSON body strictly (unknown fields are errors: a typo in

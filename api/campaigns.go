@@ -211,8 +211,21 @@ func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
 // startCampaign moves a draft to sending and enqueues its fan-out. Calling
 // it again re-enqueues the same fan-out task id, which asynq refuses or which
 // resumes from its cursor: nothing is sent twice either way.
+// maxScheduleAhead bounds how far ahead a start may be scheduled: further
+// is more likely a typo in the year than a plan.
+const maxScheduleAhead = 90 * 24 * time.Hour
+
+// startCampaign starts a campaign now, or with {"at": RFC 3339 time} at
+// that time: a breach notice should go out when the hotline is open and
+// the press release is out, not at 3 a.m.
 func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	var req struct {
+		At *time.Time `json:"at"`
+	}
+	if !decodeOptionalJSON(w, r, &req) {
+		return
+	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)
@@ -223,6 +236,14 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusUnprocessableEntity, "charset", "the notice has characters ISO-2022-JP cannot carry", problems)
 			return
 		}
+	}
+	if now := time.Now(); req.At != nil && req.At.After(now.Add(time.Second)) {
+		if req.At.After(now.Add(maxScheduleAhead)) {
+			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is more than 90 days ahead", []fieldError{{"at", "more than 90 days ahead"}})
+			return
+		}
+		s.schedule(w, r, id, req.At.Truncate(time.Millisecond))
+		return
 	}
 	t, err := s.store.Start(r.Context(), id)
 	if err != nil {
@@ -297,6 +318,34 @@ func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn 
 			}
 		}
 	}
+	s.campaignAnswer(w, r, id, http.StatusOK)
+}
+
+// schedule has a draft start by itself at at. The start task goes first:
+// should recording the schedule then fail (the campaign is no draft), the
+// task finds no schedule of its time and does nothing.
+func (s *Server) schedule(w http.ResponseWriter, r *http.Request, id string, at time.Time) {
+	if err := tasks.StartAt(r.Context(), s.queue, id, at); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if err := s.store.Schedule(r.Context(), id, &at); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	details, _ := json.Marshal(map[string]string{"at": at.UTC().Format(time.RFC3339)})
+	s.audit(r, store.AuditEntry{Action: "campaign.schedule", CampaignID: id, Details: details})
+	s.campaignAnswer(w, r, id, http.StatusAccepted)
+}
+
+// unscheduleCampaign clears a draft's scheduled start.
+func (s *Server) unscheduleCampaign(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := s.store.Schedule(r.Context(), id, nil); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	s.audit(r, store.AuditEntry{Action: "campaign.unschedule", CampaignID: id})
 	s.campaignAnswer(w, r, id, http.StatusOK)
 }
 

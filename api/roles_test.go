@@ -66,6 +66,7 @@ func TestRoles(t *testing.T) {
 		{"GET", "/v1/campaigns/nope/report", A},
 		{"POST", "/v1/campaigns/nope/test", A},
 		{"POST", "/v1/campaigns/nope/purge", A},
+		{"DELETE", "/v1/campaigns/nope/schedule", A},
 		{"GET", "/v1/templates", A | S | O},
 		{"POST", "/v1/templates/nope/preview", A},
 		{"GET", "/v1/suppressions", A | S},

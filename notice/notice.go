@@ -96,7 +96,8 @@ type Campaign struct {
 	CreatedAt     time.Time      `json:"created_at"`
 	StartedAt     *time.Time     `json:"started_at,omitempty"`
 	FinishedAt    *time.Time     `json:"finished_at,omitempty"`
-	PurgedAt      *time.Time     `json:"purged_at,omitempty"` // recipients' personal data removed
+	PurgedAt      *time.Time     `json:"purged_at,omitempty"`    // recipients' personal data removed
+	ScheduledAt   *time.Time     `json:"scheduled_at,omitempty"` // a draft that starts by itself then
 	Counts        Counts         `json:"counts"`
 }
 
@@ -243,6 +244,7 @@ func MaskAddresses(s string) string {
 // Task type names. Payloads carry ids only, never personal data: asynqmon and
 // the asynq CLI show payloads to operators.
 const (
+	TypeStart   = "campaign:start"    // payload StartPayload
 	TypeFanout  = "campaign:fanout"   // payload FanoutPayload
 	TypeChunk   = "campaign:chunk"    // payload ChunkPayload
 	TypeDeliver = "recipient:deliver" // payload DeliverPayload
@@ -254,6 +256,14 @@ const (
 	QueueUrgent = "urgent"
 	QueueBulk   = "bulk"
 )
+
+// StartPayload asks a worker to start a campaign scheduled for At (Unix
+// milliseconds); a campaign since rescheduled, unscheduled, started or
+// cancelled is left alone.
+type StartPayload struct {
+	CampaignID string `json:"campaign_id"`
+	At         int64  `json:"at"`
+}
 
 // FanoutPayload asks a worker to split a campaign into chunk tasks.
 type FanoutPayload struct {

@@ -123,6 +123,7 @@ func applyState(c *notice.Campaign, st, cnt map[string]string) {
 	c.StartedAt = fromMS(st["started_at"])
 	c.FinishedAt = fromMS(st["finished_at"])
 	c.PurgedAt = fromMS(st["purged_at"])
+	c.ScheduledAt = fromMS(st["scheduled_at"])
 	c.Counts = notice.Counts{}
 	c.Counts.Total, _ = strconv.ParseInt(cnt["total"], 10, 64)
 	for _, s := range notice.Statuses {
@@ -218,7 +219,41 @@ func (s *Store) Start(ctx context.Context, id string) (Transition, error) {
 	if errors.Is(err, ErrInvalidMove) && (t.Status == notice.CampaignDone) {
 		return t, nil
 	}
+	if err == nil && t.Changed {
+		// Started: a schedule it had is spent (its task finds no match).
+		s.rdb.HDel(ctx, s.k.campaign(id).state, "scheduled_at")
+	}
 	return t, err
+}
+
+// scheduleScript sets (ARGV[1] > 0) or clears a draft's scheduled start.
+var scheduleScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return redis.error_reply('NOCAMPAIGN') end
+if st ~= 'draft' then return redis.error_reply('NOTDRAFT ' .. st) end
+if ARGV[1] == '0' then redis.call('HDEL', KEYS[1], 'scheduled_at')
+else redis.call('HSET', KEYS[1], 'scheduled_at', ARGV[1]) end
+return 1
+`)
+
+// Schedule sets when a draft campaign starts by itself (a worker's start
+// task for that time does it), or with at nil clears it. Only the latest
+// schedule counts: a start task for another time finds no match.
+func (s *Store) Schedule(ctx context.Context, id string, at *time.Time) error {
+	v := "0"
+	if at != nil {
+		v = itoa(ms(*at))
+	}
+	err := scheduleScript.Run(ctx, s.rdb, []string{s.k.campaign(id).state}, v).Err()
+	switch {
+	case err == nil:
+		return nil
+	case strings.Contains(err.Error(), "NOCAMPAIGN"):
+		return fmt.Errorf("campaign %s: %w", id, ErrNotFound)
+	case strings.Contains(err.Error(), "NOTDRAFT"):
+		return fmt.Errorf("campaign %s is %s; only a draft can be scheduled: %w", id, strings.TrimPrefix(err.Error(), "NOTDRAFT "), ErrNotDraft)
+	}
+	return fmt.Errorf("schedule %s: %w", id, err)
 }
 
 // Pause stops a sending campaign from claiming new recipients.

@@ -40,6 +40,14 @@ func task(typ string, p any) *asynq.Task {
 	return asynq.NewTask(typ, b)
 }
 
+// StartAt enqueues the start of campaign cid at at, on the urgent queue so
+// that a busy bulk queue does not delay it.
+func StartAt(ctx context.Context, q Enqueuer, cid string, at time.Time) error {
+	p := notice.StartPayload{CampaignID: cid, At: at.UnixMilli()}
+	return Enqueue(ctx, q, task(notice.TypeStart, p), asynq.Queue(notice.QueueUrgent), asynq.ProcessAt(at),
+		asynq.TaskID(fmt.Sprintf("start:%s:%d", cid, p.At)), asynq.MaxRetry(100))
+}
+
 // Fanout splits a campaign into chunks, once per start/resume generation.
 func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
 	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),

@@ -126,6 +126,7 @@ func (w *Worker) stopped() bool {
 
 // Register adds the handlers to mux.
 func (w *Worker) Register(mux *asynq.ServeMux) {
+	mux.HandleFunc(notice.TypeStart, w.handleStart)
 	mux.HandleFunc(notice.TypeFanout, w.handleFanout)
 	mux.HandleFunc(notice.TypeChunk, w.handleChunk)
 	mux.HandleFunc(notice.TypeDeliver, w.handleDeliver)

@@ -1,0 +1,115 @@
+package api_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oshirase/oshirase/internal/teststack"
+	"github.com/oshirase/oshirase/notice"
+)
+
+// TestScheduledStart: a draft scheduled to start sends nothing before its
+// time and everything after it; only the latest schedule counts; an
+// unscheduled one stays a draft.
+func TestScheduledStart(t *testing.T) {
+	st, sink := startSupportStack(t, nil)
+	ctx := context.Background()
+	draft := func(name string) string {
+		t.Helper()
+		var c notice.Campaign
+		if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json",
+			teststack.CampaignJSON(map[string]any{"name": name}), &c); code != 201 {
+			t.Fatalf("create: %d %s", code, body)
+		}
+		var rs []notice.Recipient
+		for i := range 5 {
+			rs = append(rs, notice.Recipient{Email: fmt.Sprintf("%s%d@example.jp", name, i), Locale: "ja"})
+		}
+		if _, err := st.Svc.Store.AddRecipients(ctx, c.ID, rs); err != nil {
+			t.Fatal(err)
+		}
+		return c.ID
+	}
+	start := func(id string, at time.Time) (int, notice.Campaign) {
+		t.Helper()
+		var c notice.Campaign
+		code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+id+"/start", "application/json",
+			[]byte(`{"at":"`+at.Format(time.RFC3339Nano)+`"}`), &c)
+		if code >= 500 {
+			t.Fatalf("start: %d %s", code, body)
+		}
+		return code, c
+	}
+	get := func(id string) notice.Campaign {
+		var c notice.Campaign
+		teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/"+id, "", nil, &c)
+		return c
+	}
+	sent := func(prefix string) int {
+		n := 0
+		for _, m := range sink.Messages() {
+			if strings.HasPrefix(m.To[0], prefix) {
+				n++
+			}
+		}
+		return n
+	}
+
+	t0 := time.Now()
+	plain, moved, dropped := draft("plain"), draft("moved"), draft("dropped")
+	code, c := start(plain, t0.Add(2*time.Second))
+	if code != 202 || c.Status != notice.CampaignDraft || c.ScheduledAt == nil || c.ScheduledAt.Sub(t0.Add(2*time.Second)).Abs() > time.Millisecond {
+		t.Fatalf("schedule: %d %+v", code, c)
+	}
+	start(moved, t0.Add(2*time.Second))
+	start(moved, t0.Add(4*time.Second)) // the latest schedule counts
+	start(dropped, t0.Add(2*time.Second))
+	if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "DELETE", "/v1/campaigns/"+dropped+"/schedule", "", nil, nil); code != 200 {
+		t.Fatalf("unschedule: %d %s", code, body)
+	}
+	if code, _ := start(draft("far"), t0.Add(100*24*time.Hour)); code != 422 {
+		t.Errorf("a start 100 days ahead: %d, want 422", code)
+	}
+
+	time.Sleep(time.Until(t0.Add(1500 * time.Millisecond)))
+	if n := sent("plain") + sent("moved") + sent("dropped"); n != 0 || get(plain).Status != notice.CampaignDraft {
+		t.Fatalf("before its time: %d messages, status %s", n, get(plain).Status)
+	}
+	teststack.Eventually(t, "the scheduled campaign done", 10*time.Second, func() bool { return get(plain).Status == notice.CampaignDone })
+	if c := get(plain); sent("plain") != 5 || c.StartedAt == nil || c.StartedAt.Before(t0.Add(2*time.Second)) || c.ScheduledAt != nil {
+		t.Errorf("scheduled campaign: %d sent, started %v (scheduled for %v), scheduled_at %v", sent("plain"), c.StartedAt, t0.Add(2*time.Second), c.ScheduledAt)
+	}
+	if get(moved).Status != notice.CampaignDraft || sent("moved") != 0 {
+		t.Errorf("rescheduled campaign started at its first time")
+	}
+	teststack.Eventually(t, "the rescheduled campaign done", 10*time.Second, func() bool { return get(moved).Status == notice.CampaignDone })
+	if c := get(moved); c.StartedAt.Before(t0.Add(4 * time.Second)) {
+		t.Errorf("rescheduled campaign started at %v, before %v", c.StartedAt, t0.Add(4*time.Second))
+	}
+	if c := get(dropped); c.Status != notice.CampaignDraft || c.ScheduledAt != nil || sent("dropped") != 0 {
+		t.Errorf("unscheduled campaign: %s, scheduled_at %v, %d sent", c.Status, c.ScheduledAt, sent("dropped"))
+	}
+	// A started campaign cannot be scheduled; a time already past starts now.
+	if code, _ := start(plain, time.Now().Add(time.Hour)); code != 409 {
+		t.Errorf("scheduling a done campaign: %d, want 409", code)
+	}
+	now := draft("now")
+	if code, c := start(now, time.Now().Add(-time.Minute)); code != 202 || c.Status == notice.CampaignDraft {
+		t.Errorf("start at a past time: %d %s, want it started", code, c.Status)
+	}
+
+	var audit struct {
+		Entries []struct{ Actor, Action string } `json:"entries"`
+	}
+	teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?campaign="+plain, "", nil, &audit)
+	var actions []string
+	for _, e := range audit.Entries {
+		actions = append(actions, e.Actor+":"+e.Action)
+	}
+	if got := strings.Join(actions, " "); !strings.Contains(got, "admin:campaign.schedule") || !strings.Contains(got, "scheduler:campaign.start") {
+		t.Errorf("audit of the scheduled campaign: %s", got)
+	}
+}

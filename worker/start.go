@@ -1,0 +1,52 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// handleStart starts a campaign at the time it was scheduled for, as
+// POST /v1/campaigns/{id}/start would. A campaign rescheduled since (this
+// task's time is not the campaign's), unscheduled, started by hand or
+// cancelled is left alone: only the latest schedule counts.
+func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
+	var p notice.StartPayload
+	if err := tasks.Decode(t, &p); err != nil {
+		return err
+	}
+	c, err := w.store.Campaign(ctx, p.CampaignID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if c.Status != notice.CampaignDraft || c.ScheduledAt == nil || c.ScheduledAt.UnixMilli() != p.At {
+		return nil
+	}
+	tr, err := w.store.Start(ctx, p.CampaignID)
+	if err != nil {
+		return fmt.Errorf("scheduled start of %s: %w", p.CampaignID, err)
+	}
+	if tr.Status == notice.CampaignSending {
+		if err := tasks.Fanout(ctx, w.queue, p.CampaignID, tr.Gen); err != nil {
+			return err
+		}
+	}
+	if tr.Changed {
+		w.log.Info("scheduled campaign started", "campaign", p.CampaignID)
+		if err := w.store.Audit(context.WithoutCancel(ctx), store.AuditEntry{
+			Actor: "scheduler", Action: "campaign.start", CampaignID: p.CampaignID, Reason: "scheduled for " + c.ScheduledAt.UTC().Format("2006-01-02T15:04:05Z"),
+		}); err != nil {
+			w.log.Error("audit log write failed", "action", "campaign.start", "err", err)
+		}
+	}
+	return nil
+}
