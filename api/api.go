@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
@@ -75,7 +77,7 @@ func (s *Server) routes() {
 	all := []Role{RoleSupport, RoleOperator}
 	h := func(pattern string, fn http.HandlerFunc, roles ...Role) { s.Handle(pattern, fn, roles...) }
 
-	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /healthz", Healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 
 	h("POST /v1/campaigns", s.createCampaign)
@@ -113,33 +115,41 @@ func (s *Server) routes() {
 	})
 }
 
-func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	Ready(s.store.Redis(), s.smtp).ServeHTTP(w, r)
+}
+
+// Healthz answers that the process is up (no checks, no key).
+func Healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz checks Redis and, when configured, the SMTP server.
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-	defer cancel()
-	checks := map[string]string{}
-	ok := true
-	if err := s.store.Redis().Ping(ctx).Err(); err != nil {
-		checks["redis"], ok = "down: "+err.Error(), false
-	} else {
-		checks["redis"] = "ok"
-	}
-	if s.smtp != nil {
-		if err := s.smtp.Ping(ctx); err != nil {
-			checks["smtp"], ok = "down: "+err.Error(), false
+// Ready returns the /readyz handler: 200 when Redis and, when smtp is not
+// nil, the SMTP server answer; 503 with what is down otherwise.
+func Ready(rdb redis.UniversalClient, smtp Pinger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		checks := map[string]string{}
+		ok := true
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			checks["redis"], ok = "down: "+err.Error(), false
 		} else {
-			checks["smtp"] = "ok"
+			checks["redis"] = "ok"
 		}
-	}
-	status := http.StatusOK
-	if !ok {
-		status = http.StatusServiceUnavailable
-	}
-	writeJSON(w, status, map[string]any{"ready": ok, "checks": checks})
+		if smtp != nil {
+			if err := smtp.Ping(ctx); err != nil {
+				checks["smtp"], ok = "down: "+err.Error(), false
+			} else {
+				checks["smtp"] = "ok"
+			}
+		}
+		status := http.StatusOK
+		if !ok {
+			status = http.StatusServiceUnavailable
+		}
+		writeJSON(w, status, map[string]any{"ready": ok, "checks": checks})
+	})
 }
 
 // apiError is the body of every error answer.
@@ -171,7 +181,9 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 		errors.Is(err, store.ErrNotFinished):
 		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
 	default:
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		// The pattern, not the path: a path may hold an address
+		// (/v1/suppressions/{email}).
+		s.log.Error("request failed", "route", r.Pattern, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
 	}
 }

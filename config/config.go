@@ -24,6 +24,7 @@ type Config struct {
 	SMTPRate          float64
 	SMTPBurst         int
 	ListenAddr        string
+	MetricsAddr       string
 	WorkerConcurrency int
 	APIKeys           string
 	TemplatesDir      string
@@ -91,6 +92,7 @@ var settings = []setting{
 	}},
 	{"SMTP_BURST", "0", "messages allowed at once above SMTP_RATE (0 = rate/10, at least 1)", integer(func(c *Config) *int { return &c.SMTPBurst })},
 	{"LISTEN_ADDR", "127.0.0.1:8080", "HTTP API address", str(func(c *Config) *string { return &c.ListenAddr })},
+	{"METRICS_ADDR", "", "oshirase worker only: address for its own /metrics (operator or admin key), /healthz and /readyz; empty = none (serve and api have them on LISTEN_ADDR)", str(func(c *Config) *string { return &c.MetricsAddr })},
 	{"WORKER_CONCURRENCY", "64", "tasks a worker process runs at once", integer(func(c *Config) *int { return &c.WorkerConcurrency })},
 	{"OSHIRASE_API_KEYS", "", "API keys, comma-separated name:role:key (roles admin, support, operator; a 64-hex key is the SHA-256 of the key)", str(func(c *Config) *string { return &c.APIKeys })},
 	{"TEMPLATES_DIR", "", "folder whose templates replace or add to the embedded ones", str(func(c *Config) *string { return &c.TemplatesDir })},

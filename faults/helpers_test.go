@@ -76,8 +76,8 @@ func (e env) with(more env) env {
 	return out
 }
 
-// harness is one test's world: a Redis, an SMTP sink, an in-process API
-// (and optionally worker), and the settings worker processes get.
+// harness is one test's world: a Redis, an SMTP sink, an in-process API,
+// and the settings the worker processes it starts (startWorker) get.
 type harness struct {
 	t     *testing.T
 	rdb   redis.UniversalClient
@@ -89,11 +89,10 @@ type harness struct {
 }
 
 type setup struct {
-	Sink          smtpsink.Options
-	Env           env  // on top of the defaults below
-	PrivateRedis  bool // a redis-server of the test's own, with an append-only file
-	WorkerInStack bool // run a worker in the test process too (as `serve`)
-	NoAPI         bool
+	Sink         smtpsink.Options
+	Env          env  // on top of the defaults below
+	PrivateRedis bool // a redis-server of the test's own, with an append-only file
+	NoAPI        bool
 }
 
 func newHarness(t *testing.T, s setup) *harness {
@@ -124,7 +123,7 @@ func newHarness(t *testing.T, s setup) *harness {
 	}.with(s.Env)
 	if !s.NoAPI {
 		cfg := testenv.Config(t, h.env)
-		h.api = teststack.StartStack(t, cfg, service.Options{API: true, Worker: s.WorkerInStack})
+		h.api = teststack.StartStack(t, cfg, service.Options{API: true})
 	}
 	return h
 }

@@ -46,7 +46,6 @@ const greylisted = "Greylisted, please try again later"
 func TestGreylistedTwiceThenDelivered(t *testing.T) {
 	const n = 100
 	h := newHarness(t, setup{
-		WorkerInStack: true,
 		Sink: smtpsink.Options{Keep: true, Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
 			if st == smtpsink.StageRcpt && k <= 2 {
 				return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: greylisted}
@@ -54,6 +53,7 @@ func TestGreylistedTwiceThenDelivered(t *testing.T) {
 			return nil
 		}},
 	})
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 
@@ -145,7 +145,6 @@ func TestBadMailboxesFailAndAreSuppressed(t *testing.T) {
 		return i%10 == 0
 	}
 	h := newHarness(t, setup{
-		WorkerInStack: true,
 		Sink: smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
 			if st != smtpsink.StageRcpt {
 				return nil
@@ -157,6 +156,7 @@ func TestBadMailboxesFailAndAreSuppressed(t *testing.T) {
 			return nil
 		}},
 	})
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 	c := h.wait(id, 30*time.Second, done)
@@ -234,8 +234,9 @@ func TestSMTPServerDownThenUp(t *testing.T) {
 		t.Skip("a 10 s outage")
 	}
 	const n = 2000
-	h := newHarness(t, setup{WorkerInStack: true})
+	h := newHarness(t, setup{})
 	h.sink.Down()
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 	time.Sleep(10 * time.Second)
@@ -276,7 +277,6 @@ func TestBrokenConnectionFailsNobodyElse(t *testing.T) {
 	const n = 300
 	victim := "u00050@example.jp"
 	h := newHarness(t, setup{
-		WorkerInStack: true,
 		Sink: smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
 			if st == smtpsink.StageRcpt && rcpt == victim && k == 1 {
 				return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Connection dropped"}
@@ -284,6 +284,7 @@ func TestBrokenConnectionFailsNobodyElse(t *testing.T) {
 			return nil
 		}},
 	})
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 	c := h.wait(id, 30*time.Second, done)
@@ -313,10 +314,10 @@ func TestBrokenConnectionFailsNobodyElse(t *testing.T) {
 func TestSlowServerKeepsClaims(t *testing.T) {
 	const n = 8
 	h := newHarness(t, setup{
-		WorkerInStack: true,
-		Env:           env{"CLAIM_TTL": "300ms", "WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "4"},
-		Sink:          smtpsink.Options{Delay: 700 * time.Millisecond},
+		Env:  env{"CLAIM_TTL": "300ms", "WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "4"},
+		Sink: smtpsink.Options{Delay: 700 * time.Millisecond},
 	})
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 	c := h.wait(id, 30*time.Second, done)
@@ -339,9 +340,9 @@ func TestSlowServerKeepsClaims(t *testing.T) {
 func TestRateWaitKeepsOutcome(t *testing.T) {
 	const n = 8
 	h := newHarness(t, setup{
-		WorkerInStack: true,
-		Env:           env{"CLAIM_TTL": "300ms", "WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "10", "SMTP_RATE": "2", "SMTP_BURST": "1"},
+		Env: env{"CLAIM_TTL": "300ms", "WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "10", "SMTP_RATE": "2", "SMTP_BURST": "1"},
 	})
+	h.startWorker(nil)
 	id, addrs := h.createCampaign(n, nil)
 	h.action(id, "start")
 	c := h.wait(id, 30*time.Second, done)

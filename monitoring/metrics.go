@@ -16,20 +16,30 @@ import (
 	"github.com/oshirase/oshirase/notice"
 )
 
-// Metrics returns the /metrics handler: oshirase's own metrics, asynq's
-// queue metrics and the active campaigns' recipients, both read from Redis
-// at scrape time, and the Go runtime's.
+// Metrics returns the /metrics handler of a process with the API: oshirase's
+// own metrics, asynq's queue metrics and the active campaigns' recipients,
+// both read from Redis at scrape time, and the Go runtime's.
 func Metrics(insp *asynq.Inspector, campaigns Campaigns, log *slog.Logger) (http.Handler, error) {
+	return handler(log, NewQueueCollector(insp, log), &CampaignCollector{campaigns: campaigns, log: log})
+}
+
+// WorkerMetrics returns the /metrics handler of a worker-only process
+// (METRICS_ADDR): its own delivery metrics and the Go runtime's. The queue
+// and campaign gauges are the same from every process, so only the API
+// exports them: a scrape of N workers does not count them N times.
+func WorkerMetrics(log *slog.Logger) (http.Handler, error) {
+	return handler(log)
+}
+
+func handler(log *slog.Logger, extra ...prometheus.Collector) (http.Handler, error) {
 	reg := prometheus.NewRegistry()
 	if err := metrics.Register(reg); err != nil {
 		return nil, err
 	}
-	for _, c := range []prometheus.Collector{
-		NewQueueCollector(insp, log),
-		&CampaignCollector{campaigns: campaigns, log: log},
+	for _, c := range append(extra,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	} {
+	) {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package service
 
 import (
 	"fmt"
+	"net/http"
 
 	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/console"
@@ -23,5 +24,29 @@ func mountExtras(s *Service) error {
 	}
 	s.API.Handle("GET /metrics", m, api.RoleOperator)
 	s.API.HandlePublic("/support/", console.New(s.API, s.Store, 0, s.Log))
+	return nil
+}
+
+// workerHTTP builds a worker-only process's small HTTP server
+// (METRICS_ADDR): its delivery metrics live in this process, so without it
+// a Prometheus scraping only the API would never see them. /metrics needs an
+// operator or admin key like the API's; /healthz and /readyz are public.
+func (s *Service) workerHTTP() error {
+	ks, err := api.ParseKeys(s.Config.APIKeys)
+	if err != nil {
+		return err
+	}
+	if len(ks) == 0 {
+		s.Log.Warn("METRICS_ADDR is set but OSHIRASE_API_KEYS is empty: /metrics will refuse every scrape (401)")
+	}
+	m, err := monitoring.WorkerMetrics(s.Log)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", api.Healthz)
+	mux.Handle("GET /readyz", api.Ready(s.Redis, s.Mailer))
+	mux.Handle("GET /metrics", api.NewKeys(ks).Require(m, api.RoleOperator))
+	s.metricsHandler = mux
 	return nil
 }

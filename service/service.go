@@ -50,6 +50,11 @@ type Service struct {
 	urgent *asynq.Server // urgent queue only: resends never wait for a bulk slot
 	http   *http.Server
 	ln     net.Listener
+
+	// A worker-only process's /metrics, /healthz and /readyz (METRICS_ADDR).
+	metricsHandler http.Handler
+	metricsHTTP    *http.Server
+	metricsLn      net.Listener
 }
 
 // New builds a Service from cfg. It fails early — before taking any work —
@@ -128,6 +133,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Logger: asynqLogger{log}, LogLevel: asynq.WarnLevel,
 		})
 	}
+	if opts.Worker && !opts.API && cfg.MetricsAddr != "" {
+		if err := s.workerHTTP(); err != nil {
+			return nil, err
+		}
+	}
 	if opts.API {
 		keys, err := api.ParseKeys(cfg.APIKeys)
 		if err != nil {
@@ -184,6 +194,22 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if s.metricsHandler != nil {
+		ln, err := net.Listen("tcp", s.Config.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on METRICS_ADDR %s: %w", s.Config.MetricsAddr, err)
+		}
+		s.metricsLn = ln
+		s.metricsHTTP = &http.Server{Handler: s.metricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Log.Info("metrics listening", "addr", ln.Addr().String())
+			if err := s.metricsHTTP.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics http: %w", err)
+			}
+		}()
+	}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatch()
 	if s.server != nil {
@@ -226,6 +252,20 @@ func (s *Service) stop() {
 		s.server.Shutdown() // waits up to ShutdownTimeout for in-flight sends
 		s.urgent.Shutdown()
 	}
+	// Last, so the final counts of the stop can still be scraped.
+	if s.metricsHTTP != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		s.metricsHTTP.Shutdown(sctx)
+		cancel()
+	}
+}
+
+// MetricsAddr is the bound address of a worker's METRICS_ADDR, once running.
+func (s *Service) MetricsAddr() string {
+	if s.metricsLn == nil {
+		return ""
+	}
+	return s.metricsLn.Addr().String()
 }
 
 // Close releases connections.
