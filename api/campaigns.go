@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -208,16 +210,16 @@ func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"campaigns": cs})
 }
 
-// startCampaign moves a draft to sending and enqueues its fan-out. Calling
-// it again re-enqueues the same fan-out task id, which asynq refuses or which
-// resumes from its cursor: nothing is sent twice either way.
 // maxScheduleAhead bounds how far ahead a start may be scheduled: further
 // is more likely a typo in the year than a plan.
 const maxScheduleAhead = 90 * 24 * time.Hour
 
 // startCampaign starts a campaign now, or with {"at": RFC 3339 time} at
 // that time: a breach notice should go out when the hotline is open and
-// the press release is out, not at 3 a.m.
+// the press release is out, not at 3 a.m. Starting now moves a draft to
+// sending and enqueues its fan-out; calling it again re-enqueues the same
+// fan-out task id, which asynq refuses or which resumes from its cursor:
+// nothing is sent twice either way.
 func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var req struct {
@@ -237,18 +239,27 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if now := time.Now(); req.At != nil && req.At.Before(now.Add(-time.Minute)) {
+		// A mistyped year must not send a breach notice on the spot.
+		writeError(w, http.StatusUnprocessableEntity, "invalid", "at is in the past; leave it out to start now",
+			[]fieldError{{"at", "in the past (" + req.At.Format(time.RFC3339) + ")"}})
+		return
+	}
 	if now := time.Now(); req.At != nil && req.At.After(now.Add(time.Second)) {
 		if req.At.After(now.Add(maxScheduleAhead)) {
 			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is more than 90 days ahead", []fieldError{{"at", "more than 90 days ahead"}})
 			return
 		}
-		s.schedule(w, r, id, req.At.Truncate(time.Millisecond))
+		s.schedule(w, r, c, req.At.Truncate(time.Millisecond))
 		return
 	}
 	t, err := s.store.Start(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)
 		return
+	}
+	if t.Changed {
+		s.dropStartTask(r.Context(), c)
 	}
 	if t.Status == notice.CampaignSending {
 		if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
@@ -324,7 +335,8 @@ func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn 
 // schedule has a draft start by itself at at. The start task goes first:
 // should recording the schedule then fail (the campaign is no draft), the
 // task finds no schedule of its time and does nothing.
-func (s *Server) schedule(w http.ResponseWriter, r *http.Request, id string, at time.Time) {
+func (s *Server) schedule(w http.ResponseWriter, r *http.Request, c *notice.Campaign, at time.Time) {
+	id := c.ID
 	if err := tasks.StartAt(r.Context(), s.queue, id, at); err != nil {
 		s.storeError(w, r, err)
 		return
@@ -332,6 +344,9 @@ func (s *Server) schedule(w http.ResponseWriter, r *http.Request, id string, at 
 	if err := s.store.Schedule(r.Context(), id, &at); err != nil {
 		s.storeError(w, r, err)
 		return
+	}
+	if c.ScheduledAt != nil && !c.ScheduledAt.Equal(at) {
+		s.dropStartTask(r.Context(), c)
 	}
 	details, _ := json.Marshal(map[string]string{"at": at.UTC().Format(time.RFC3339)})
 	s.audit(r, store.AuditEntry{Action: "campaign.schedule", CampaignID: id, Details: details})
@@ -341,12 +356,33 @@ func (s *Server) schedule(w http.ResponseWriter, r *http.Request, id string, at 
 // unscheduleCampaign clears a draft's scheduled start.
 func (s *Server) unscheduleCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
 	if err := s.store.Schedule(r.Context(), id, nil); err != nil {
 		s.storeError(w, r, err)
 		return
 	}
+	s.dropStartTask(r.Context(), c)
 	s.audit(r, store.AuditEntry{Action: "campaign.unschedule", CampaignID: id})
 	s.campaignAnswer(w, r, id, http.StatusOK)
+}
+
+// dropStartTask deletes the asynq task of c's previous schedule, so that
+// operators do not see a start in the queue that will not happen. The task
+// would do nothing anyway (it checks the schedule), so a failure is only
+// logged.
+func (s *Server) dropStartTask(ctx context.Context, c *notice.Campaign) {
+	if c.ScheduledAt == nil {
+		return
+	}
+	insp := asynq.NewInspectorFromRedisClient(s.store.Redis())
+	err := insp.DeleteTask(notice.QueueUrgent, tasks.StartID(c.ID, *c.ScheduledAt))
+	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+		s.log.Warn("could not delete a replaced start task", "campaign", c.ID, "err", err)
+	}
 }
 
 func (s *Server) campaignAnswer(w http.ResponseWriter, r *http.Request, id string, status int) {

@@ -12,6 +12,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/templates"
 )
 
 // NotificationPrefix starts the name of every campaign made for a single
@@ -88,6 +89,8 @@ func (s *Server) sendOne(ctx context.Context, name string, req NotificationReque
 	}
 	if rej := ingest.Validate(&rc); rej != nil {
 		errs = append(errs, fieldError{"recipient." + rej.Field, rej.Error})
+	} else if f, msg := templates.RecipientCharsetProblem(&rc, req.Charset); f != "" {
+		errs = append(errs, fieldError{"recipient." + f, msg})
 	}
 	if len(errs) > 0 {
 		return nil, &InvalidError{Code: "invalid_notification", Msg: "the notification has invalid fields", Fields: errs}

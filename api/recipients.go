@@ -22,6 +22,7 @@ import (
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/templates"
 )
 
 const (
@@ -134,7 +135,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ans := &uploadAnswer{Rejected: []ingest.Rejection{}}
-	repeats, perr := s.ingest(ctx, id, p, ans)
+	repeats, perr := s.ingest(ctx, c, p, ans)
 	s.describeEarlier(ctx, ans, repeats)
 	ans.Lines = p.Line()
 	ans.Charset = p.Charset()
@@ -172,7 +173,8 @@ type upBatch struct {
 // it, says how far it got).
 // It returns how many accepted recipients other campaigns had addressed
 // (counted per campaign in ans.earlier).
-func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *uploadAnswer) (int64, error) {
+func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parser, ans *uploadAnswer) (int64, error) {
+	id := c.ID
 	wctx := context.WithoutCancel(ctx)
 	var mu sync.Mutex // guards ans.Rejected and ans.RejectedCount
 	var repeats int64 // written by the writer goroutine, read after done
@@ -245,6 +247,11 @@ func (s *Server) ingest(ctx context.Context, id string, p *ingest.Parser, ans *u
 		if err != nil {
 			perr = err
 			break
+		}
+		if rej == nil && c.Charset == notice.CharsetISO2022JP {
+			if f, msg := templates.RecipientCharsetProblem(&row.Recipient, c.Charset); f != "" {
+				rej = &ingest.Rejection{Line: row.Line, Field: f, Error: msg}
+			}
 		}
 		if rej != nil {
 			reject(*rej)

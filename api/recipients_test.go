@@ -340,3 +340,61 @@ func TestUploadAlreadyAddressed(t *testing.T) {
 		t.Fatalf("third upload: %+v", aa)
 	}
 }
+
+// TestUploadISO2022JPRecipients: in an ISO-2022-JP campaign, a row whose
+// name or extra column holds a character that charset cannot carry (髙, ①,
+// emoji) is rejected at upload with its line, field and character, instead
+// of failing at send time; so is a single notice's recipient.
+func TestUploadISO2022JPRecipients(t *testing.T) {
+	hs := uploadServer(t, 0)
+	var c notice.Campaign
+	camp := strings.Replace(campaignJSON, `"default_locale":"ja"`, `"default_locale":"ja","charset":"iso-2022-jp"`, 1)
+	if code := call(t, hs, "POST", "/v1/campaigns", map[string]string{"Content-Type": "application/json"}, strings.NewReader(camp), &c); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	csv := "email,name,locale,card_last4,store\n" +
+		"ok@example.jp,高橋 一郎,ja,1234,渋谷店\n" + // line 2: all JIS X 0208
+		"old@example.jp,髙橋 一郎,ja,1234,渋谷店\n" + // 3: 髙 (U+9AD9) is an IBM extension
+		"circ@example.jp,佐藤 花子,ja,1234,店舗①\n" + // 4: ① in an extra column
+		"emoji@example.com,Ken 🙂,en,1234,\n" // 5: emoji
+	var ans answer
+	if code := call(t, hs, "POST", "/v1/campaigns/"+c.ID+"/recipients", map[string]string{"Content-Type": "text/csv"}, strings.NewReader(csv), &ans); code != 200 {
+		t.Fatalf("upload: %d %+v", code, ans)
+	}
+	if ans.Accepted != 1 || ans.RejectedCount != 3 {
+		t.Fatalf("accepted %d, rejected %d: %v", ans.Accepted, ans.RejectedCount, ans.Rejected)
+	}
+	for i, want := range []struct {
+		line  float64
+		field string
+		char  string
+	}{{3, "name", "U+9AD9"}, {4, "store", "U+2460"}, {5, "name", "U+1F642"}} {
+		r := ans.Rejected[i]
+		if r["line"] != want.line || r["field"] != want.field || !strings.Contains(r["error"].(string), want.char) || !strings.Contains(r["error"].(string), "ISO-2022-JP") {
+			t.Errorf("rejection %d: %v, want line %v field %s with %s", i, r, want.line, want.field, want.char)
+		}
+	}
+	// The same campaign in UTF-8 takes them all.
+	id := newCampaign(t, hs)
+	ans = answer{}
+	call(t, hs, "POST", "/v1/campaigns/"+id+"/recipients", map[string]string{"Content-Type": "text/csv"}, strings.NewReader(csv), &ans)
+	if ans.Accepted != 4 {
+		t.Errorf("utf-8 campaign: accepted %d: %v", ans.Accepted, ans.Rejected)
+	}
+
+	// A single notice in ISO-2022-JP to 髙橋 is refused before anything is queued.
+	var req map[string]any
+	json.Unmarshal([]byte(campaignJSON), &req)
+	body, _ := json.Marshal(map[string]any{"template": "card-reissue", "locale": "ja", "charset": "iso-2022-jp", "from": req["from"], "data": req["data"],
+		"recipient": map[string]any{"email": "old@example.jp", "name": "髙橋 一郎"}})
+	var e struct {
+		Error struct {
+			Code    string
+			Details []struct{ Field, Error string }
+		}
+	}
+	if code := call(t, hs, "POST", "/v1/notifications", map[string]string{"Content-Type": "application/json"}, bytes.NewReader(body), &e); code != 422 ||
+		len(e.Error.Details) != 1 || e.Error.Details[0].Field != "recipient.name" || !strings.Contains(e.Error.Details[0].Error, "U+9AD9") {
+		t.Errorf("notification to 髙橋 in ISO-2022-JP: %d %+v", code, e)
+	}
+}

@@ -2,10 +2,13 @@ package api_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
@@ -73,7 +76,22 @@ func TestScheduledStart(t *testing.T) {
 	if code, _ := start(draft("far"), t0.Add(100*24*time.Hour)); code != 422 {
 		t.Errorf("a start 100 days ahead: %d, want 422", code)
 	}
-
+	// Operators see only the starts that will happen: a replaced or dropped
+	// schedule's task is deleted.
+	insp := asynq.NewInspectorFromRedisClient(st.Svc.Redis)
+	startTasks := func() map[string]int {
+		m := map[string]int{}
+		ts, _ := insp.ListScheduledTasks(notice.QueueUrgent, asynq.PageSize(100))
+		for _, ti := range ts {
+			var p notice.StartPayload
+			json.Unmarshal(ti.Payload, &p)
+			m[p.CampaignID]++
+		}
+		return m
+	}
+	if m := startTasks(); m[plain] != 1 || m[moved] != 1 || m[dropped] != 0 {
+		t.Errorf("scheduled start tasks: plain %d, moved %d, dropped %d; want 1, 1, 0", m[plain], m[moved], m[dropped])
+	}
 	time.Sleep(time.Until(t0.Add(1500 * time.Millisecond)))
 	// (On a machine so loaded that setting up took past the time, the
 	// started_at checks below still hold the campaign to its time.)
@@ -92,13 +110,42 @@ func TestScheduledStart(t *testing.T) {
 	if c := get(dropped); c.Status != notice.CampaignDraft || c.ScheduledAt != nil || sent("dropped") != 0 {
 		t.Errorf("unscheduled campaign: %s, scheduled_at %v, %d sent", c.Status, c.ScheduledAt, sent("dropped"))
 	}
-	// A started campaign cannot be scheduled; a time already past starts now.
+	// A started campaign cannot be scheduled; a time that has just passed
+	// (clock skew, a slow request) starts now; one long past is a mistake
+	// (a mistyped year) and is refused: a breach notice must not go out on
+	// the spot by accident.
 	if code, _ := start(plain, time.Now().Add(time.Hour)); code != 409 {
 		t.Errorf("scheduling a done campaign: %d, want 409", code)
 	}
+	past := draft("past")
+	if code, c := start(past, time.Now().AddDate(-1, 0, 0)); code != 422 || get(past).Status != notice.CampaignDraft {
+		t.Errorf("start a year ago: %d %s, want 422 and still a draft", code, c.Status)
+	}
 	now := draft("now")
-	if code, c := start(now, time.Now().Add(-time.Minute)); code != 202 || c.Status == notice.CampaignDraft {
-		t.Errorf("start at a past time: %d %s, want it started", code, c.Status)
+	if code, c := start(now, time.Now().Add(-20*time.Second)); code != 202 || c.Status == notice.CampaignDraft {
+		t.Errorf("start 20 s ago: %d %s, want it started", code, c.Status)
+	}
+
+	// A start run by hand long before its time (asynqmon's "run now")
+	// neither starts the campaign nor holds a worker: it is queued again
+	// for its time.
+	early := draft("early")
+	start(early, t0.Add(time.Hour))
+	ts, _ := insp.ListScheduledTasks(notice.QueueUrgent, asynq.PageSize(100))
+	for _, ti := range ts {
+		if strings.Contains(ti.ID, early) {
+			if err := insp.RunTask(notice.QueueUrgent, ti.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	teststack.Eventually(t, "the early start task queued again", 5*time.Second, func() bool {
+		active, _ := insp.ListActiveTasks(notice.QueueUrgent)
+		pending, _ := insp.ListPendingTasks(notice.QueueUrgent)
+		return startTasks()[early] == 1 && len(active) == 0 && len(pending) == 0
+	})
+	if c := get(early); c.Status != notice.CampaignDraft || c.ScheduledAt == nil {
+		t.Errorf("early run: %s, scheduled_at %v", c.Status, c.ScheduledAt)
 	}
 
 	var audit struct {

@@ -43,9 +43,24 @@ func task(typ string, p any) *asynq.Task {
 // StartAt enqueues the start of campaign cid at at, on the urgent queue so
 // that a busy bulk queue does not delay it.
 func StartAt(ctx context.Context, q Enqueuer, cid string, at time.Time) error {
+	return startAt(ctx, q, cid, at, StartID(cid, at))
+}
+
+// StartAgain enqueues a scheduled start once more, under a new id: for a
+// start task that ran long before its time (an operator's "run now").
+func StartAgain(ctx context.Context, q Enqueuer, cid string, at time.Time) error {
+	return startAt(ctx, q, cid, at, fmt.Sprintf("%s:again:%d", StartID(cid, at), time.Now().UnixNano()))
+}
+
+func startAt(ctx context.Context, q Enqueuer, cid string, at time.Time, id string) error {
 	p := notice.StartPayload{CampaignID: cid, At: at.UnixMilli()}
 	return Enqueue(ctx, q, task(notice.TypeStart, p), asynq.Queue(notice.QueueUrgent), asynq.ProcessAt(at),
-		asynq.TaskID(fmt.Sprintf("start:%s:%d", cid, p.At)), asynq.MaxRetry(100))
+		asynq.TaskID(id), asynq.MaxRetry(100))
+}
+
+// StartID is the task id of campaign cid's start scheduled at at.
+func StartID(cid string, at time.Time) string {
+	return fmt.Sprintf("start:%s:%d", cid, at.UnixMilli())
 }
 
 // Fanout splits a campaign into chunks, once per start/resume generation.

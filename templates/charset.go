@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"golang.org/x/text/encoding/japanese"
+
+	"github.com/oshirase/oshirase/notice"
 )
 
 // CharProblem is one character a charset cannot carry.
@@ -84,6 +86,55 @@ func CheckCharset(r *Rendered, charset string) error {
 		return &CharsetError{Charset: "iso-2022-jp", Problems: probs}
 	}
 	return nil
+}
+
+// RecipientCharsetProblem reports the first field of r (email, name,
+// customer_id, card_brand, card_last4, then extra fields in name order)
+// holding a character charset cannot carry, with the character and its
+// 1-based place, or "" when every field fits. A notice for that recipient
+// could not be built, so an upload rejects the row at once instead of the
+// worker failing it at send time.
+func RecipientCharsetProblem(r *notice.Recipient, charset string) (field, msg string) {
+	if !strings.EqualFold(charset, "iso-2022-jp") {
+		return "", ""
+	}
+	check := func(v string) (rune, int) {
+		i := 0
+		for _, c := range v {
+			i++
+			if !iso2022JPCarries(c) {
+				return c, i
+			}
+		}
+		return 0, 0
+	}
+	for _, f := range []struct{ name, v string }{
+		{"email", r.Email}, {"name", r.Name}, {"customer_id", r.CustomerID}, {"card_brand", r.CardBrand}, {"card_last4", r.CardLast4},
+	} {
+		if c, i := check(f.v); i > 0 {
+			return f.name, charsetMsg(c, i)
+		}
+	}
+	var first string
+	var c0 rune
+	var i0 int
+	for k, v := range r.Extra {
+		if first != "" && k >= first {
+			continue
+		}
+		if c, i := check(v); i > 0 {
+			first, c0, i0 = k, c, i
+		}
+	}
+	if first != "" {
+		return first, charsetMsg(c0, i0)
+	}
+	return "", ""
+}
+
+func charsetMsg(c rune, i int) string {
+	return fmt.Sprintf("character %d, '%c' (U+%04X), cannot be sent in ISO-2022-JP, the campaign's charset: "+
+		"replace it (an old-style kanji by its common form, ① by (1), ㈱ by （株）) or send the campaign as utf-8", i, c, c)
 }
 
 var jisVerdicts sync.Map // rune → bool

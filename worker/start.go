@@ -22,24 +22,38 @@ func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
-	// asynq keeps scheduled tasks by the second and may hand this one over
-	// up to a second early: wait for the time itself.
-	if d := time.Until(time.UnixMilli(p.At)); d > 0 {
+	scheduled := func() (*notice.Campaign, bool, error) {
+		c, err := w.store.Campaign(ctx, p.CampaignID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, false, nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		return c, c.Status == notice.CampaignDraft && c.ScheduledAt != nil && c.ScheduledAt.UnixMilli() == p.At, nil
+	}
+	if _, ok, err := scheduled(); err != nil || !ok {
+		return err
+	}
+	at := time.UnixMilli(p.At)
+	if d := time.Until(at); d > 2*time.Second {
+		// Run long before its time (asynqmon's "run now"): keep the
+		// schedule instead of holding a worker slot until then.
+		w.log.Info("scheduled start ran early; enqueued again for its time", "campaign", p.CampaignID, "at", at.UTC())
+		return tasks.StartAgain(ctx, w.queue, p.CampaignID, at)
+	} else if d > 0 {
+		// asynq keeps scheduled tasks by the second and may hand this one
+		// over up to a second early: wait for the time itself.
 		select {
 		case <-time.After(d):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	c, err := w.store.Campaign(ctx, p.CampaignID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
+	// Again: it may have been unscheduled or started by hand meanwhile.
+	c, ok, err := scheduled()
+	if err != nil || !ok {
 		return err
-	}
-	if c.Status != notice.CampaignDraft || c.ScheduledAt == nil || c.ScheduledAt.UnixMilli() != p.At {
-		return nil
 	}
 	tr, err := w.store.Start(ctx, p.CampaignID)
 	if err != nil {
