@@ -109,8 +109,9 @@ func WithActor(ctx context.Context, k *Key) context.Context {
 // HTTP basic auth with the key as password.
 func Secret(r *http.Request) string {
 	h := r.Header.Get("Authorization")
-	if v, ok := strings.CutPrefix(h, "Bearer "); ok {
-		return strings.TrimSpace(v)
+	// The scheme is case-insensitive (RFC 9110 §11.1): "bearer" is Bearer.
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:])
 	}
 	if _, pw, ok := r.BasicAuth(); ok {
 		return pw

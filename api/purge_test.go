@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -73,6 +74,15 @@ func TestPurge(t *testing.T) {
 	}
 	if code, _ := teststack.Do(t, st.Base, teststack.SupportKey, "GET", fmt.Sprintf("/v1/campaigns/%s/recipients/%d", old, ids[0]), "", nil, nil); code != 404 {
 		t.Errorf("purged recipient: %d, want 404", code)
+	}
+	var page struct {
+		Recipients []json.RawMessage `json:"recipients"`
+		NextCursor *string           `json:"next_cursor"`
+		PurgedAt   *time.Time        `json:"purged_at"`
+	}
+	if code, body := teststack.Do(t, st.Base, teststack.SupportKey, "GET", "/v1/campaigns/"+old+"/recipients?limit=1", "", nil, &page); code != 200 ||
+		len(page.Recipients) != 0 || page.NextCursor != nil || page.PurgedAt == nil {
+		t.Errorf("recipients of a purged campaign: %d %s, want no one, no cursor, purged_at", code, body)
 	}
 	code, report := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/"+old+"/report?bom=false", "", nil, nil)
 	if code != 200 || bytes.Count(report, []byte("\n")) != 1 {

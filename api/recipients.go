@@ -130,7 +130,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	p, err := ingest.NewParser(in, format)
 	if err != nil {
-		s.uploadFailed(w, r, err, &uploadAnswer{})
+		s.uploadFailed(w, r, err, &uploadAnswer{Rejected: []ingest.Rejection{}, Total: c.Counts.Total})
 		return
 	}
 
@@ -352,6 +352,17 @@ func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if c.PurgedAt != nil {
+		// Only the statuses are left, and no one to show: say so at once
+		// instead of paging through empty pages.
+		writeJSON(w, http.StatusOK, map[string]any{"recipients": []notice.Recipient{}, "next_cursor": nil, "purged_at": c.PurgedAt})
+		return
+	}
 	page, err := s.store.Recipients(r.Context(), id, want, cursor, limit)
 	if err != nil {
 		s.storeError(w, r, err)
@@ -453,7 +464,8 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required", []fieldError{{"reason", "required"}})
 		return
 	}
-	sup := store.Suppression{Email: rc.Email, Reason: req.Reason, At: time.Now().UTC()}
+	// Answer with the address as it is kept (and listed, and matched).
+	sup := store.Suppression{Email: store.EmailKey(rc.Email), Reason: req.Reason, At: time.Now().UTC()}
 	if k := Actor(r.Context()); k != nil {
 		sup.Actor = k.Name
 	}
@@ -461,13 +473,19 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	s.audit(r, store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(rc.Email)})
+	s.audit(r, store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(sup.Email)})
 	writeJSON(w, http.StatusCreated, sup)
 }
 
 func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
-	addr := r.PathValue("email")
-	reason := r.URL.Query().Get("reason")
+	addr := store.EmailKey(r.PathValue("email"))
+	// Sending to an address that bounced, or that asked not to be written
+	// to, is a decision someone must own: the audit log says why.
+	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
+	if reason == "" {
+		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{"reason", "required"}})
+		return
+	}
 	ok, err := s.store.Unsuppress(r.Context(), addr)
 	if err != nil {
 		s.storeError(w, r, err)

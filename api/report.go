@@ -50,6 +50,14 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	// The language the notice went out in: a recipient without a locale of
+	// its own got the campaign's default.
+	defLocale := c.DefaultLocale
 	// Who took a copy of the recipients' addresses is itself worth a trace.
 	details, _ := json.Marshal(map[string]any{"status": want, "recipients": st.Seq})
 	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
@@ -64,7 +72,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	cw.Write(reportColumns)
 	flusher, _ := w.(http.Flusher)
 	for from := int64(1); from <= st.Seq; from += reportBatch {
-		c, err := s.store.LoadRecipients(r.Context(), id, from, min(from+reportBatch, st.Seq+1), time.Time{})
+		ch, err := s.store.LoadRecipients(r.Context(), id, from, min(from+reportBatch, st.Seq+1), time.Time{})
 		if err != nil {
 			// The status line is gone; end the body where it broke, with a
 			// row that says so, rather than pass off a short report as whole.
@@ -73,9 +81,9 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 			cw.Flush()
 			return
 		}
-		for i := range c.Recipients {
-			if rc := &c.Recipients[i]; want == "" || rc.Status == want {
-				cw.Write(reportRow(rc))
+		for i := range ch.Recipients {
+			if rc := &ch.Recipients[i]; want == "" || rc.Status == want {
+				cw.Write(reportRow(rc, defLocale))
 			}
 		}
 		cw.Flush()
@@ -88,9 +96,13 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func reportRow(rc *notice.Recipient) []string {
+func reportRow(rc *notice.Recipient, defLocale string) []string {
+	locale := rc.Locale
+	if locale == "" {
+		locale = defLocale
+	}
 	row := []string{
-		strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, rc.Locale, string(rc.Status), strconv.Itoa(rc.Attempts),
+		strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, locale, string(rc.Status), strconv.Itoa(rc.Attempts),
 		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "",
 	}
 	if rc.LastCode > 0 {

@@ -43,6 +43,7 @@ func TestCampaignReport(t *testing.T) {
 	}
 	rcpts[1].Email = bounced
 	rcpts[2].Email, rcpts[2].CustomerID = "=cmd@example.jp", "+SUM(A1)"
+	rcpts[3].Locale = "" // sent in the campaign's default, ja: the report says so
 	cid, _ := sentCampaign(t, st, "report", rcpts)
 
 	get := func(key, query string) (int, []byte) {

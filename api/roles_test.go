@@ -82,6 +82,7 @@ func TestRoles(t *testing.T) {
 		role       int
 	}{
 		{"admin", "Bearer " + testenv.AdminKey, A},
+		{"admin, scheme in lower case", "bearer " + testenv.AdminKey, A},
 		{"support (sha256 key form)", "Bearer " + testenv.SupportKey, S},
 		{"operator", "Bearer " + testenv.OperatorKey, O},
 		{"operator basic auth", basic("anyone", testenv.OperatorKey), O},

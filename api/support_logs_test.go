@@ -153,6 +153,18 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 		teststack.Do(t, base, teststack.SupportKey, "GET", fmt.Sprintf("/v1/campaigns/%s/recipients/%d", c.ID, ids[1]), "", nil, &rc)
 		return len(rc.Resends) == 1 && rc.Resends[0].Status == notice.StatusFailed
 	})
+	// A resend to an address that is greylisted for ever retries, then
+	// gives up after RETRY_MAX_AGE like any delivery.
+	path = fmt.Sprintf("/v1/campaigns/%s/recipients/%d/resend", c.ID, ids[2])
+	if code, body := teststack.Do(t, base, teststack.SupportKey, "POST", path, "application/json", []byte(`{"reason":"asked again"}`), nil); code != 202 {
+		t.Fatalf("resend: %d %s", code, body)
+	}
+	teststack.Eventually(t, "greylisted resend given up", 10*time.Second, func() bool {
+		var rc notice.Recipient
+		teststack.Do(t, base, teststack.SupportKey, "GET", fmt.Sprintf("/v1/campaigns/%s/recipients/%d", c.ID, ids[2]), "", nil, &rc)
+		return len(rc.Resends) == 1 && rc.Resends[0].Status == notice.StatusFailed &&
+			len(rc.Resends[0].History) > 1 && strings.Contains(rc.Resends[0].LastError, "451")
+	})
 	teststack.Do(t, base, teststack.SupportKey, "GET", "/v1/recipients?email=bounce.person@example.jp", "", nil, nil)
 	consoleSearch(t, base, "grey.person@example.com")
 	consoleSearch(t, base, "") // a failed sign-in is logged too

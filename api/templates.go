@@ -43,7 +43,7 @@ type Preview struct {
 	Template    string        `json:"template"`
 	Locale      string        `json:"locale"`
 	Charset     string        `json:"charset"`
-	Recipient   string        `json:"recipient"` // "sample" or the recipient id
+	Recipient   string        `json:"recipient"` // "sample", "request" (given in the request) or the recipient id
 	Subject     string        `json:"subject"`
 	Text        string        `json:"text"`
 	HTML        string        `json:"html"`
@@ -98,12 +98,14 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 		}
 		in.Data = req.Data
 	}
+	who := "sample"
 	if p := req.Recipient; p != nil {
 		in.Recipient = notice.Recipient{Email: p.Email, Name: p.Name, Locale: p.Locale, CustomerID: p.CustomerID,
 			CardBrand: p.CardBrand, CardLast4: p.CardLast4, Extra: p.Extra}
+		who = "request" // the recipient given in the request
 	}
 	in.Paragraphs = req.Paragraphs
-	s.writePreview(w, name, in, charset, "sample")
+	s.writePreview(w, name, in, charset, who)
 }
 
 // previewCampaign renders a campaign as its recipients will get it: with

@@ -112,7 +112,7 @@ func TestPreviewTemplate(t *testing.T) {
 	if !strings.Contains(p.HTML, "&lt;b&gt;佐藤 花子&lt;/b&gt;") || strings.Contains(p.HTML, "<script>x") || !strings.Contains(p.HTML, "追記です") {
 		t.Errorf("HTML does not escape the name and paragraph:\n%s", p.HTML)
 	}
-	if p.Charset != "utf-8" || !p.CharsetOK || p.Recipient != "sample" {
+	if p.Charset != "utf-8" || !p.CharsetOK || p.Recipient != "request" {
 		t.Errorf("charset %q ok %v recipient %q", p.Charset, p.CharsetOK, p.Recipient)
 	}
 

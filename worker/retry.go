@@ -138,6 +138,9 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	var d notice.Delivery
 	out := w.send(context.WithoutCancel(ctx), c, r, rs.Email, p.Resend, &d)
 	bg := context.WithoutCancel(ctx)
+	// A resend retries like any delivery, and gives up like one too:
+	// RETRY_MAX_AGE after support asked for it.
+	retry := out != nil && out.Temporary && w.cfg.ClockNow().Sub(rs.At) < w.cfg.RetryMaxAge
 	err = w.store.UpdateResend(bg, p.CampaignID, r.ID, p.Resend, func(x *notice.Resend) {
 		if out == nil {
 			x.Status, x.MessageID, x.SentAt, x.LastError = notice.StatusSent, d.MessageID, d.SentAt, ""
@@ -147,7 +150,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 		x.History = append(x.History, d.History...)
 		x.LastError = out.Error()
 		x.Status = notice.StatusRetrying
-		if !out.Temporary {
+		if !retry {
 			x.Status = notice.StatusFailed
 		}
 	})
@@ -158,7 +161,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	case out == nil:
 		metrics.Messages.WithLabelValues(c.ID, "resent").Inc()
 		return nil
-	case out.Temporary:
+	case retry:
 		n, _ := asynq.GetRetryCount(ctx)
 		return &retryError{Delay: w.backoff(n + 1), Failure: true, Err: fmt.Errorf("resend %d: %s", p.Resend, notice.MaskAddresses(out.Error()))}
 	default:
