@@ -314,3 +314,55 @@ func TestCancelAfterWorkerCrash(t *testing.T) {
 	}
 	t.Logf("after the crash and cancel: %d sent (sink %d), %d cancelled", cnt.Sent, h.sink.Count(), cnt.Cancelled)
 }
+
+// TestWorkerKilledDuringFanout: the worker that splits a campaign into
+// chunk tasks is SIGKILLed half-way through. Its fan-out task stays asynq's
+// "active" task until asynq's lease recovery (a minute or more); the
+// watchdog of a new worker sees the fan-out's heartbeat stop and goes on
+// from its cursor, so every recipient is sent, each once (but for the
+// crash window of the messages in flight).
+func TestWorkerKilledDuringFanout(t *testing.T) {
+	const n, concurrency = 6000, 8
+	// One recipient per chunk: 6,000 chunk tasks make a fan-out long enough
+	// to be caught in the middle.
+	h := newHarness(t, setup{Env: env{"WORKER_CONCURRENCY": fmt.Sprint(concurrency), "CHUNK_SIZE": "1", "CLAIM_TTL": "2s"}})
+	id, addrs := h.createCampaign(n, nil)
+	first := h.startWorker(nil)
+	h.action(id, "start")
+	ctx := context.Background()
+	var cur int64
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("fan-out cursor never got past 1 (at %d)", cur)
+		}
+		st, err := h.store.State(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cur, err = h.store.FanoutCursor(ctx, id, st.Gen); err != nil {
+			t.Fatal(err)
+		}
+		if cur > 1 {
+			break
+		}
+	}
+	first.kill()
+	if cur > n {
+		t.Fatalf("the fan-out finished (cursor %d) before the worker was killed; make it longer", cur)
+	}
+	killed := time.Now()
+	h.startWorker(nil)
+	c := h.wait(id, 60*time.Second, done)
+	took := time.Since(killed)
+	if c.Counts.Sent != n {
+		t.Fatalf("counts %+v", c.Counts)
+	}
+	twice, extra := h.duplicates(addrs)
+	t.Logf("SIGKILL with the fan-out at recipient %d of %d; finished %.1fs later; %d extra messages", cur, n, took.Seconds(), extra)
+	if extra > concurrency {
+		t.Errorf("%d recipients got %d extra copies: more than one per worker goroutine (%d)", twice, extra, concurrency)
+	}
+	if took > 25*time.Second {
+		t.Errorf("took %s: the fan-out waited for asynq's lease recovery instead of the watchdog", took)
+	}
+}

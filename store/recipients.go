@@ -536,6 +536,35 @@ func (s *Store) SetFanoutCursor(ctx context.Context, cid string, gen, next int64
 	return s.rdb.HSet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen), next).Err()
 }
 
+// FanoutProgress records a running fan-out's cursor and that it was alive
+// at at: the watchdog takes over a fan-out that stops showing progress.
+func (s *Store) FanoutProgress(ctx context.Context, cid string, gen, next int64, at time.Time) error {
+	return s.rdb.HSet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen), next, "fanout_at:"+itoa(gen), at.UnixMilli()).Err()
+}
+
+// takeOverScript: KEYS[1] state; ARGV: field, stalled-before (ms), now (ms).
+// A fan-out that ran (its field is set) but has shown no progress since
+// ARGV[2] is marked as taken over at ARGV[3]; only one caller wins.
+var takeOverScript = redis.NewScript(`
+local at = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if at == 0 or at >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+`)
+
+// TakeOverFanout reports whether gen's fan-out started but has shown no
+// progress since stalledBefore — its worker died mid-way — and if so marks
+// it as taken over at now, so that of several watchdogs one re-enqueues it.
+// A fan-out that never started is not stalled: its task is still queued.
+func (s *Store) TakeOverFanout(ctx context.Context, cid string, gen int64, stalledBefore, now time.Time) (bool, error) {
+	n, err := takeOverScript.Run(ctx, s.rdb, []string{s.k.campaign(cid).state},
+		"fanout_at:"+itoa(gen), stalledBefore.UnixMilli(), now.UnixMilli()).Int()
+	if err != nil {
+		return false, fmt.Errorf("take over fan-out of %s: %w", cid, err)
+	}
+	return n == 1, nil
+}
+
 // AddResend appends a resend to a recipient's resends and returns its number.
 func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.Resend) (int, error) {
 	var n int

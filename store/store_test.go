@@ -259,3 +259,45 @@ func TestSuppressionAndAudit(t *testing.T) {
 		t.Fatalf("audit by campaign: %+v", es)
 	}
 }
+
+// TestTakeOverFanout: a fan-out that never started is not stalled (its task
+// is still queued); one whose heartbeat stopped is taken over by exactly one
+// watchdog; one that shows progress is left alone.
+func TestTakeOverFanout(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	const cid, gen = "fan", int64(1)
+	t0 := time.UnixMilli(1_700_000_000_000)
+	take := func(now time.Time) bool {
+		t.Helper()
+		ok, err := s.TakeOverFanout(ctx, cid, gen, now.Add(-2*time.Second), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if take(t0) {
+		t.Error("a fan-out that never started was taken over")
+	}
+	if err := s.FanoutProgress(ctx, cid, gen, 51, t0); err != nil {
+		t.Fatal(err)
+	}
+	if cur, _ := s.FanoutCursor(ctx, cid, gen); cur != 51 {
+		t.Errorf("cursor %d, want 51", cur)
+	}
+	if take(t0.Add(time.Second)) {
+		t.Error("a fan-out alive a second ago was taken over")
+	}
+	if !take(t0.Add(3 * time.Second)) {
+		t.Error("a fan-out silent for 3 s (CLAIM_TTL 2 s) was not taken over")
+	}
+	if take(t0.Add(3*time.Second + time.Millisecond)) {
+		t.Error("a second watchdog took over the same fan-out")
+	}
+	if err := s.FanoutProgress(ctx, cid, gen, 101, t0.Add(4*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if take(t0.Add(5 * time.Second)) {
+		t.Error("the new fan-out, alive a second ago, was taken over")
+	}
+}

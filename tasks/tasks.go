@@ -69,6 +69,14 @@ func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
 		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d", cid, gen)), asynq.MaxRetry(1000))
 }
 
+// FanoutAgain enqueues a fan-out once more under a new id, to go on from the
+// cursor of one whose worker died (its own task id is taken until asynq
+// recovers it).
+func FanoutAgain(ctx context.Context, q Enqueuer, cid string, gen int64, suffix string) error {
+	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),
+		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d:%s", cid, gen, suffix)), asynq.MaxRetry(1000))
+}
+
 // Chunk delivers recipients [from, to). suffix distinguishes a re-enqueued
 // chunk (watchdog, hand-back) from the fan-out's own.
 func Chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string) error {

@@ -41,6 +41,18 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
 	}
+	// The cursor is written with a heartbeat every 50 chunks: if this
+	// process dies, the watchdog sees the heartbeat stop and another worker
+	// goes on from the cursor (chunk task ids make a repeat harmless).
+	progress := func(next int64) error {
+		if err := w.store.FanoutProgress(ctx, p.CampaignID, p.Gen, next, w.cfg.ClockNow()); err != nil {
+			return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+		}
+		return nil
+	}
+	if err := progress(next); err != nil {
+		return err
+	}
 	size := int64(w.cfg.ChunkSize)
 	n := 0
 	for from := next; from <= st.Seq; from += size {
@@ -49,13 +61,13 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 			return err
 		}
 		if n++; n%50 == 0 {
-			if err := w.store.SetFanoutCursor(ctx, p.CampaignID, p.Gen, cp.To); err != nil {
-				return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+			if err := progress(cp.To); err != nil {
+				return err
 			}
 		}
 	}
-	if err := w.store.SetFanoutCursor(ctx, p.CampaignID, p.Gen, st.Seq+1); err != nil {
-		return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
+	if err := progress(st.Seq + 1); err != nil {
+		return err
 	}
 	w.log.Info("fan-out done", "campaign", p.CampaignID, "gen", p.Gen, "chunks", n)
 	return nil

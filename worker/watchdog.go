@@ -59,6 +59,18 @@ func (w *Worker) Sweep(ctx context.Context) error {
 			if err := tasks.Fanout(ctx, w.queue, id, st.Gen); err != nil {
 				return err
 			}
+			// A fan-out whose worker died mid-way is still asynq's active
+			// task (so the enqueue above is refused) until asynq's own
+			// lease recovery, a minute or more: go on from its cursor now.
+			now := w.cfg.ClockNow()
+			if ok, err := w.store.TakeOverFanout(ctx, id, st.Gen, now.Add(-w.cfg.ClaimTTL), now); err != nil {
+				return err
+			} else if ok {
+				w.log.Warn("fan-out stalled; going on from its cursor", "campaign", id, "gen", st.Gen, "cursor", cur)
+				if err := tasks.FanoutAgain(ctx, w.queue, id, st.Gen, fmt.Sprintf("w%d", now.UnixMilli())); err != nil {
+					return err
+				}
+			}
 		}
 		stolen, err := w.store.Steal(ctx, id, w.cfg.ClaimTTL)
 		if err != nil {
