@@ -61,6 +61,7 @@ type Delivery struct {
 	CPU        time.Duration // oshirase processes (API + workers)
 	RedisCPU   time.Duration
 	PeakRSS    int64 // sum of the workers' peaks
+	APIPeakRSS int64 // the API process's peak while the campaign was sent
 	Received   int64 // messages the sink counted (-1 = unknown)
 }
 

@@ -34,7 +34,7 @@ func (r *Report) Print(w io.Writer, o Options) {
 		fmt.Fprintf(tw, "ceiling: smtp-source -d -s 4 -m %d -l 2048\t%d msgs\t%s\t%.0f msg/s\t\n", r.Ceiling, r.Ceiling, r.CeilingTime.Round(time.Millisecond), ceil)
 		fmt.Fprintln(tw)
 	}
-	fmt.Fprintf(tw, "delivery\tsent\tsink got\ttime\tmsg/s\tof ceiling\tCPU s/1000 msgs\tRedis CPU s/1000\tpeak RSS (workers)\t\n")
+	fmt.Fprintf(tw, "delivery\tsent\tsink got\ttime\tmsg/s\tof ceiling\tCPU s/1000 msgs\tRedis CPU s/1000\tpeak RSS (workers)\tpeak RSS (API)\t\n")
 	for _, d := range r.Deliveries {
 		share := "-"
 		if ceil > 0 {
@@ -47,8 +47,8 @@ func (r *Report) Print(w io.Writer, o Options) {
 		per := func(x time.Duration) string {
 			return fmt.Sprintf("%.3f", x.Seconds()/float64(max(d.Sent, 1))*1000)
 		}
-		fmt.Fprintf(tw, "%d recipients\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t\n", d.Recipients, d.Sent, got,
-			d.Elapsed.Round(time.Millisecond), d.Rate(), share, per(d.CPU), per(d.RedisCPU), mib(d.PeakRSS))
+		fmt.Fprintf(tw, "%d recipients\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", d.Recipients, d.Sent, got,
+			d.Elapsed.Round(time.Millisecond), d.Rate(), share, per(d.CPU), per(d.RedisCPU), mib(d.PeakRSS), mib(d.APIPeakRSS))
 	}
 	if in := r.Ingest; in != nil {
 		fmt.Fprintln(tw)

@@ -116,8 +116,9 @@ func (e *env) deliver(ctx context.Context, n int) (*Delivery, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	procs, workers := e.oshirase(), e.workerSet()
+	procs, workers, api := e.oshirase(), e.workerSet(), procSet{e.api.Process.Pid}
 	workers.resetPeak()
+	api.resetPeak() // the upload before is measured on its own (Ingest)
 	cpu0, rcpu0, rcv0 := procs.cpu(), e.redisCPU(), e.received()
 	start := time.Now()
 	var camp notice.Campaign
@@ -150,7 +151,7 @@ func (e *env) deliver(ctx context.Context, n int) (*Delivery, int64, error) {
 	el := time.Since(start)
 	d := &Delivery{
 		Recipients: n, Sent: camp.Counts.Sent, Elapsed: el,
-		CPU: procs.cpu() - cpu0, RedisCPU: e.redisCPU() - rcpu0, PeakRSS: workers.peak(), Received: -1,
+		CPU: procs.cpu() - cpu0, RedisCPU: e.redisCPU() - rcpu0, PeakRSS: workers.peak(), APIPeakRSS: api.peak(), Received: -1,
 	}
 	if rcv0 >= 0 {
 		// smtp-sink -c updates its counter once a second: give it time.
