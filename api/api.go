@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -109,14 +110,32 @@ func (s *Server) routes() {
 	h("GET /v1/audit", s.auditLog)
 	h("POST /v1/notifications", s.notify)
 
-	// Anything else under /v1 is a JSON 404, not the mux's text one.
-	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path, nil)
-	})
+	// Anything else under /v1 needs a key like the rest (no probing for
+	// endpoints without one), then is a JSON 405 or 404, not the mux's text.
+	s.Handle("/v1/", http.HandlerFunc(s.noRoute), RoleSupport, RoleOperator)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	Ready(s.store.Redis(), s.smtp).ServeHTTP(w, r)
+}
+
+// noRoute answers a /v1 request no route takes: 405 with Allow when the path
+// exists for other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/v1/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+strings.Join(allow, ", "), nil)
+		return
+	}
+	writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path, nil)
 }
 
 // Healthz answers that the process is up (no checks, no key).

@@ -147,3 +147,35 @@ func basic(user, pw string) string {
 	r.SetBasicAuth(user, pw)
 	return r.Header.Get("Authorization")
 }
+
+// TestUnknownRoutes: a path under /v1 that no route takes needs a key too
+// (nobody probes for endpoints without one), then is a JSON 405 with Allow
+// when the path exists for other methods, else a JSON 404.
+func TestUnknownRoutes(t *testing.T) {
+	hs := rolesServer(t)
+	for _, tt := range []struct {
+		method, path, auth string
+		want               int
+		allow              string
+	}{
+		{"GET", "/v1/nope", "", 401, ""},
+		{"PUT", "/v1/campaigns", "", 401, ""},
+		{"GET", "/v1/nope", "Bearer " + testenv.OperatorKey, 404, ""},
+		{"PUT", "/v1/campaigns", "Bearer " + testenv.AdminKey, 405, "GET, POST"},
+		{"DELETE", "/v1/campaigns/x/recipients", "Bearer " + testenv.SupportKey, 405, "GET, POST"},
+	} {
+		req, _ := http.NewRequest(tt.method, hs.URL+tt.path, nil)
+		if tt.auth != "" {
+			req.Header.Set("Authorization", tt.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || resp.Header.Get("Allow") != tt.allow || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s %s: %d, Allow %q, %s; want %d, Allow %q, JSON", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Allow"),
+				resp.Header.Get("Content-Type"), tt.want, tt.allow)
+		}
+	}
+}
