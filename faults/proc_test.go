@@ -366,3 +366,37 @@ func TestWorkerKilledDuringFanout(t *testing.T) {
 		t.Errorf("took %s: the fan-out waited for asynq's lease recovery instead of the watchdog", took)
 	}
 }
+
+// TestWorkerSIGTERMSlowServer: SIGTERM while messages are in flight to a
+// server that takes a second to accept each. The worker takes nothing new,
+// waits for the ones in flight (SHUTDOWN_TIMEOUT is longer), records them,
+// and exits 0; a new worker sends the rest, nobody twice.
+func TestWorkerSIGTERMSlowServer(t *testing.T) {
+	const n = 24
+	h := newHarness(t, setup{
+		Env:  env{"WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "6", "SHUTDOWN_TIMEOUT": "5s"},
+		Sink: smtpsink.Options{Delay: time.Second},
+	})
+	id, addrs := h.createCampaign(n, nil)
+	w := h.startWorker(nil)
+	h.action(id, "start")
+	h.waitCount(4, 30*time.Second)     // the first four are in
+	time.Sleep(300 * time.Millisecond) // the next four are in flight (a second each)
+	code, took := w.term(8 * time.Second)
+	if code != 0 {
+		t.Fatalf("worker exited %d after SIGTERM", code)
+	}
+	c := h.campaign(id)
+	if c.Counts.Sending != 0 || c.Counts.Sent != h.sink.Count() || c.Counts.Sent <= 4 {
+		t.Errorf("after the stop (%s): counts %+v, sink %d; want the in-flight messages finished and recorded", took, c.Counts, h.sink.Count())
+	}
+	t.Logf("SIGTERM with messages in flight: exited 0 after %s with %d of %d sent", took.Round(time.Millisecond), c.Counts.Sent, n)
+	h.startWorker(nil)
+	c = h.wait(id, 60*time.Second, done)
+	if c.Counts.Sent != n {
+		t.Fatalf("counts %+v", c.Counts)
+	}
+	if twice, extra := h.duplicates(addrs); twice != 0 {
+		t.Errorf("%d recipients got %d extra copies", twice, extra)
+	}
+}

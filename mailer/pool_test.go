@@ -116,6 +116,7 @@ func TestPoolReplies(t *testing.T) {
 		{"451 at RCPT", smtpsink.StageRcpt, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Greylisted, try later"}, 451, "4.7.1", "Greylisted, try later", true, 1},
 		{"550 5.1.1 at RCPT", smtpsink.StageRcpt, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}, 550, "5.1.1", "No such user", false, 1},
 		{"552 at DATA", smtpsink.StageData, &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big"}, 552, "5.3.4", "Message too big", false, 1},
+		{"550 5.7.1 at MAIL", smtpsink.StageMail, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address rejected"}, 550, "5.7.1", "Sender address rejected", false, 1},
 		{"451 at MAIL", smtpsink.StageMail, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Local error"}, 451, "4.3.0", "Local error", true, 1},
 		// 421 closes the connection: the next message needs a new one.
 		{"421 at RCPT", smtpsink.StageRcpt, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Shutting down"}, 421, "4.3.2", "Shutting down", true, 2},
@@ -426,4 +427,46 @@ func TestPoolTLS(t *testing.T) {
 			t.Errorf("error does not say STARTTLS is missing: %v", err)
 		}
 	})
+}
+
+// TestPoolServerHangs: a server that takes the connection and never says a
+// word costs SMTP_TIMEOUT, not a worker for ever, and is a temporary failure
+// without a code (retried like an outage).
+func TestPoolServerHangs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	p := newPool(t, Options{URL: "smtp://" + ln.Addr().String() + "?tls=none", PoolSize: 1, Timeout: 300 * time.Millisecond})
+	start := time.Now()
+	err = p.Send(context.Background(), testMessage("a@example.com"))
+	took := time.Since(start)
+	var e *Error
+	if !errors.As(err, &e) || !e.Temporary || e.Code != 0 {
+		t.Fatalf("send to a silent server: %#v, want a temporary *Error without code", err)
+	}
+	if took > 5*time.Second {
+		t.Errorf("send to a silent server took %s with a 300ms timeout", took)
+	}
 }
