@@ -66,14 +66,7 @@ func TestWorkerSIGTERMMidCampaign(t *testing.T) {
 		t.Errorf("after the stop: counts %+v, sink %d: in-flight work not finished or handed back", c.Counts, h.sink.Count())
 	}
 	t.Logf("SIGTERM: exited 0 after %s with %d of %d sent", took.Round(time.Millisecond), c.Counts.Sent, n)
-	h.startWorker(nil)
-	c = h.wait(id, 60*time.Second, done)
-	if c.Counts.Sent != n {
-		t.Fatalf("counts %+v", c.Counts)
-	}
-	if twice, extra := h.duplicates(addrs); twice != 0 {
-		t.Errorf("%d recipients got %d extra copies", twice, extra)
-	}
+	h.finishOnce(id, addrs)
 }
 
 // TestPauseResume: pause takes effect within a second; resume finishes the
@@ -391,12 +384,19 @@ func TestWorkerSIGTERMSlowServer(t *testing.T) {
 		t.Errorf("after the stop (%s): counts %+v, sink %d; want the in-flight messages finished and recorded", took, c.Counts, h.sink.Count())
 	}
 	t.Logf("SIGTERM with messages in flight: exited 0 after %s with %d of %d sent", took.Round(time.Millisecond), c.Counts.Sent, n)
+	h.finishOnce(id, addrs)
+}
+
+// finishOnce starts a new worker and checks that it finishes campaign id
+// with every one of addrs sent exactly once.
+func (h *harness) finishOnce(id string, addrs []string) {
+	h.t.Helper()
 	h.startWorker(nil)
-	c = h.wait(id, 60*time.Second, done)
-	if c.Counts.Sent != n {
-		t.Fatalf("counts %+v", c.Counts)
+	c := h.wait(id, 60*time.Second, done)
+	if c.Counts.Sent != int64(len(addrs)) {
+		h.t.Fatalf("counts %+v", c.Counts)
 	}
 	if twice, extra := h.duplicates(addrs); twice != 0 {
-		t.Errorf("%d recipients got %d extra copies", twice, extra)
+		h.t.Errorf("%d recipients got %d extra copies", twice, extra)
 	}
 }
