@@ -27,8 +27,9 @@ type Key struct {
 }
 
 // ParseKeys reads "name:role:key,name:role:key". A key of exactly 64 hex
-// digits is taken as the SHA-256 of the real key, so the real key need not
-// be written in the environment.
+// digits, or "sha256:" and 64 hex digits, is taken as the SHA-256 of the
+// real key, so the real key need not be written in the environment (and a
+// key of 64 hex digits cannot be used as itself).
 func ParseKeys(s string) ([]Key, error) {
 	var out []Key
 	seen := map[string]bool{}
@@ -51,7 +52,14 @@ func ParseKeys(s string) ([]Key, error) {
 			return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d: name %q used twice", i+1, k.Name)
 		}
 		seen[k.Name] = true
-		if b, err := hex.DecodeString(parts[2]); err == nil && len(b) == 32 {
+		if h, ok := strings.CutPrefix(parts[2], "sha256:"); ok {
+			// Unmistakably a hash: a bad one is an error, not a plain key.
+			b, err := hex.DecodeString(h)
+			if err != nil || len(b) != 32 {
+				return nil, fmt.Errorf("OSHIRASE_API_KEYS entry %d (%s): sha256: must be followed by 64 hex digits", i+1, k.Name)
+			}
+			copy(k.hash[:], b)
+		} else if b, err := hex.DecodeString(parts[2]); err == nil && len(b) == 32 {
 			copy(k.hash[:], b)
 		} else {
 			if len(parts[2]) < 16 {

@@ -16,7 +16,8 @@ import (
 )
 
 // rolesServer is an API over its own Redis database with the test keys; the
-// support key is configured in its SHA-256 hex form.
+// support key is configured in its SHA-256 hex form, the operator's as
+// "sha256:" and the hex.
 func rolesServer(t *testing.T) *httptest.Server {
 	t.Helper()
 	rdb, _ := testenv.Redis(t, testenv.DBSupport)
@@ -25,7 +26,7 @@ func rolesServer(t *testing.T) *httptest.Server {
 		t.Fatal(err)
 	}
 	keys, err := api.ParseKeys("admin:admin:" + testenv.AdminKey + ",support:support:" + api.HashKey(testenv.SupportKey) +
-		",ops:operator:" + testenv.OperatorKey)
+		",ops:operator:sha256:" + api.HashKey(testenv.OperatorKey))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +177,20 @@ func TestUnknownRoutes(t *testing.T) {
 		if resp.StatusCode != tt.want || resp.Header.Get("Allow") != tt.allow || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 			t.Errorf("%s %s: %d, Allow %q, %s; want %d, Allow %q, JSON", tt.method, tt.path, resp.StatusCode, resp.Header.Get("Allow"),
 				resp.Header.Get("Content-Type"), tt.want, tt.allow)
+		}
+	}
+}
+
+func TestParseKeysErrors(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"a:admin", "want name:role:key"},
+		{"a:root:0123456789abcdef", `role "root"`},
+		{"a:admin:short", "shorter than 16"},
+		{"a:admin:0123456789abcdef,a:support:0123456789abcdef", "used twice"},
+		{"a:admin:sha256:abc", "64 hex digits"},
+	} {
+		if _, err := api.ParseKeys(tt.in); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseKeys(%q) = %v, want an error with %q", tt.in, err, tt.want)
 		}
 	}
 }

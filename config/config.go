@@ -94,7 +94,7 @@ var settings = []setting{
 	{"LISTEN_ADDR", "127.0.0.1:8080", "HTTP API address", str(func(c *Config) *string { return &c.ListenAddr })},
 	{"METRICS_ADDR", "", "oshirase worker only: address for its own /metrics (operator or admin key), /healthz and /readyz; empty = none (serve and api have them on LISTEN_ADDR)", str(func(c *Config) *string { return &c.MetricsAddr })},
 	{"WORKER_CONCURRENCY", "64", "tasks a worker process runs at once", integer(func(c *Config) *int { return &c.WorkerConcurrency })},
-	{"OSHIRASE_API_KEYS", "", "API keys, comma-separated name:role:key (roles admin, support, operator; a 64-hex key is the SHA-256 of the key)", str(func(c *Config) *string { return &c.APIKeys })},
+	{"OSHIRASE_API_KEYS", "", "API keys, comma-separated name:role:key (roles admin, support, operator; a key of 64 hex digits, or sha256:<64 hex>, is the SHA-256 of the real key)", str(func(c *Config) *string { return &c.APIKeys })},
 	{"TEMPLATES_DIR", "", "folder whose templates replace or add to the embedded ones", str(func(c *Config) *string { return &c.TemplatesDir })},
 	{"CHUNK_SIZE", "100", "recipients per chunk task", integer(func(c *Config) *int { return &c.ChunkSize })},
 	{"CLAIM_TTL", "2m", "how long a worker's claim on a recipient or chunk lives without progress before another worker takes over", dur(func(c *Config) *time.Duration { return &c.ClaimTTL })},
