@@ -30,6 +30,7 @@ type campaignRequest struct {
 	ReplyTo       string         `json:"reply_to"`
 	Charset       string         `json:"charset"`
 	Rate          float64        `json:"rate"`
+	TimeZone      string         `json:"time_zone"`
 	Paragraphs    []string       `json:"extra_paragraphs"`
 	Data          map[string]any `json:"data"`
 }
@@ -77,6 +78,23 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 	default:
 		bad("charset", "must be utf-8 or iso-2022-jp")
 	}
+	if req.Charset == notice.CharsetISO2022JP {
+		// The sender's display name goes in every message's header: a
+		// character ISO-2022-JP cannot carry would fail every send.
+		for _, f := range []struct{ name, v string }{{"from", req.From}, {"reply_to", req.ReplyTo}} {
+			if a, err := mail.ParseAddress(f.v); err == nil {
+				if c, i := templates.Uncarried(a.Name, req.Charset); i > 0 {
+					bad(f.name, "display name: %s", templates.CharsetMessage(c, i))
+				}
+			}
+		}
+	}
+	if req.TimeZone == "" {
+		req.TimeZone = notice.DefaultTimeZone
+	}
+	if _, err := time.LoadLocation(req.TimeZone); err != nil || req.TimeZone == "Local" {
+		bad("time_zone", "not an IANA time zone like Asia/Tokyo: %q", req.TimeZone)
+	}
 	if req.Rate < 0 {
 		bad("rate", "must not be negative")
 	}
@@ -121,7 +139,7 @@ func checkCardNumbers(path string, v any, bad func(string, string, ...any)) {
 func (req *campaignRequest) campaign() notice.Campaign {
 	return notice.Campaign{
 		Name: req.Name, Template: req.Template, DefaultLocale: req.DefaultLocale, From: req.From,
-		ReplyTo: req.ReplyTo, Charset: req.Charset, Rate: req.Rate, Paragraphs: req.Paragraphs, Data: req.Data,
+		ReplyTo: req.ReplyTo, Charset: req.Charset, Rate: req.Rate, TimeZone: req.TimeZone, Paragraphs: req.Paragraphs, Data: req.Data,
 	}
 }
 

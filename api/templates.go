@@ -158,7 +158,7 @@ func (s *Server) previewCampaign(w http.ResponseWriter, r *http.Request) {
 		date = *c.StartedAt
 	}
 	charset, _ := normCharset(c.Charset)
-	s.writePreview(w, c.Template, templates.Input{Locale: locale, Data: c.Data, Recipient: rcpt, Paragraphs: c.Paragraphs, Date: date}, charset, who)
+	s.writePreview(w, c.Template, templates.Input{Locale: locale, Data: c.Data, Recipient: rcpt, Paragraphs: c.Paragraphs, Date: date.In(c.Zone())}, charset, who)
 }
 
 func (s *Server) writePreview(w http.ResponseWriter, name string, in templates.Input, charset, who string) {

@@ -3,11 +3,13 @@ package api_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -209,5 +211,72 @@ func TestPreviewCampaign(t *testing.T) {
 	}
 	if code := tplDo(t, hs, testenv.AdminKey, "GET", "/v1/campaigns/nope/preview", "", nil); code != 404 {
 		t.Errorf("unknown campaign: %d", code)
+	}
+}
+
+// TestCampaignTimeZone: a notice is dated in the company's time zone
+// (time_zone, default Asia/Tokyo), not the server's: the same moment is a
+// different day at UTC+14 and at UTC−11.
+func TestCampaignTimeZone(t *testing.T) {
+	hs := templateServer(t)
+	for _, zone := range []string{"Pacific/Kiritimati", "Pacific/Pago_Pago", ""} {
+		var c struct {
+			ID       string
+			TimeZone string `json:"time_zone"`
+		}
+		camp := strings.Replace(campaignJSON, `"default_locale":"ja"`, `"default_locale":"ja","time_zone":"`+zone+`"`, 1)
+		if code := tplDo(t, hs, testenv.AdminKey, "POST", "/v1/campaigns", camp, &c); code != 201 {
+			t.Fatalf("create with time_zone %q: %d", zone, code)
+		}
+		want := zone
+		if want == "" {
+			want = "Asia/Tokyo"
+		}
+		if c.TimeZone != want {
+			t.Errorf("time_zone %q, want %q", c.TimeZone, want)
+		}
+		loc, _ := time.LoadLocation(want)
+		before := time.Now().In(loc)
+		var p tplPreview
+		tplDo(t, hs, testenv.AdminKey, "GET", "/v1/campaigns/"+c.ID+"/preview", "", &p)
+		after := time.Now().In(loc)
+		day := func(d time.Time) string { return fmt.Sprintf("%d年%d月%d日", d.Year(), int(d.Month()), d.Day()) }
+		if !strings.Contains(p.Text, day(before)) && !strings.Contains(p.Text, day(after)) {
+			t.Errorf("time_zone %s: the notice is not dated %s:\n%s", want, day(before), p.Text)
+		}
+	}
+	var e struct {
+		Error struct{ Details []struct{ Field string } }
+	}
+	camp := strings.Replace(campaignJSON, `"default_locale":"ja"`, `"default_locale":"ja","time_zone":"Mars/Olympus"`, 1)
+	if code := tplDo(t, hs, testenv.AdminKey, "POST", "/v1/campaigns", camp, &e); code != 422 || len(e.Error.Details) != 1 || e.Error.Details[0].Field != "time_zone" {
+		t.Errorf("unknown time zone: %d %+v", code, e)
+	}
+}
+
+// TestISO2022JPSenderName: in an ISO-2022-JP campaign, a sender's display
+// name with a character the charset cannot carry (㈱) is refused at creation;
+// it would fail every message.
+func TestISO2022JPSenderName(t *testing.T) {
+	hs := templateServer(t)
+	camp := strings.Replace(campaignJSON, `"default_locale":"ja"`, `"default_locale":"ja","charset":"iso-2022-jp"`, 1)
+	var req map[string]any
+	json.Unmarshal([]byte(camp), &req)
+	req["from"] = "㈱サンプル <notice@example.jp>"
+	req["reply_to"] = "株式会社サンプル <support@example.jp>"
+	b, _ := json.Marshal(req)
+	var e struct {
+		Error struct {
+			Details []struct{ Field, Error string }
+		}
+	}
+	if code := tplDo(t, hs, testenv.AdminKey, "POST", "/v1/campaigns", string(b), &e); code != 422 || len(e.Error.Details) != 1 ||
+		e.Error.Details[0].Field != "from" || !strings.Contains(e.Error.Details[0].Error, "U+3231") {
+		t.Errorf("㈱ in the sender's name: %d %+v", code, e)
+	}
+	req["from"] = "株式会社サンプル <notice@example.jp>"
+	b, _ = json.Marshal(req)
+	if code := tplDo(t, hs, testenv.AdminKey, "POST", "/v1/campaigns", string(b), nil); code != 201 {
+		t.Errorf("株式会社 in the sender's name: %d", code)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
+	_ "time/tzdata" // campaign zones load in images without a zoneinfo database
 )
 
 // CampaignStatus is the life-cycle state of a campaign.
@@ -89,7 +91,8 @@ type Campaign struct {
 	From          string         `json:"from"`
 	ReplyTo       string         `json:"reply_to,omitempty"`
 	Charset       string         `json:"charset,omitempty"`
-	Rate          float64        `json:"rate,omitempty"` // messages per second; 0 means the global SMTP_RATE
+	Rate          float64        `json:"rate,omitempty"`      // messages per second; 0 means the global SMTP_RATE
+	TimeZone      string         `json:"time_zone,omitempty"` // the company's zone: a notice is dated in it (default Asia/Tokyo)
 	Paragraphs    []string       `json:"extra_paragraphs,omitempty"`
 	Data          map[string]any `json:"data"`
 	Status        CampaignStatus `json:"status"`
@@ -285,4 +288,31 @@ type DeliverPayload struct {
 	CampaignID  string `json:"campaign_id"`
 	RecipientID int64  `json:"recipient_id"`
 	Resend      int    `json:"resend,omitempty"`
+}
+
+// DefaultTimeZone is the zone notices are dated in unless a campaign says
+// otherwise: the companies oshirase is for are in Japan, and a notice sent
+// at 08:00 JST must not carry yesterday's (UTC) date.
+const DefaultTimeZone = "Asia/Tokyo"
+
+var zones sync.Map // name → *time.Location
+
+// Zone is the campaign's time zone (DefaultTimeZone when unset).
+func (c *Campaign) Zone() *time.Location { return Zone(c.TimeZone) }
+
+// Zone loads a time zone by IANA name, "" meaning DefaultTimeZone. A name
+// that does not load (validated away at creation) falls back to UTC.
+func Zone(name string) *time.Location {
+	if name == "" {
+		name = DefaultTimeZone
+	}
+	if l, ok := zones.Load(name); ok {
+		return l.(*time.Location)
+	}
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		l = time.UTC
+	}
+	zones.Store(name, l)
+	return l
 }

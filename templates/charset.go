@@ -98,16 +98,7 @@ func RecipientCharsetProblem(r *notice.Recipient, charset string) (field, msg st
 	if !strings.EqualFold(charset, "iso-2022-jp") {
 		return "", ""
 	}
-	check := func(v string) (rune, int) {
-		i := 0
-		for _, c := range v {
-			i++
-			if !iso2022JPCarries(c) {
-				return c, i
-			}
-		}
-		return 0, 0
-	}
+	check := func(v string) (rune, int) { return Uncarried(v, charset) }
 	for _, f := range []struct{ name, v string }{
 		{"email", r.Email}, {"name", r.Name}, {"customer_id", r.CustomerID}, {"card_brand", r.CardBrand}, {"card_last4", r.CardLast4},
 	} {
@@ -131,6 +122,25 @@ func RecipientCharsetProblem(r *notice.Recipient, charset string) (field, msg st
 	}
 	return "", ""
 }
+
+// Uncarried returns the first character of v that charset cannot carry and
+// its 1-based place, or 0, 0 when it carries them all.
+func Uncarried(v, charset string) (rune, int) {
+	if !strings.EqualFold(charset, "iso-2022-jp") {
+		return 0, 0
+	}
+	i := 0
+	for _, c := range v {
+		i++
+		if !iso2022JPCarries(c) {
+			return c, i
+		}
+	}
+	return 0, 0
+}
+
+// CharsetMessage says why character c at place i cannot be sent.
+func CharsetMessage(c rune, i int) string { return charsetMsg(c, i) }
 
 func charsetMsg(c rune, i int) string {
 	return fmt.Sprintf("character %d, '%c' (U+%04X), cannot be sent in ISO-2022-JP, the campaign's charset: "+

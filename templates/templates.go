@@ -364,7 +364,7 @@ func (s *Set) Sample(name, locale string) (Input, error) {
 	if err != nil {
 		return Input{}, err
 	}
-	return Input{Locale: locale, Data: t.info.Sample, Recipient: SampleRecipient(locale), Date: time.Now()}, nil
+	return Input{Locale: locale, Data: t.info.Sample, Recipient: SampleRecipient(locale), Date: time.Now().In(notice.Zone(""))}, nil
 }
 
 // Validate checks a campaign's data against template name: every required
@@ -399,7 +399,7 @@ func (s *Set) ValidateCampaign(c *notice.Campaign) error {
 		return fmt.Errorf("default locale %q: want %s", c.DefaultLocale, strings.Join(Locales, " or "))
 	}
 	for _, loc := range Locales {
-		r, err := s.Render(c.Template, Input{Locale: loc, Data: c.Data, Recipient: SampleRecipient(loc), Paragraphs: c.Paragraphs, Date: time.Now()})
+		r, err := s.Render(c.Template, Input{Locale: loc, Data: c.Data, Recipient: SampleRecipient(loc), Paragraphs: c.Paragraphs, Date: time.Now().In(c.Zone())})
 		if err != nil {
 			return fmt.Errorf("template %q, locale %s: %w", c.Template, loc, err)
 		}
@@ -450,7 +450,7 @@ func (t *tmpl) view(in Input) (*localized, Input, error) {
 		Date:       in.Date,
 	}
 	if view.Date.IsZero() {
-		view.Date = time.Now()
+		view.Date = time.Now().In(notice.Zone(""))
 	}
 	return lt, view, nil
 }

@@ -376,7 +376,7 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		}
 	} else {
 		out, err = w.templates.Render(c.Template, templates.Input{
-			Locale: locale, Data: c.Data, Recipient: *r, Paragraphs: c.Paragraphs, Date: w.cfg.ClockNow(),
+			Locale: locale, Data: c.Data, Recipient: *r, Paragraphs: c.Paragraphs, Date: w.cfg.ClockNow().In(c.Zone()),
 		})
 	}
 	if err != nil {

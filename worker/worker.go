@@ -170,7 +170,7 @@ func (w *Worker) prepared(c *notice.Campaign, locale string, date time.Time) (*t
 	if p != nil {
 		return p, nil
 	}
-	p, err := w.templates.Prepare(c.Template, templates.Input{Locale: locale, Data: c.Data, Paragraphs: c.Paragraphs, Date: date})
+	p, err := w.templates.Prepare(c.Template, templates.Input{Locale: locale, Data: c.Data, Paragraphs: c.Paragraphs, Date: date.In(c.Zone())})
 	if err != nil {
 		return nil, err
 	}

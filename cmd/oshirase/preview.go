@@ -59,7 +59,7 @@ func preview(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		in.Recipient = r
 	}
 	in.Locale = *locale
-	in.Date = time.Now()
+	in.Date = time.Now().In(notice.Zone(""))
 	out, err := ts.Render(*name, in)
 	if err != nil {
 		return err
