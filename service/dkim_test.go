@@ -1,0 +1,80 @@
+package service_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/internal/teststack"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/service"
+	"github.com/oshirase/oshirase/smtpsink"
+)
+
+// TestCampaignDKIM: with DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE set,
+// every notice a campaign sends — through the API, asynq and the worker —
+// carries a signature that an independent verifier (go-msgauth) accepts
+// against the published public key.
+func TestCampaignDKIM(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "dkim.pem")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+
+	_, url := testenv.Redis(t, testenv.DBService)
+	sink, err := smtpsink.Start(smtpsink.Options{Keep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	cfg := testenv.Config(t, map[string]string{
+		"REDIS_URL": url, "SMTP_URL": sink.URL(), "KEY_PREFIX": "dkim",
+		"DKIM_DOMAIN": "example.jp", "DKIM_SELECTOR": "notice2019", "DKIM_KEY_FILE": keyFile,
+	})
+	st := teststack.StartStack(t, cfg, service.Options{API: true, Worker: true})
+	csv, _ := recipientsCSV(6)
+	var c notice.Campaign
+	teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)
+	if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+c.ID+"/recipients", "text/csv", []byte(csv), nil); code != 200 {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+c.ID+"/start", "", nil, nil)
+	teststack.WaitCampaign(t, st.Base, c.ID, 30*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone })
+
+	lookup := func(domain string) ([]string, error) {
+		if domain != "notice2019._domainkey.example.jp" {
+			return nil, errors.New("no such record: " + domain)
+		}
+		return []string{txt}, nil
+	}
+	msgs := sink.Messages()
+	if len(msgs) != 6 {
+		t.Fatalf("%d messages, want 6", len(msgs))
+	}
+	for _, m := range msgs {
+		vs, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{LookupTXT: lookup})
+		if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "example.jp" {
+			t.Errorf("%s: DKIM verification: %v %+v", m.To[0], err, vs)
+		}
+	}
+}
