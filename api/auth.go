@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 )
 
@@ -155,4 +156,23 @@ func allowed(r Role, roles []Role) bool {
 		}
 	}
 	return false
+}
+
+// SameOrigin reports whether r may come from a page of this site, for
+// endpoints a signed-in browser reaches (the console, asynqmon): browsers
+// send Origin and Sec-Fetch-Site with every cross-site POST, so a forged
+// form on another site is refused. A request with neither is not from a
+// browser page (curl, a script) and is no forgery.
+func SameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+	default:
+		return false
+	}
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	return err == nil && u.Host == r.Host
 }

@@ -18,7 +18,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -75,23 +74,11 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin") // "no-referrer" would make Chromium send "Origin: null"
 	h.Set("Cache-Control", "no-store")
-	if r.Method == http.MethodPost && !sameOrigin(r) {
+	if r.Method == http.MethodPost && !api.SameOrigin(r) {
 		http.Error(w, "cross-origin form post refused", http.StatusForbidden)
 		return
 	}
 	c.mux.ServeHTTP(w, r)
-}
-
-// sameOrigin refuses posts whose Origin names another site. Browsers send
-// Origin on every POST; its absence (old clients, curl) is left to the
-// CSRF token.
-func sameOrigin(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
-	}
-	u, err := url.Parse(o)
-	return err == nil && u.Host == r.Host
 }
 
 // view is what the page template shows.

@@ -33,6 +33,13 @@ func UI(keys *api.Keys, rdb redis.UniversalClient, root string) http.Handler {
 			http.Error(w, "sign in with any user name and an admin or operator API key as password", http.StatusUnauthorized)
 			return
 		}
+		// The browser keeps the basic-auth key for /monitoring/, so a form
+		// on another site could make an admin's browser pause queues or
+		// delete tasks: changes must come from asynqmon's own page.
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !api.SameOrigin(r) {
+			http.Error(w, "cross-site request refused", http.StatusForbidden)
+			return
+		}
 		// Pages that change what they show must not be cached by a proxy
 		// or shown to the next person at the same browser.
 		w.Header().Set("Cache-Control", "no-store")

@@ -27,6 +27,20 @@ var (
 	operator = caller{"operator (basic)", func(r *http.Request) { r.SetBasicAuth("kim", testenv.OperatorKey) }}
 	opBearer = caller{"operator (bearer)", func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+testenv.OperatorKey) }}
 	admin    = caller{"admin (basic)", func(r *http.Request) { r.SetBasicAuth("", testenv.AdminKey) }}
+
+	adminFromElsewhere = caller{"admin, Origin another site", func(r *http.Request) {
+		r.SetBasicAuth("", testenv.AdminKey)
+		r.Header.Set("Origin", "https://evil.example")
+	}}
+	adminCrossSite = caller{"admin, Sec-Fetch-Site cross-site", func(r *http.Request) {
+		r.SetBasicAuth("", testenv.AdminKey)
+		r.Header.Set("Sec-Fetch-Site", "cross-site")
+	}}
+	adminFromHere = caller{"admin, Origin this site", func(r *http.Request) {
+		r.SetBasicAuth("", testenv.AdminKey)
+		r.Header.Set("Origin", "http://"+r.Host)
+		r.Header.Set("Sec-Fetch-Site", "same-origin")
+	}}
 )
 
 func call(t *testing.T, base string, c caller, method, path string) (int, http.Header, string) {
@@ -89,6 +103,11 @@ func TestMonitoringUI(t *testing.T) {
 		{admin, "GET", "/monitoring/", 200},
 		{operator, "POST", "/monitoring/api/queues/bulk:pause", 405}, // read-only
 		{admin, "POST", "/monitoring/api/queues/bulk:pause", 204},
+		{admin, "POST", "/monitoring/api/queues/bulk:resume", 204},
+		// A forged form on another site, in the admin's browser.
+		{adminFromElsewhere, "POST", "/monitoring/api/queues/bulk:pause", 403},
+		{adminCrossSite, "DELETE", "/monitoring/api/queues/bulk/archived_tasks:delete_all", 403},
+		{adminFromHere, "POST", "/monitoring/api/queues/bulk:pause", 204},
 		{admin, "POST", "/monitoring/api/queues/bulk:resume", 204},
 	} {
 		code, h, body := call(t, st.Base, tc.c, tc.method, tc.path)
