@@ -235,11 +235,4 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 
 // audit records a state change; a failure to audit is logged loudly but
 // does not undo the change already made.
-func (s *Server) audit(r *http.Request, e store.AuditEntry) {
-	if k := Actor(r.Context()); k != nil {
-		e.Actor = k.Name
-	}
-	if err := s.store.Audit(context.WithoutCancel(r.Context()), e); err != nil {
-		s.log.Error("audit log write failed", "action", e.Action, "err", err)
-	}
-}
+func (s *Server) audit(r *http.Request, e store.AuditEntry) { s.auditCtx(r.Context(), e) }

@@ -49,6 +49,8 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 		bad("name", "required")
 	} else if len(req.Name) > 200 || strings.ContainsAny(req.Name, "\r\n") {
 		bad("name", "at most 200 characters on one line")
+	} else if ingest.LooksLikeCardNumber(req.Name) {
+		bad("name", "looks like a full card number; write at most the last 4 digits")
 	}
 	if req.Template == "" {
 		req.Template = "card-reissue"
@@ -64,10 +66,14 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 	}
 	if err := checkAddress(req.From); err != nil {
 		bad("from", "%v", err)
+	} else if ingest.LooksLikeCardNumber(req.From) {
+		bad("from", "looks like a full card number")
 	}
 	if req.ReplyTo != "" {
 		if err := checkAddress(req.ReplyTo); err != nil {
 			bad("reply_to", "%v", err)
+		} else if ingest.LooksLikeCardNumber(req.ReplyTo) {
+			bad("reply_to", "looks like a full card number")
 		}
 	}
 	switch strings.ToLower(req.Charset) {
@@ -426,6 +432,10 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if strings.TrimSpace(req.Reason) == "" {
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "a reason is required", []fieldError{{"reason", "required"}})
+		return
+	}
+	if fe := cardInText("reason", req.Reason); fe != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid", "the reason looks like it holds a full card number", fe)
 		return
 	}
 	n, err := s.store.Purge(r.Context(), id)

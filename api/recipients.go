@@ -464,6 +464,10 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required", []fieldError{{"reason", "required"}})
 		return
 	}
+	if fe := cardInText("reason", req.Reason); fe != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+		return
+	}
 	// Answer with the address as it is kept (and listed, and matched).
 	sup := store.Suppression{Email: store.EmailKey(rc.Email), Reason: req.Reason, At: time.Now().UTC()}
 	if k := Actor(r.Context()); k != nil {
@@ -484,6 +488,10 @@ func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
 	if reason == "" {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{"reason", "required"}})
+		return
+	}
+	if fe := cardInText("reason", reason); fe != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}
 	ok, err := s.store.Unsuppress(r.Context(), addr)

@@ -45,6 +45,10 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		}
 		bom = b
 	}
+	if fe := cardInText("reason", q.Get("reason")); fe != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+		return
+	}
 	st, err := s.store.State(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)

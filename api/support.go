@@ -149,6 +149,9 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	if len(req.Reason) > 1000 {
 		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason is longer than 1000 bytes", Fields: []fieldError{{"reason", "at most 1000 bytes"}}}
 	}
+	if fe := cardInText("reason", req.Reason); fe != nil {
+		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason looks like it holds a full card number; write at most the last 4 digits", Fields: fe}
+	}
 	c, err := s.store.Campaign(ctx, cid)
 	if err != nil {
 		return nil, err

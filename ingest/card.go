@@ -32,9 +32,16 @@ func LooksLikeCardNumber(s string) bool {
 			sc.digit(d)
 			continue
 		}
-		if isGroupSep(r) && sc.open {
-			if sc.closeGroup() {
-				return true
+		if isGroupSep(r) && (sc.open || sc.afterSep && sc.sepN < maxSepRun) {
+			if sc.open {
+				if sc.closeGroup() {
+					return true
+				}
+				sc.sepN = 0
+			}
+			sc.sepN++
+			if sc.sepN > 1 || !isPlainSep(r) {
+				sc.wide = true
 			}
 			sc.afterSep = true
 			continue
@@ -64,14 +71,24 @@ type cardScanner struct {
 
 	open     bool // the last rune was a digit
 	afterSep bool // the last rune was a separator that follows a digit
+	sepN     int  // separators in a row since the last digit
+	// wide: the run has a separator other than one space or dash between
+	// groups ("4111.1111", "4111 - 1111"). Such a run is a card number only
+	// in a card's shape: as a plain 13–19 digits it would take dates
+	// ("2009/05/01 - 2019/05/27") and amounts ("1,234,567,890,123") for one.
+	wide bool
 }
+
+// maxSepRun is the most separators between two groups of one run
+// ("4111 - 1111" has three).
+const maxSepRun = 3
 
 func (sc *cardScanner) digit(d byte) {
 	if !sc.open {
 		if !sc.afterSep {
 			sc.reset() // a new run
 		}
-		sc.open, sc.afterSep = true, false
+		sc.open, sc.afterSep, sc.sepN = true, false, 0
 		sc.cur, sc.glen = sc.n, 0
 	}
 	if sc.runN < len(sc.run) {
@@ -86,14 +103,14 @@ func (sc *cardScanner) digit(d byte) {
 }
 
 func (sc *cardScanner) reset() {
-	sc.runN, sc.n, sc.g, sc.open, sc.afterSep = 0, 0, 0, false, false
+	sc.runN, sc.n, sc.g, sc.open, sc.afterSep, sc.sepN, sc.wide = 0, 0, 0, false, false, 0, false
 }
 
 // endRun ends the current run (a rune that is neither digit nor a single
 // separator, or the end of s) and reports whether it held a card number.
 func (sc *cardScanner) endRun() bool {
 	found := sc.open && sc.closeGroup()
-	found = found || (sc.runN >= 13 && sc.runN <= 19 && luhn(sc.run[:sc.runN]))
+	found = found || (!sc.wide && sc.runN >= 13 && sc.runN <= 19 && luhn(sc.run[:sc.runN]))
 	sc.reset()
 	return found
 }
@@ -167,14 +184,26 @@ func digitValue(r rune) (byte, bool) {
 	return 0, false
 }
 
-// isGroupSep reports whether r may separate digit groups: space, hyphen and
-// what Japanese input methods put in their place.
-func isGroupSep(r rune) bool {
+// isPlainSep reports whether r is how card numbers are usually grouped:
+// space, hyphen and what Japanese input methods put in their place.
+func isPlainSep(r rune) bool {
 	switch r {
 	case ' ', '-', '\u3000', '－', '\u2010', '\u2011', '\u2012', '\u2013', '\u2014', '\u2212', 'ー':
 		return true
 	}
 	return false
+}
+
+// isGroupSep reports whether r may separate digit groups: the plain
+// separators and what else people put between a card's groups to get it
+// past a filter or out of a spreadsheet (dots, slashes, commas,
+// underscores, tabs, no-break spaces, their full-width forms).
+func isGroupSep(r rune) bool {
+	switch r {
+	case '.', '/', ',', '_', '\t', '\u00a0', '．', '／', '，', '＿', '・':
+		return true
+	}
+	return isPlainSep(r)
 }
 
 // luhn reports whether the digits d pass the Luhn (mod 10) check.

@@ -28,6 +28,17 @@ func TestLooksLikeCardNumber(t *testing.T) {
 		{"４１１１１１１１１１１１１１１１", true},
 		{"４１１１　１１１１　１１１１　１１１１", true},
 		{"４１１１－１１１１－１１１１－１１１１", true},
+		// Written to get past a filter, or pasted from elsewhere.
+		{"4111  1111 1111 1111", true},
+		{"4111 - 1111 - 1111 - 1111", true},
+		{"4111.1111.1111.1111", true},
+		{"4111/1111/1111/1111", true},
+		{"4111,1111,1111,1111", true},
+		{"4111_1111_1111_1111", true},
+		{"4111\t1111\t1111\t1111", true},
+		{"4111\u00a01111\u00a01111\u00a01111", true},
+		{"４１１１．１１１１．１１１１．１１１１", true},
+		{"3782.822463.10005", true},
 		// Inside longer runs: with the expiry, after a date, after a number.
 		{"4111 1111 1111 1111 12/25", true},
 		{"4111111111111111 12 25", true},
@@ -38,11 +49,12 @@ func TestLooksLikeCardNumber(t *testing.T) {
 		{"", false},
 		{"4111111111111112", false}, // fails Luhn
 		{"4111 1111 1111 1112", false},
-		{"411111111116", false},         // 12 digits, passes Luhn
-		{"41111111111111110000", false}, // 20 digits
-		{"4111111111111111000", false},  // 19 digits, fails Luhn
-		{"4111  1111 1111 1111", false}, // a double space ends the run: 4 + 12 digits
-		{"4111/1111/1111/1111", false},  // slashes are not separators
+		{"411111111116", false},            // 12 digits, passes Luhn
+		{"41111111111111110000", false},    // 20 digits
+		{"4111111111111111000", false},     // 19 digits, fails Luhn
+		{"2009/05/01 - 2019/05/27", false}, // 16 digits, Luhn-valid as a run; dates, not a card's shape
+		{"2009/05/01 - 2019/05/25", false},
+		{"1,234,567,890,128", false}, // an amount, Luhn-valid as a run
 		{"090-1234-5678", false},
 		{"+81 90 1234 5678", false},
 		{"090-1234-5678 03-1234-5678", false}, // passes Luhn as one 21-digit run; no card shape
