@@ -116,7 +116,7 @@ func (s *Server) routes() {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	Ready(s.store.Redis(), s.smtp).ServeHTTP(w, r)
+	Ready(s.store.Redis(), s.smtp, s.log).ServeHTTP(w, r)
 }
 
 // noRoute answers a /v1 request no route takes: 405 with Allow when the path
@@ -144,21 +144,24 @@ func Healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 // Ready returns the /readyz handler: 200 when Redis and, when smtp is not
-// nil, the SMTP server answer; 503 with what is down otherwise.
-func Ready(rdb redis.UniversalClient, smtp Pinger) http.Handler {
+// nil, the SMTP server answer; 503 with what is down otherwise. The answer
+// is public, so it says only "down"; why (addresses, errors) goes to log.
+func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		checks := map[string]string{}
 		ok := true
 		if err := rdb.Ping(ctx).Err(); err != nil {
-			checks["redis"], ok = "down: "+err.Error(), false
+			checks["redis"], ok = "down", false
+			log.Warn("readiness: Redis is down", "err", err)
 		} else {
 			checks["redis"] = "ok"
 		}
 		if smtp != nil {
 			if err := smtp.Ping(ctx); err != nil {
-				checks["smtp"], ok = "down: "+err.Error(), false
+				checks["smtp"], ok = "down", false
+				log.Warn("readiness: the SMTP server is down", "err", err)
 			} else {
 				checks["smtp"] = "ok"
 			}

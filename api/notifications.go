@@ -61,7 +61,7 @@ func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*Notifica
 	if tmpl == "" {
 		tmpl = "card-reissue"
 	}
-	ans, err := s.sendOne(ctx, NotificationPrefix+tmpl, req)
+	ans, err := s.sendOne(ctx, NotificationPrefix+tmpl, notice.KindNotification, req)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*Notifica
 }
 
 // sendOne sends req as the one recipient of a new campaign called name.
-func (s *Server) sendOne(ctx context.Context, name string, req NotificationRequest) (*NotificationAnswer, error) {
+func (s *Server) sendOne(ctx context.Context, name, kind string, req NotificationRequest) (*NotificationAnswer, error) {
 	creq := campaignRequest{
 		Name: name, Template: req.Template, DefaultLocale: req.Locale,
 		From: req.From, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
@@ -105,6 +105,7 @@ func (s *Server) sendOne(ctx context.Context, name string, req NotificationReque
 		}
 	}
 	c := creq.campaign()
+	c.Kind = kind
 	if c.Charset == notice.CharsetISO2022JP {
 		if problems := s.charsetProblems(&c); problems != nil {
 			return nil, &InvalidError{Code: "charset", Msg: "the notice has characters ISO-2022-JP cannot carry", Fields: []fieldError{{"charset", fmt.Sprint(problems)}}}

@@ -53,7 +53,7 @@ func (s *Server) testSend(w http.ResponseWriter, r *http.Request) {
 		rc = *req.Recipient
 	}
 	rc.Email, rc.Locale = req.Email, locale
-	ans, err := s.sendOne(r.Context(), TestPrefix+c.Name, NotificationRequest{
+	ans, err := s.sendOne(r.Context(), TestPrefix+c.Name, notice.KindTest, NotificationRequest{
 		Template: c.Template, Locale: locale, From: c.From, ReplyTo: c.ReplyTo, Charset: c.Charset,
 		Paragraphs: c.Paragraphs, Data: c.Data, Recipient: rc,
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/smtpsink"
 )
 
@@ -46,6 +47,16 @@ func TestWorkerProcessMetricsAndReadiness(t *testing.T) {
 	if c.Counts.Sent != n-1 || c.Counts.Failed != 1 {
 		t.Fatalf("counts %+v", c.Counts)
 	}
+	// A single notice counts under its kind, not under a campaign id of its
+	// own: thousands of them must not make thousands of series.
+	var req map[string]any
+	json.Unmarshal(teststack.CampaignJSON(nil), &req)
+	one, _ := json.Marshal(map[string]any{"template": "card-reissue", "locale": "ja", "from": req["from"], "data": req["data"],
+		"recipient": map[string]any{"email": "single@example.jp"}})
+	if code, body := teststack.Do(t, h.api.Base, testenv.AdminKey, "POST", "/v1/notifications", "application/json", one, nil); code != 202 {
+		t.Fatalf("notification: %d %s", code, body)
+	}
+	teststack.Eventually(t, "the single notice sent", 10*time.Second, func() bool { return h.sink.CountFor("single@example.jp") == 1 })
 
 	for _, tc := range []struct {
 		who, key string
@@ -63,10 +74,11 @@ func TestWorkerProcessMetricsAndReadiness(t *testing.T) {
 			`oshirase_messages_total{campaign="` + id + `",result="sent"} 99`,
 			`oshirase_messages_total{campaign="` + id + `",result="failed"} 1`,
 			`oshirase_messages_total{campaign="` + id + `",result="retried"} 1`,
-			`oshirase_smtp_replies_total{code="250"} 99`,
+			`oshirase_messages_total{campaign="notification",result="sent"} 1`,
+			`oshirase_smtp_replies_total{code="250"} 100`,
 			`oshirase_smtp_replies_total{code="550"} 1`,
 			`oshirase_smtp_replies_total{code="451"} 1`,
-			`oshirase_smtp_send_seconds_count 101`,
+			`oshirase_smtp_send_seconds_count 102`,
 			`oshirase_rate_limit_wait_seconds_count`,
 			`process_resident_memory_bytes`,
 		} {
@@ -98,10 +110,10 @@ func TestWorkerProcessMetricsAndReadiness(t *testing.T) {
 		t.Fatalf("worker /readyz: %d %v", code, checks)
 	}
 	h.sink.Down()
-	if code, checks := ready(); code != 503 || checks["redis"] != "ok" || !strings.HasPrefix(checks["smtp"], "down: ") {
+	if code, checks := ready(); code != 503 || checks["redis"] != "ok" || checks["smtp"] != "down" {
 		t.Fatalf("worker /readyz with the SMTP server down: %d %v", code, checks)
 	}
-	if code, body := get(t, h.api.Base+"/readyz", ""); code != 503 || !strings.Contains(body, `"smtp":"down: `) {
+	if code, body := get(t, h.api.Base+"/readyz", ""); code != 503 || !strings.Contains(body, `"smtp":"down"`) {
 		t.Errorf("API /readyz with the SMTP server down: %d %s", code, body)
 	}
 }

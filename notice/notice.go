@@ -93,6 +93,7 @@ type Campaign struct {
 	Charset       string         `json:"charset,omitempty"`
 	Rate          float64        `json:"rate,omitempty"`      // messages per second; 0 means the global SMTP_RATE
 	TimeZone      string         `json:"time_zone,omitempty"` // the company's zone: a notice is dated in it (default Asia/Tokyo)
+	Kind          string         `json:"kind,omitempty"`      // "" for a mass campaign, KindNotification or KindTest for one notice
 	Paragraphs    []string       `json:"extra_paragraphs,omitempty"`
 	Data          map[string]any `json:"data"`
 	Status        CampaignStatus `json:"status"`
@@ -315,4 +316,20 @@ func Zone(name string) *time.Location {
 	}
 	zones.Store(name, l)
 	return l
+}
+
+// Kinds of one-recipient campaigns: POST /v1/notifications and test sends.
+const (
+	KindNotification = "notification"
+	KindTest         = "test"
+)
+
+// MetricLabel is how the campaign shows in metrics: its id for a mass
+// campaign; its kind for one-recipient campaigns, which are made by the
+// thousand and would each add series that never go away.
+func (c *Campaign) MetricLabel() string {
+	if c.Kind != "" {
+		return c.Kind
+	}
+	return c.ID
 }

@@ -125,7 +125,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
 			return err
 		}
-		metrics.Messages.WithLabelValues(p.CampaignID, "suppressed").Add(float64(len(ids)))
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
 	}
 
 	token := newToken()
@@ -282,10 +282,10 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	switch {
 	case out == nil:
 		step.Finish = notice.StatusSent
-		metrics.Messages.WithLabelValues(c.ID, "sent").Inc()
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "sent").Inc()
 	case out.Temporary && w.cfg.ClockNow().Sub(*d.FirstTryAt) < w.cfg.RetryMaxAge:
 		step.Finish = notice.StatusRetrying
-		metrics.Messages.WithLabelValues(c.ID, "retried").Inc()
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "retried").Inc()
 		if !schedule {
 			break
 		}
@@ -298,7 +298,7 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		}
 	default:
 		step.Finish = notice.StatusFailed
-		metrics.Messages.WithLabelValues(c.ID, "failed").Inc()
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "failed").Inc()
 		w.permanent(ctx, c, r.ID, r.Email, out)
 		if !schedule {
 			break // a retry task: it is archived itself, with the reply

@@ -159,7 +159,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	}
 	switch {
 	case out == nil:
-		metrics.Messages.WithLabelValues(c.ID, "resent").Inc()
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "resent").Inc()
 		return nil
 	case retry:
 		n, _ := asynq.GetRetryCount(ctx)
