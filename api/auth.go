@@ -73,6 +73,14 @@ func ParseKeys(s string) ([]Key, error) {
 	return out, nil
 }
 
+// Fingerprint names the key's secret without revealing it (a hash of its
+// hash): a session records it, so that replacing a leaked secret under the
+// same name ends the sessions the old one opened.
+func (k *Key) Fingerprint() string {
+	h := sha256.Sum256(append([]byte("oshirase key fingerprint\x00"), k.hash[:]...))
+	return hex.EncodeToString(h[:12])
+}
+
 // HashKey returns the SHA-256 hex form of a key, for OSHIRASE_API_KEYS.
 func HashKey(secret string) string {
 	h := sha256.Sum256([]byte(secret))

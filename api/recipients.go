@@ -123,7 +123,10 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		defer zr.Close()
-		in = zr
+		// The limit holds for what the upload unpacks to as well: a few
+		// KB of gzip must not become gigabytes of rows (and rejections)
+		// in Redis.
+		in = http.MaxBytesReader(w, zr, s.cfg.MaxUploadBytes)
 	default:
 		writeError(w, http.StatusUnsupportedMediaType, "unsupported_encoding", "Content-Encoding must be gzip or none, not "+enc, nil)
 		return

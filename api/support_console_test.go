@@ -105,6 +105,35 @@ func TestSupportConsoleGuards(t *testing.T) {
 	if r := do(newClient(), "POST", "/support/search", search, ""); r.code != 401 {
 		t.Errorf("search without a session: %d, want 401", r.code)
 	}
+	// A leaked key replaced by a new secret under the same name: the
+	// sessions the old secret opened end (here, on a server that has the
+	// new secret; same Redis, same sessions).
+	cfg2 := testenv.Config(t, map[string]string{"REDIS_URL": url0, "SMTP_URL": "smtp://127.0.0.1:1?tls=none", "KEY_PREFIX": "con",
+		"OSHIRASE_API_KEYS": "admin:admin:rotated-admin-key-0123456789"})
+	st2 := teststack.StartStack(t, cfg2, service.Options{API: true})
+	req, _ := http.NewRequest("POST", st2.Base+"/support/search", strings.NewReader(search.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.AddCookie(&http.Cookie{Name: "oshirase_support", Value: sid})
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 401 {
+		t.Errorf("a session of the replaced key: %v %v, want 401", err, resp.Status)
+	} else {
+		resp.Body.Close()
+	}
+	if r := do(cl, "POST", "/support/search", search, ""); r.code != 200 {
+		t.Errorf("the session on the server with the same key: %d", r.code)
+	}
+	// Behind a TLS-terminating proxy the cookies are Secure.
+	req, _ = http.NewRequest("GET", st.Base+"/support/", nil)
+	req.Header.Set("X-Forwarded-Proto", "https")
+	if resp, err := http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if sc := resp.Header.Get("Set-Cookie"); !strings.Contains(sc, "; Secure") || !strings.Contains(sc, "HttpOnly") {
+			t.Errorf("cookie behind an HTTPS proxy: %q, want Secure and HttpOnly", sc)
+		}
+	}
+
 	if r := do(cl, "POST", "/support/logout", url.Values{"csrf": {csrf}}, ""); r.code != 200 || !strings.Contains(r.body, `name="key"`) {
 		t.Errorf("sign-out: %d", r.code)
 	}

@@ -102,7 +102,7 @@ var settings = []setting{
 	{"RETRY_MAX_DELAY", "1h", "longest delay between retries", dur(func(c *Config) *time.Duration { return &c.RetryMaxDelay })},
 	{"RETRY_MAX_AGE", "72h", "give up on a recipient this long after its first attempt", dur(func(c *Config) *time.Duration { return &c.RetryMaxAge })},
 	{"SHUTDOWN_TIMEOUT", "20s", "on SIGTERM/SIGINT, how long in-flight messages may take to finish", dur(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
-	{"MAX_UPLOAD_BYTES", "2147483648", "largest recipients upload in bytes (413 past it)", func(c *Config, v string) error {
+	{"MAX_UPLOAD_BYTES", "2147483648", "largest recipients upload in bytes, also unpacked for gzip (413 past it)", func(c *Config, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n <= 0 {
 			return fmt.Errorf("not a positive number of bytes: %q", v)

@@ -112,6 +112,16 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, v v
 	}
 }
 
+// secure reports whether the browser reached us over HTTPS: directly, or
+// through a TLS-terminating proxy that says so (X-Forwarded-Proto, or
+// Forwarded: proto=https). Cookies are then Secure: never sent in clear.
+func secure(r *http.Request) bool {
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		return true
+	}
+	return strings.Contains(strings.ToLower(r.Header.Get("Forwarded")), "proto=https")
+}
+
 func randomToken() string {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -123,7 +133,7 @@ func randomToken() string {
 func (c *Console) cookie(r *http.Request, name, value string, maxAge int) *http.Cookie {
 	return &http.Cookie{
 		Name: name, Value: value, Path: cookiePath, MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(r),
 	}
 }
 
@@ -142,8 +152,8 @@ func (c *Console) current(r *http.Request) (*session, error) {
 		return nil, err
 	}
 	key, ok := c.keys.ByName(data.KeyName)
-	if !ok || !mayUse(key.Role) {
-		return nil, nil
+	if !ok || !mayUse(key.Role) || !equal(key.Fingerprint(), data.KeyFP) {
+		return nil, nil // the key is gone, may no longer use the console, or was replaced
 	}
 	return &session{id: ck.Value, data: data, key: key}, nil
 }
@@ -208,7 +218,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := randomToken()
-	data := store.Session{KeyName: key.Name, CSRF: randomToken(), At: time.Now().UTC()}
+	data := store.Session{KeyName: key.Name, KeyFP: key.Fingerprint(), CSRF: randomToken(), At: time.Now().UTC()}
 	if err := c.store.CreateSession(r.Context(), id, data, c.ttl); err != nil {
 		c.fail(w, r, err)
 		return
