@@ -163,11 +163,11 @@ func TestGreetingAndCard(t *testing.T) {
 		want   []string
 		absent []string
 	}{
-		{"ja", notice.Recipient{Name: "山田 太郎", CardBrand: "Mastercard", CardLast4: "9876"}, []string{"山田 太郎 様", "Mastercard 末尾 9876"}, []string{"お客様各位"}},
-		{"ja", notice.Recipient{}, []string{"お客様各位"}, []string{" 様\n", "末尾", "対象のカード"}},
-		{"ja", notice.Recipient{CardLast4: "5555"}, []string{"お客様各位", "対象のカード：末尾 5555"}, nil},
-		{"en", notice.Recipient{Name: "Taro Yamada", CardBrand: "JCB", CardLast4: "4321"}, []string{"Dear Taro Yamada,", "JCB ending in 4321"}, []string{"Dear Customer"}},
-		{"en", notice.Recipient{}, []string{"Dear Customer,"}, []string{"ending in", "Your card concerned"}},
+		{"ja", notice.Recipient{Name: "山田 太郎", CardBrand: "Mastercard", CardLast4: "9876"}, []string{"山田 太郎 様", "対象カード：Mastercard（カード番号末尾 9876）"}, []string{"お客様各位"}},
+		{"ja", notice.Recipient{}, []string{"お客様各位"}, []string{" 様\n", "末尾", "対象カード"}},
+		{"ja", notice.Recipient{CardLast4: "5555"}, []string{"お客様各位", "対象カード：カード番号末尾 5555\n"}, []string{"（カード番号"}},
+		{"en", notice.Recipient{Name: "Taro Yamada", CardBrand: "JCB", CardLast4: "4321"}, []string{"Dear Taro Yamada,", "Affected card: JCB ending in 4321"}, []string{"Dear Customer"}},
+		{"en", notice.Recipient{}, []string{"Dear Customer,"}, []string{"ending in", "Affected card"}},
 		// A name with a line break stays on the greeting line.
 		{"en", notice.Recipient{Name: "Taro\r\nYamada"}, []string{"Dear Taro Yamada,"}, nil},
 	}
@@ -187,6 +187,89 @@ func TestGreetingAndCard(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPasswordResetPeriod: the affected period is optional; either end may
+// be given alone, and without both the section is left out.
+func TestPasswordResetPeriod(t *testing.T) {
+	s := mustLoad(t, "")
+	tests := []struct {
+		name       string
+		start, end string
+		want       map[string][]string // per locale, the heading then a phrase, in the text (unwrapped) and the HTML
+	}{
+		{"both", "2015-04-01", "2019-05-28", map[string][]string{
+			"ja": {"対象期間", "2015年4月1日から2019年5月28日までの間に「サンプル会員サービス」にご登録いただいていたお客様が対象です。"},
+			"en": {"Period affected", "at any time between 1 April 2015 and 28 May 2019."},
+		}},
+		{"start only", "2015-04-01", "", map[string][]string{
+			"ja": {"対象期間", "2015年4月1日以降、「サンプル会員サービス」に"},
+			"en": {"Period affected", "at any time since 1 April 2015."},
+		}},
+		{"end only", "", "2019-05-28", map[string][]string{
+			"ja": {"対象期間", "2019年5月28日までに「サンプル会員サービス」に"},
+			"en": {"Period affected", "at any time up to 28 May 2019."},
+		}},
+		{"neither", "", "", map[string][]string{"ja": nil, "en": nil}},
+	}
+	for _, tt := range tests {
+		for _, loc := range Locales {
+			t.Run(tt.name+"/"+loc, func(t *testing.T) {
+				in := sampleInput(t, s, "password-reset", loc)
+				data := make(map[string]any)
+				for k, v := range in.Data {
+					data[k] = v
+				}
+				delete(data, "period_start")
+				delete(data, "period_end")
+				if tt.start != "" {
+					data["period_start"] = tt.start
+				}
+				if tt.end != "" {
+					data["period_end"] = tt.end
+				}
+				if err := s.Validate("password-reset", data); err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				in.Data = data
+				r := render(t, s, "password-reset", in)
+				text := unwrap(r.Text, loc)
+				for i, w := range tt.want[loc] {
+					tw := w
+					if i == 0 && loc == "en" {
+						tw = strings.ToUpper(w) // the heading
+					}
+					if !strings.Contains(text, tw) {
+						t.Errorf("text lacks %q", tw)
+					}
+					if !strings.Contains(r.HTML, w) {
+						t.Errorf("html lacks %q", w)
+					}
+				}
+				if tt.want[loc] == nil {
+					for _, a := range []string{"対象期間", "PERIOD AFFECTED", "Period affected", "までの間", "at any time"} {
+						if strings.Contains(r.Text, a) || strings.Contains(r.HTML, a) {
+							t.Errorf("no period given, but the notice has %q", a)
+						}
+					}
+				}
+				// The period comes after what happened and before what leaked.
+				if tt.want[loc] != nil {
+					heads := map[string][]string{"ja": {"経緯", "対象期間", "流出した可能性のある情報"}, "en": {"What happened", "Period affected", "What information was involved"}}[loc]
+					for _, body := range []string{strings.ToUpper(text), strings.ToUpper(r.HTML)} {
+						at := 0
+						for _, h := range heads {
+							i := strings.Index(body[at:], strings.ToUpper(h))
+							if i < 0 {
+								t.Fatalf("%q missing or out of order", h)
+							}
+							at += i
+						}
+					}
+				}
+			})
+		}
 	}
 }
 
