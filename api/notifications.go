@@ -127,22 +127,29 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 	if err != nil {
 		return nil, err
 	}
-	// Its one recipient goes through the urgent queue, not a fan-out: mark
-	// the fan-out done so the watchdog does not start one on the bulk queue.
-	if err := s.store.SetFanoutCursor(ctx, c.ID, t.Gen, rid+1); err != nil {
-		return nil, err
-	}
-	p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
-	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, fmt.Sprintf("notify:%s:%d", c.ID, rid), 0); err != nil {
-		// Leave it to the fan-out: the campaign is sending and the watchdog
-		// re-enqueues a fan-out whose cursor is behind.
-		s.store.SetFanoutCursor(context.WithoutCancel(ctx), c.ID, t.Gen, 1)
-		return nil, err
-	}
-	return &NotificationAnswer{
+	ans := &NotificationAnswer{
 		CampaignID: c.ID, RecipientID: rid, Status: notice.StatusPending,
 		URL: fmt.Sprintf("/v1/campaigns/%s/recipients/%d", c.ID, rid),
-	}, nil
+	}
+	// The campaign is sending: the notice goes out one way or another, so
+	// nothing below may answer with an error a caller would retry (a second
+	// notice). What fails is left to the watchdog's fan-out.
+	bg := context.WithoutCancel(ctx)
+	// Its one recipient goes through the urgent queue, not a fan-out: mark
+	// the fan-out done so the watchdog does not start one on the bulk queue.
+	if err := s.store.SetFanoutCursor(bg, c.ID, t.Gen, rid+1); err != nil {
+		s.log.Warn("single notice left to the fan-out", "campaign", c.ID, "err", err)
+		return ans, nil
+	}
+	p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
+	if err := tasks.Deliver(bg, s.queue, p, notice.QueueUrgent, fmt.Sprintf("notify:%s:%d", c.ID, rid), 0); err != nil {
+		// The watchdog re-enqueues a fan-out whose cursor is behind (and
+		// finds a pending recipient of a stalled campaign if even this
+		// write fails).
+		s.log.Warn("single notice left to the fan-out", "campaign", c.ID, "err", err)
+		s.store.SetFanoutCursor(bg, c.ID, t.Gen, 1)
+	}
+	return ans, nil
 }
 
 // notify answers POST /v1/notifications.

@@ -19,6 +19,7 @@ import "strconv"
 //	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), all of them
+//	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
@@ -56,6 +57,11 @@ func (c ckeys) scriptKeys() []string {
 
 func (c ckeys) everything() []string {
 	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej}
+}
+
+// resendLock is the short-lived lock of one resend while it is being sent.
+func (c ckeys) resendLock(rid int64, n int) string {
+	return c.def[:len(c.def)-len("def")] + "rslock:" + itoa(rid) + ":" + strconv.Itoa(n)
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -596,6 +596,28 @@ redis.call('HSET', KEYS[1], ARGV[1], cur .. ' ' .. ARGV[2])
 return 1
 `)
 
+// LockResend takes the lock on sending resend n of a recipient for ttl, so
+// that a task asynq runs twice does not send it twice. It reports whether
+// the lock was free.
+func (s *Store) LockResend(ctx context.Context, cid string, rid int64, n int, token string, ttl time.Duration) (bool, error) {
+	ok, err := s.rdb.SetNX(ctx, s.k.campaign(cid).resendLock(rid, n), token, ttl).Result()
+	if err != nil {
+		return false, fmt.Errorf("lock resend %d of recipient %d: %w", n, rid, err)
+	}
+	return ok, nil
+}
+
+// unlockScript deletes KEYS[1] only if it still holds ARGV[1].
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// UnlockResend gives back a lock LockResend gave token.
+func (s *Store) UnlockResend(ctx context.Context, cid string, rid int64, n int, token string) error {
+	return unlockScript.Run(ctx, s.rdb, []string{s.k.campaign(cid).resendLock(rid, n)}, token).Err()
+}
+
 // UpdateResend changes resend n of a recipient.
 func (s *Store) UpdateResend(ctx context.Context, cid string, rid int64, n int, fn func(*notice.Resend)) error {
 	return s.updateResends(ctx, cid, rid, func(rs []notice.Resend) ([]notice.Resend, error) {

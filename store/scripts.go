@@ -127,7 +127,15 @@ end
 local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
 local status, gen = st[1] or '', tonumber(st[2]) or 0
 local crid = tonumber(ARGV[6])
-if crid > 0 then
+local mine = false
+if crid > 0 and renew and getst(crid) == 1 then mine = (owner(crid) == token) end
+if crid > 0 and mine then
+  -- Renewing a claim on a message still in flight: allowed whatever the
+  -- campaign's state, or a pause would let the claim expire under a slow
+  -- send and the watchdog hand the recipient to a second sender.
+  redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
+  claimed = 1
+elseif crid > 0 then
   local want = tonumber(ARGV[8])
   if status ~= 'sending' or (want > 0 and want ~= gen) then
     claimed = -1000
@@ -136,7 +144,9 @@ if crid > 0 then
     local ok = (not renew) and (c == 0 or (c == 2 and ARGV[9] == '1'))
     if c == 1 then
       local who, dl = owner(crid)
-      if who == token or ((not renew) and dl < now) then ok = true else claimed = -1 end
+      -- 'steal': the watchdog took it from a dead worker and queued a
+      -- task for it; whoever comes first takes it over.
+      if who == token or ((not renew) and (dl < now or who == 'steal')) then ok = true else claimed = -1 end
     end
     if ok then
       setst(crid, 1)
@@ -244,10 +254,16 @@ for i = 1, #cl, 2 do
   local dl = tonumber(string.sub(cl[i+1], 1, string.find(cl[i+1], ':', 1, true) - 1))
   if dl < now then
     local rid = tonumber(cl[i])
-    redis.call('HDEL', KEYS[4], rid)
     if getst(rid) == 1 then
-      setst(rid, 2)
+      -- Not released but handed over: the recipient stays "sending" under
+      -- a 'steal' claim that any task may take, and that expires in its
+      -- turn. So if the task the caller is about to queue never gets
+      -- queued (the caller dies, Redis goes away), the next sweep steals
+      -- it again instead of leaving it "retrying" with nothing to retry it.
+      redis.call('HSET', KEYS[4], rid, ARGV[2] .. ':steal')
       out[#out+1] = cl[i]
+    else
+      redis.call('HDEL', KEYS[4], rid)
     end
   end
 end

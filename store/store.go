@@ -273,9 +273,20 @@ func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
 	if err != nil {
 		return t, err
 	}
+	// Past the status change, a client that goes away must not leave the
+	// marking half done (the watchdog finishes it otherwise, see
+	// CancelUnsent).
+	return t, s.CancelUnsent(context.WithoutCancel(ctx), id)
+}
+
+// CancelUnsent marks every pending or retrying recipient of a cancelled
+// campaign cancelled, in batches. Cancel does it; the watchdog does it
+// again for a campaign whose marking was cut short (a Redis error, a
+// crash), so that no recipient stays pending in a cancelled campaign.
+func (s *Store) CancelUnsent(ctx context.Context, id string) error {
 	st, err := s.State(ctx, id)
 	if err != nil {
-		return t, err
+		return err
 	}
 	ck := s.k.campaign(id)
 	const batch = 20000 // bounded work per script call keeps Redis responsive
@@ -283,10 +294,10 @@ func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
 		to := min(from+batch, st.Seq+1)
 		allowed := fmt.Sprintf("%d%d", codePending, codeRetrying)
 		if err := markRangeScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), codeCancelled, allowed, from, to).Err(); err != nil {
-			return t, fmt.Errorf("cancel recipients of %s: %w", id, err)
+			return fmt.Errorf("cancel recipients of %s: %w", id, err)
 		}
 	}
-	return t, nil
+	return nil
 }
 
 // Active lists campaigns that are (or recently were) sending.

@@ -187,13 +187,75 @@ func TestStealExpired(t *testing.T) {
 	if len(st.Chunks) != 1 || st.Chunks[0] != 1 || len(st.Recipients) != 1 || st.Recipients[0] != 2 {
 		t.Fatalf("stolen %+v", st)
 	}
+	// Handed over, not released: still "sending", under a claim any task
+	// may take.
 	r, _ := s.Recipient(ctx, c.ID, 2)
-	if r.Status != notice.StatusRetrying {
-		t.Fatalf("stolen recipient is %s, want retrying", r.Status)
+	if r.Status != notice.StatusSending {
+		t.Fatalf("stolen recipient is %s, want sending (handed over)", r.Status)
 	}
 	// Taken once: a second watchdog finds nothing.
 	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Chunks)+len(st.Recipients) != 0 {
 		t.Fatalf("stolen twice: %+v", st)
+	}
+	// The task queued for it takes it over at once; the live claim on 3
+	// is nobody's to take.
+	if res, err := s.Do(ctx, c.ID, store.Step{Token: "rc", ClaimID: 2, ClaimTTL: time.Hour, ClaimRetrying: true}); err != nil || !res.Claimed {
+		t.Fatalf("the task cannot take the handed-over recipient: %+v %v", res, err)
+	}
+	if res, _ := s.Do(ctx, c.ID, store.Step{Token: "other", ClaimID: 3, ClaimTTL: time.Hour, ClaimRetrying: true}); res.Claimed {
+		t.Fatal("a live claim was taken")
+	}
+}
+
+// TestStealHandoverExpires: when the task for a stolen recipient is never
+// queued (the watchdog's process died right after stealing), the handover
+// claim expires and the next sweep steals the recipient again: it is never
+// left with nothing to send it.
+func TestStealHandoverExpires(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 3)
+	tr, _ := s.Start(ctx, c.ID)
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "dead", ClaimID: 2, ClaimTTL: time.Millisecond, Gen: tr.Gen}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if st, _ := s.Steal(ctx, c.ID, 10*time.Millisecond); len(st.Recipients) != 1 {
+		t.Fatalf("first steal: %+v", st)
+	}
+	// ... and the watchdog dies before queuing the task.
+	time.Sleep(20 * time.Millisecond)
+	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 1 || st.Recipients[0] != 2 {
+		t.Fatalf("second steal after the handover expired: %+v", st)
+	}
+}
+
+// TestRenewWhilePaused: a worker whose message is in flight when the
+// campaign is paused keeps its claim alive (it must not expire into a second
+// send after resume), but claims nothing new.
+func TestRenewWhilePaused(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 3)
+	tr, _ := s.Start(ctx, c.ID)
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "w", ClaimID: 1, ClaimTTL: 50 * time.Millisecond, Gen: tr.Gen}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pause(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.Do(ctx, c.ID, store.Step{Token: "w", ClaimID: 1, ClaimTTL: time.Hour, Gen: tr.Gen, Renew: true}); err != nil || !res.Claimed {
+		t.Fatalf("renewal while paused refused: %+v %v", res, err)
+	}
+	if res, _ := s.Do(ctx, c.ID, store.Step{Token: "w", ClaimID: 2, ClaimTTL: time.Hour, Gen: tr.Gen}); res.Claimed {
+		t.Fatal("a new recipient claimed while paused")
+	}
+	if _, err := s.Resume(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(80 * time.Millisecond) // past the first claim's deadline, not the renewed one's
+	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 0 {
+		t.Fatalf("the renewed claim was stolen: %+v", st)
 	}
 }
 
@@ -299,5 +361,64 @@ func TestTakeOverFanout(t *testing.T) {
 	}
 	if take(t0.Add(5 * time.Second)) {
 		t.Error("the new fan-out, alive a second ago, was taken over")
+	}
+}
+
+// TestCancelUnsentFinishesTheJob: a recipient released back to retrying
+// after a cancel's marking passed it (its worker was in flight) would stay
+// open in a cancelled campaign; CancelUnsent, which the watchdog runs,
+// settles it, and the campaign's counts add up.
+func TestCancelUnsentFinishesTheJob(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 4)
+	tr, _ := s.Start(ctx, c.ID)
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "w", ClaimID: 2, ClaimTTL: time.Hour, Gen: tr.Gen}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Cancel(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, c.ID, "w", notice.StatusRetrying, 2); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Campaign(ctx, c.ID)
+	if got.Counts.Retrying != 1 {
+		t.Fatalf("counts before: %+v", got.Counts)
+	}
+	if err := s.CancelUnsent(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Campaign(ctx, c.ID)
+	if got.Counts.Open() != 0 || got.Counts.Cancelled != 4 {
+		t.Errorf("counts after: %+v, want all 4 cancelled", got.Counts)
+	}
+}
+
+func TestResendLock(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 1)
+	lock := func(token string) bool {
+		t.Helper()
+		ok, err := s.LockResend(ctx, c.ID, 1, 1, token, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !lock("a") || lock("b") {
+		t.Fatal("a second run took the lock of a resend being sent")
+	}
+	s.UnlockResend(ctx, c.ID, 1, 1, "b") // not b's: stays
+	if lock("c") {
+		t.Fatal("another token freed the lock")
+	}
+	s.UnlockResend(ctx, c.ID, 1, 1, "a")
+	if !lock("d") {
+		t.Fatal("the lock was not given back")
+	}
+	if ok, _ := s.LockResend(ctx, c.ID, 1, 2, "e", time.Minute); !ok {
+		t.Fatal("resend 2 shares resend 1's lock")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -121,6 +122,24 @@ func failedError(id int64, reply string) error {
 // support gave (the original or a corrected one). The original delivery stays
 // as it was; the resend has its own status and Message-ID.
 func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.DeliverPayload) error {
+	// One sender at a time: asynq may run a task twice (a lease it thought
+	// lost), and a resend has no claim of its own. The lock outlives a
+	// crash for a while (5 × CLAIM_TTL) rather than let a second run send
+	// what the first may have sent.
+	token := fmt.Sprintf("%d", time.Now().UnixNano())
+	locked, err := w.store.LockResend(ctx, p.CampaignID, p.RecipientID, p.Resend, token, 5*w.cfg.ClaimTTL)
+	if err != nil {
+		return err
+	}
+	if !locked {
+		return &retryError{Delay: time.Second, Err: fmt.Errorf("resend %d of recipient %d is being sent by another worker", p.Resend, p.RecipientID)}
+	}
+	unlock := true
+	defer func() {
+		if unlock {
+			w.store.UnlockResend(context.WithoutCancel(ctx), p.CampaignID, p.RecipientID, p.Resend, token)
+		}
+	}()
 	r, err := w.store.Recipient(ctx, p.CampaignID, p.RecipientID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -141,7 +160,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	// A resend retries like any delivery, and gives up like one too:
 	// RETRY_MAX_AGE after support asked for it.
 	retry := out != nil && out.Temporary && w.cfg.ClockNow().Sub(rs.At) < w.cfg.RetryMaxAge
-	err = w.store.UpdateResend(bg, p.CampaignID, r.ID, p.Resend, func(x *notice.Resend) {
+	err = w.recordResend(bg, p.CampaignID, r.ID, p.Resend, func(x *notice.Resend) {
 		if out == nil {
 			x.Status, x.MessageID, x.SentAt, x.LastError = notice.StatusSent, d.MessageID, d.SentAt, ""
 			x.History = append(x.History, d.History...)
@@ -155,6 +174,9 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 		}
 	})
 	if err != nil {
+		// The outcome is unknown to Redis: keep the lock, so that a rerun
+		// soon after does not send again what the server may have taken.
+		unlock = false
 		return err
 	}
 	switch {
@@ -167,5 +189,21 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	default:
 		w.permanent(bg, c, r.ID, rs.Email, out)
 		return fmt.Errorf("resend %d failed permanently: %s: %w", p.Resend, notice.MaskAddresses(out.Error()), asynq.SkipRetry)
+	}
+}
+
+// recordResend writes a resend's outcome like record does a delivery's:
+// retried through a short Redis outage, because the message has gone out.
+func (w *Worker) recordResend(ctx context.Context, cid string, rid int64, n int, fn func(*notice.Resend)) error {
+	delay := 50 * time.Millisecond
+	deadline := time.Now().Add(w.cfg.RecordTimeout)
+	for {
+		err := w.store.UpdateResend(ctx, cid, rid, n, fn)
+		if err == nil || errors.Is(err, store.ErrNotFound) || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		w.log.Warn("record resend outcome: retrying", "campaign", cid, "err", err)
+		time.Sleep(delay)
+		delay = min(2*delay, time.Second)
 	}
 }

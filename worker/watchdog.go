@@ -163,14 +163,24 @@ func (w *Worker) sweepCancelled(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := w.store.Mark(ctx, id, stolen.Recipients, []notice.Status{notice.StatusRetrying}, notice.StatusCancelled); err != nil {
+	if _, err := w.store.Mark(ctx, id, stolen.Recipients, []notice.Status{notice.StatusSending, notice.StatusRetrying}, notice.StatusCancelled); err != nil {
 		return err
 	}
 	c, err := w.store.Campaign(ctx, id)
 	if err != nil {
 		return err
 	}
-	if c.Counts.Sending == 0 {
+	if c.Counts.Pending+c.Counts.Retrying > 0 {
+		// The cancel's marking was cut short, or a retry was released
+		// after it passed: finish it.
+		if err := w.store.CancelUnsent(ctx, id); err != nil {
+			return err
+		}
+		if c, err = w.store.Campaign(ctx, id); err != nil {
+			return err
+		}
+	}
+	if c.Counts.Open() == 0 {
 		return w.store.Inactive(ctx, id)
 	}
 	return nil
