@@ -748,7 +748,13 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	} else if n > 0 {
 		return 0, fmt.Errorf("campaign %s: %d chunks are still finishing; purge when they are done: %w", cid, n, ErrConflict)
 	}
+	// So may a retry or resend task, which holds a claim but no chunk lease.
 	ck := s.k.campaign(cid)
+	if n, err := s.rdb.HGet(ctx, ck.counts, string(notice.StatusSending)).Int64(); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, fmt.Errorf("counts of %s: %w", cid, err)
+	} else if n > 0 {
+		return 0, fmt.Errorf("campaign %s: %d messages are still in flight; purge when they are done: %w", cid, n, ErrConflict)
+	}
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
 		k, err := s.purgeRange(ctx, cid, from, min(from+purgeBatch, st.Seq+1))

@@ -422,3 +422,27 @@ func TestResendLock(t *testing.T) {
 		t.Fatal("resend 2 shares resend 1's lock")
 	}
 }
+
+// TestPurgeWaitsForMessagesInFlight: a cancelled campaign whose retry task
+// still holds a claim (no chunk lease) is not purged under it.
+func TestPurgeWaitsForMessagesInFlight(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	c := newCampaign(t, s, 2)
+	tr, _ := s.Start(ctx, c.ID)
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "retry", ClaimID: 1, ClaimTTL: time.Hour, Gen: tr.Gen}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Cancel(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Purge(ctx, c.ID); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("purge with a message in flight: %v, want ErrConflict", err)
+	}
+	if _, err := s.Do(ctx, c.ID, store.Step{Token: "retry", FinishID: 1, Finish: notice.StatusSent}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Purge(ctx, c.ID); err != nil || n != 2 {
+		t.Fatalf("purge after it finished: %d %v", n, err)
+	}
+}
