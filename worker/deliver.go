@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -443,10 +444,20 @@ func (w *Worker) take(ctx context.Context, key string, rate float64, burst int, 
 }
 
 // limitFor expresses a fractional rate per second as a GCRA limit.
+// jitterAllowance is how late after its turn a message may reach the SMTP
+// server without the rate limit's promise being broken.
+const jitterAllowance = 50 * time.Millisecond
+
 func limitFor(rate float64, burst int) redis_rate.Limit {
 	if burst <= 0 {
 		burst = max(1, int(rate/10))
 	}
+	// The limit is a promise about what the relay sees: at most rate × T +
+	// burst messages in any window T. A message reaches it a little after
+	// its turn (rendering, the MAIL/RCPT round trip, a busy CPU), so turns
+	// taken apart can arrive together. The messages of that jitter are kept
+	// back from the burst.
+	burst = max(1, burst-int(math.Ceil(rate*jitterAllowance.Seconds())))
 	// redis_rate wants an integer rate per period: use a longer period for
 	// fractional rates (0.5/s = 1 per 2s).
 	period := time.Second

@@ -98,3 +98,25 @@ func TestMessageID(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitFor: the burst the GCRA gets keeps back the messages 50 ms of
+// jitter could bunch together, never below one.
+func TestLimitFor(t *testing.T) {
+	for _, tt := range []struct {
+		rate              float64
+		burst             int
+		wantRate, wantBur int
+		wantPeriod        time.Duration
+	}{
+		{50, 5, 50, 2, time.Second},      // 2.5 messages of jitter kept back
+		{50, 0, 50, 2, time.Second},      // default burst rate/10
+		{1000, 0, 1000, 50, time.Second}, // 100 less 50
+		{10, 1, 10, 1, time.Second},      // never below one
+		{0.5, 0, 5, 1, 10 * time.Second},
+	} {
+		l := limitFor(tt.rate, tt.burst)
+		if l.Rate != tt.wantRate || l.Burst != tt.wantBur || l.Period != tt.wantPeriod {
+			t.Errorf("limitFor(%v, %d) = %+v, want rate %d burst %d period %s", tt.rate, tt.burst, l, tt.wantRate, tt.wantBur, tt.wantPeriod)
+		}
+	}
+}
