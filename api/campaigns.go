@@ -389,8 +389,10 @@ func (s *Server) unscheduleCampaign(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	s.dropStartTask(r.Context(), c)
-	s.audit(r, store.AuditEntry{Action: "campaign.unschedule", CampaignID: id})
+	if c.ScheduledAt != nil { // unscheduling what was not scheduled changes nothing
+		s.dropStartTask(r.Context(), c)
+		s.audit(r, store.AuditEntry{Action: "campaign.unschedule", CampaignID: id})
+	}
 	s.campaignAnswer(w, r, id, http.StatusOK)
 }
 
@@ -436,6 +438,14 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if fe := cardInText("reason", req.Reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "the reason looks like it holds a full card number", fe)
+		return
+	}
+	if c, err := s.store.Campaign(r.Context(), id); err != nil {
+		s.storeError(w, r, err)
+		return
+	} else if c.PurgedAt != nil {
+		// Once is the record: a second purge would only move its time.
+		writeError(w, http.StatusConflict, "already_purged", "campaign "+id+" was purged at "+c.PurgedAt.UTC().Format(time.RFC3339), nil)
 		return
 	}
 	n, err := s.store.Purge(r.Context(), id)

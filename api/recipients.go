@@ -227,6 +227,9 @@ func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parse
 				}
 			}
 			enc = enc[:0]
+			// Duplicates found by the store join the parser's rejections of
+			// the batch: keep the stored list in line order.
+			slices.SortStableFunc(b.rej, func(a, b ingest.Rejection) int { return a.Line - b.Line })
 			for _, rej := range b.rej {
 				j, _ := json.Marshal(rej)
 				enc = append(enc, string(j))

@@ -428,3 +428,28 @@ func TestUploadISO2022JPRecipients(t *testing.T) {
 		t.Errorf("notification to 髙橋 in ISO-2022-JP: %d %+v", code, e)
 	}
 }
+
+// TestRejectionsInLineOrder: the stored rejections of an upload, fetched
+// page by page, are in line order, duplicates (found by the store) among
+// the parser's own.
+func TestRejectionsInLineOrder(t *testing.T) {
+	hs := uploadServer(t, 0)
+	id := newCampaign(t, hs)
+	csv := csvHeader + "a@example.jp,A,ja,C1,VISA,1111\n" + "b@example.jp,B,fr,C2,VISA,2222\n" +
+		"a@example.jp,A again,ja,C3,VISA,3333\n" + "c@example.jp,C,de,C4,VISA,4444\n"
+	var ans answer
+	if code := call(t, hs, "POST", "/v1/campaigns/"+id+"/recipients", map[string]string{"Content-Type": "text/csv"}, strings.NewReader(csv), &ans); code != 200 || ans.RejectedCount != 3 {
+		t.Fatalf("upload: %d %+v", code, ans)
+	}
+	var page struct {
+		Rejected []struct{ Line int } `json:"rejected"`
+	}
+	call(t, hs, "GET", ans.RejectionsURL, nil, nil, &page)
+	var lines []int
+	for _, r := range page.Rejected {
+		lines = append(lines, r.Line)
+	}
+	if fmt.Sprint(lines) != "[3 4 5]" {
+		t.Errorf("stored rejections in lines %v, want [3 4 5]", lines)
+	}
+}

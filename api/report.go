@@ -22,6 +22,7 @@ const reportBatch = 500
 var reportColumns = []string{
 	"recipient_id", "email", "customer_id", "locale", "status", "attempts", "first_attempt_at", "sent_at",
 	"message_id", "last_code", "last_enhanced", "last_error", "resends", "last_resend_status", "last_resend_sent_at",
+	"accepted_reply",
 }
 
 // campaignReport streams a campaign's delivery report as CSV, one row per
@@ -63,7 +64,11 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	// its own got the campaign's default.
 	defLocale := c.DefaultLocale
 	// Who took a copy of the recipients' addresses is itself worth a trace.
-	details, _ := json.Marshal(map[string]any{"status": want, "recipients": st.Seq})
+	rows := st.Seq
+	if c.PurgedAt != nil {
+		rows = 0 // only the header is left
+	}
+	details, _ := json.Marshal(map[string]any{"status": want, "recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
@@ -107,7 +112,7 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 	}
 	row := []string{
 		strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, locale, string(rc.Status), strconv.Itoa(rc.Attempts),
-		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "",
+		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "", "",
 	}
 	if rc.LastCode > 0 {
 		row[9] = strconv.Itoa(rc.LastCode)
@@ -115,6 +120,14 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 	if n := len(rc.Resends); n > 0 {
 		last := rc.Resends[n-1]
 		row[13], row[14] = string(last.Status), stamp(last.SentAt)
+	}
+	// What the relay said when it took the notice: often its queue id, the
+	// thread to follow the message further.
+	for i := len(rc.History) - 1; i >= 0; i-- {
+		if a := rc.History[i]; a.OK && a.Resend == 0 {
+			row[15] = a.Text
+			break
+		}
 	}
 	for i, v := range row {
 		row[i] = spreadsheetSafe(v)

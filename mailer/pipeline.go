@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 )
@@ -75,9 +76,11 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte) (delivered bool,
 	if err := t.W.Flush(); err != nil {
 		return false, true, err
 	}
-	if _, _, err := t.ReadResponse(250); err != nil {
+	_, msg, err := t.ReadResponse(250)
+	if err != nil {
 		return false, !isReply(err), err
 	}
+	c.accepted = parseAccepted(msg)
 	return true, false, nil
 }
 
@@ -137,3 +140,26 @@ func dotStuff(b []byte) []byte {
 	out = append(out, b...)
 	return append(out, end...)
 }
+
+// Accepted is what an SMTP server said when it took a message, e.g.
+// Enhanced "2.0.0", Text "Ok: queued as 4XyZ1": a relay's queue id is the
+// proof that the notice was handed over, and where to look for it next.
+type Accepted struct {
+	Enhanced string
+	Text     string
+}
+
+// parseAccepted splits a 250 reply's text into its enhanced status code
+// (RFC 3463), when it starts with one, and the rest.
+func parseAccepted(msg string) Accepted {
+	msg = strings.TrimSpace(strings.ReplaceAll(msg, "\n", " "))
+	if code, rest, ok := strings.Cut(msg, " "); ok && enhancedRE.MatchString(code) {
+		return Accepted{Enhanced: code, Text: rest}
+	}
+	if enhancedRE.MatchString(msg) {
+		return Accepted{Enhanced: msg}
+	}
+	return Accepted{Text: msg}
+}
+
+var enhancedRE = regexp.MustCompile(`^[245]\.\d{1,3}\.\d{1,3}$`)

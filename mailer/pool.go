@@ -27,9 +27,10 @@ type Pool struct {
 }
 
 type conn struct {
-	c     *smtp.Client
-	used  int
-	since time.Time
+	c        *smtp.Client
+	used     int
+	since    time.Time
+	accepted Accepted // the reply to the last message this connection delivered
 }
 
 // errEarly marks an I/O failure before any of the message reached the
@@ -149,15 +150,22 @@ func (p *Pool) put(c *conn, broken bool) {
 // Send delivers one message over a pooled connection. The envelope is
 // m.From's address and m.To, nothing else: headers never add recipients.
 func (p *Pool) Send(ctx context.Context, m *Message) error {
+	_, err := p.Deliver(ctx, m)
+	return err
+}
+
+// Deliver is Send, and also returns what the server said when it took the
+// message.
+func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 	msg, env, err := build(m, &p.o)
 	if err != nil {
-		return &Error{Text: "build message: " + err.Error(), Stage: "build", Err: err}
+		return Accepted{}, &Error{Text: "build message: " + err.Error(), Stage: "build", Err: err}
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
 	if _, err := msg.WriteTo(buf); err != nil {
-		return &Error{Text: "write message: " + err.Error(), Stage: "build", Err: err}
+		return Accepted{}, &Error{Text: "write message: " + err.Error(), Stage: "build", Err: err}
 	}
 	var c *conn
 	var delivered, broken bool
@@ -165,9 +173,10 @@ func (p *Pool) Send(ctx context.Context, m *Message) error {
 		var reused bool
 		c, reused, err = p.get(ctx, fresh)
 		if err != nil {
-			return Classify(err)
+			return Accepted{}, Classify(err)
 		}
 		c.used++
+		c.accepted = Accepted{}
 		delivered, broken, err = p.sendPipelined(c, env, buf.Bytes())
 		if errors.Is(err, errNoPipelining) {
 			// The server cannot pipeline: one command at a time.
@@ -184,20 +193,21 @@ func (p *Pool) Send(ctx context.Context, m *Message) error {
 		break
 	}
 	if delivered {
+		acc := c.accepted
 		p.lastOK.Store(time.Now().UnixNano())
 		// The server took the message. An error after that (the
 		// connection broke) must not make anyone send it again.
 		p.put(c, broken || err != nil)
-		return nil
+		return acc, nil
 	}
 	if err == nil {
 		p.put(c, broken)
-		return nil
+		return Accepted{}, nil
 	}
 	e := Classify(err)
 	// A reply without a code (I/O error) or 421 means the connection is gone.
 	p.put(c, broken || e.Code == 0 || e.Code == 421)
-	return e
+	return Accepted{}, e
 }
 
 // sendPlain runs one transaction command by command, for servers without

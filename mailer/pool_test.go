@@ -470,3 +470,21 @@ func TestPoolServerHangs(t *testing.T) {
 		t.Errorf("send to a silent server took %s with a 300ms timeout", took)
 	}
 }
+
+func TestParseAccepted(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want Accepted
+	}{
+		{"2.0.0 Ok: queued as 4XyZ1kQ", Accepted{"2.0.0", "Ok: queued as 4XyZ1kQ"}},
+		{"OK: queued", Accepted{"", "OK: queued"}},
+		{"2.6.0 <c.1.r.2@example.jp> [InternalId=123] Queued mail for delivery", Accepted{"2.6.0", "<c.1.r.2@example.jp> [InternalId=123] Queued mail for delivery"}},
+		{"2.0.0", Accepted{"2.0.0", ""}},
+		{"250 ok\nsecond line", Accepted{"", "250 ok second line"}},
+		{"", Accepted{}},
+	} {
+		if got := parseAccepted(tt.in); got != tt.want {
+			t.Errorf("parseAccepted(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+}

@@ -341,10 +341,12 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 		a.To = addr
 	}
 	msgID := w.MessageID(c, r.ID, resend)
-	err := w.deliver(ctx, c, r, addr, msgID)
+	acc, err := w.deliver(ctx, c, r, addr, msgID)
 	if err == nil {
-		a.OK, a.Code = true, 250
-		d.MessageID, d.SentAt, d.LastError, d.LastCode, d.Enhanced = msgID, &now, "", 250, ""
+		// The server's own words when it took the message (often its queue
+		// id): the proof of handing over, kept with the attempt.
+		a.OK, a.Code, a.Enhanced, a.Text = true, 250, acc.Enhanced, acc.Text
+		d.MessageID, d.SentAt, d.LastError, d.LastCode, d.Enhanced = msgID, &now, "", 250, acc.Enhanced
 		d.History = append(d.History, a)
 		metrics.SMTPReplies.WithLabelValues("250").Inc()
 		return nil
@@ -364,7 +366,7 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 }
 
 // deliver renders the notice and hands it to SMTP.
-func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string) error {
+func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string) (mailer.Accepted, error) {
 	locale := r.EffectiveLocale(c.DefaultLocale)
 	var out *templates.Rendered
 	var err error
@@ -383,15 +385,15 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	if err != nil {
 		// A template that renders for the sample but not for this recipient
 		// is our bug, not the recipient's: permanent, with the reason.
-		return &mailer.Error{Code: 0, Text: "render: " + err.Error(), Temporary: false, Err: err}
+		return mailer.Accepted{}, &mailer.Error{Code: 0, Text: "render: " + err.Error(), Temporary: false, Err: err}
 	}
 	start := time.Now()
-	err = w.sender.Send(ctx, &mailer.Message{
+	acc, err := w.sender.Deliver(ctx, &mailer.Message{
 		From: c.From, ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
 		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
 	})
 	metrics.SendSeconds.Observe(time.Since(start).Seconds())
-	return err
+	return acc, err
 }
 
 // waitRate blocks until both the global and the campaign's rate limit allow

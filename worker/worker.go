@@ -29,7 +29,8 @@ import (
 
 // Sender sends one message. *mailer.Pool is the real one.
 type Sender interface {
-	Send(ctx context.Context, m *mailer.Message) error
+	// Deliver sends m and returns what the server said when it took it.
+	Deliver(ctx context.Context, m *mailer.Message) (mailer.Accepted, error)
 }
 
 // Config tunes delivery. The zero value of each field means its default.
