@@ -40,10 +40,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var env multiFlag
 	fs.Var(&env, "env", "KEY=VALUE for the oshirase processes (repeatable)")
 	quiet := fs.Bool("q", false, "no progress lines")
+	repeat := fs.Int("repeat", 1, "runs of each campaign size, each after a ceiling measurement of its own; targets judge the median")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	opts := benchmark.Options{Ingest: *ingest, Workers: *workers, Ceiling: *ceiling, Dir: *dir,
+	opts := benchmark.Options{Ingest: *ingest, Workers: *workers, Ceiling: *ceiling, Dir: *dir, Repeat: *repeat,
 		RedisURL: os.Getenv("REDIS_URL"), Log: stderr}
 	if *quiet {
 		opts.Log = io.Discard
