@@ -3,12 +3,6 @@ package mailer
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -17,53 +11,9 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/smtpsink"
 )
-
-// dkimKey writes a fresh private key as PEM and returns its file and the
-// TXT record that publishes its public key.
-func dkimKey(t *testing.T, kind string) (file, txt string) {
-	t.Helper()
-	var block *pem.Block
-	var pub []byte
-	switch kind {
-	case "rsa-pkcs1", "rsa-pkcs8":
-		k, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if pub, err = x509.MarshalPKIXPublicKey(&k.PublicKey); err != nil {
-			t.Fatal(err)
-		}
-		if kind == "rsa-pkcs1" {
-			block = &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}
-		} else {
-			der, err := x509.MarshalPKCS8PrivateKey(k)
-			if err != nil {
-				t.Fatal(err)
-			}
-			block = &pem.Block{Type: "PRIVATE KEY", Bytes: der}
-		}
-		txt = "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)
-	case "ed25519":
-		pk, k, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.MarshalPKCS8PrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		block = &pem.Block{Type: "PRIVATE KEY", Bytes: der}
-		// RFC 8463: p= is the raw 32-byte key, not SubjectPublicKeyInfo.
-		txt = "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pk)
-	}
-	file = filepath.Join(t.TempDir(), "dkim.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return file, txt
-}
 
 // TestDKIM sends signed messages through the Pool to a real SMTP server and
 // verifies what arrived with an independent verifier (emersion/go-msgauth)
@@ -71,7 +21,7 @@ func dkimKey(t *testing.T, kind string) (file, txt string) {
 func TestDKIM(t *testing.T) {
 	for _, kind := range []string{"rsa-pkcs1", "rsa-pkcs8", "ed25519"} {
 		t.Run(kind, func(t *testing.T) {
-			file, txt := dkimKey(t, kind)
+			file, txt := testenv.DKIMKey(t, kind)
 			lookup := func(domain string) ([]string, error) {
 				if domain != "sel2019._domainkey.example.jp" {
 					return nil, errors.New("no such record: " + domain)

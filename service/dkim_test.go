@@ -2,14 +2,7 @@ package service_test
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -27,19 +20,7 @@ import (
 // carries a signature that an independent verifier (go-msgauth) accepts
 // against the published public key.
 func TestCampaignDKIM(t *testing.T) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyFile := filepath.Join(t.TempDir(), "dkim.pem")
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	txt := "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+	keyFile, txt := testenv.DKIMKey(t, "ed25519")
 
 	_, url := testenv.Redis(t, testenv.DBService)
 	sink, err := smtpsink.Start(smtpsink.Options{Keep: true})
