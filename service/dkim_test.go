@@ -11,8 +11,6 @@ import (
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
-	"github.com/oshirase/oshirase/service"
-	"github.com/oshirase/oshirase/smtpsink"
 )
 
 // TestCampaignDKIM: with DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE set,
@@ -22,17 +20,9 @@ import (
 func TestCampaignDKIM(t *testing.T) {
 	keyFile, txt := testenv.DKIMKey(t, "ed25519")
 
-	_, url := testenv.Redis(t, testenv.DBService)
-	sink, err := smtpsink.Start(smtpsink.Options{Keep: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	cfg := testenv.Config(t, map[string]string{
-		"REDIS_URL": url, "SMTP_URL": sink.URL(), "KEY_PREFIX": "dkim",
-		"DKIM_DOMAIN": "example.jp", "DKIM_SELECTOR": "notice2019", "DKIM_KEY_FILE": keyFile,
+	st, sink := startServiceStack(t, map[string]string{
+		"KEY_PREFIX": "dkim", "DKIM_DOMAIN": "example.jp", "DKIM_SELECTOR": "notice2019", "DKIM_KEY_FILE": keyFile,
 	})
-	st := teststack.StartStack(t, cfg, service.Options{API: true, Worker: true})
 	csv, _ := recipientsCSV(6)
 	var c notice.Campaign
 	teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)

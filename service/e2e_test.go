@@ -40,17 +40,26 @@ func recipientsCSV(n int) (string, map[string]string) {
 	return b.String(), locales
 }
 
-func TestCampaignEndToEnd(t *testing.T) {
+// startServiceStack runs API and worker in the test process over this
+// package's Redis database and an SMTP sink that keeps what it receives;
+// env adds to (or overrides) the settings.
+func startServiceStack(t *testing.T, env map[string]string) (*teststack.Stack, *smtpsink.Sink) {
+	t.Helper()
 	_, url := testenv.Redis(t, testenv.DBService)
 	sink, err := smtpsink.Start(smtpsink.Options{Keep: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sink.Close()
-	cfg := testenv.Config(t, map[string]string{
-		"REDIS_URL": url, "SMTP_URL": sink.URL(), "WORKER_CONCURRENCY": "8", "CHUNK_SIZE": "25", "KEY_PREFIX": "e2e",
-	})
-	st := teststack.StartStack(t, cfg, service.Options{API: true, Worker: true})
+	t.Cleanup(func() { sink.Close() })
+	vars := map[string]string{"REDIS_URL": url, "SMTP_URL": sink.URL()}
+	for k, v := range env {
+		vars[k] = v
+	}
+	return teststack.StartStack(t, testenv.Config(t, vars), service.Options{API: true, Worker: true}), sink
+}
+
+func TestCampaignEndToEnd(t *testing.T) {
+	st, sink := startServiceStack(t, map[string]string{"WORKER_CONCURRENCY": "8", "CHUNK_SIZE": "25", "KEY_PREFIX": "e2e"})
 
 	var c notice.Campaign
 	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)
@@ -163,8 +172,8 @@ func TestCampaignEndToEnd(t *testing.T) {
 	if sent != 200 {
 		t.Fatalf("listed %d sent recipients, want 200", sent)
 	}
-	if sink.Sessions() > int64(cfg.SMTPPool)*2 {
-		t.Errorf("%d SMTP sessions for 200 messages with a pool of %d: connections are not reused", sink.Sessions(), cfg.SMTPPool)
+	if sink.Sessions() > int64(st.Svc.Config.SMTPPool)*2 {
+		t.Errorf("%d SMTP sessions for 200 messages with a pool of %d: connections are not reused", sink.Sessions(), st.Svc.Config.SMTPPool)
 	}
 }
 
