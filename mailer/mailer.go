@@ -24,20 +24,45 @@ type Message struct {
 	Subject, Text, HTML string
 	MessageID           string // left@right, without angle brackets; empty: random in From's domain
 	Charset             string // "utf-8" (default) or "iso-2022-jp"
+
+	// Guard, when set, is asked right before MAIL FROM and right before the
+	// end of DATA whether the message may still go out (the worker checks
+	// that its claim on the recipient is still its own: a process frozen
+	// past its claim must not send what another has sent since). An error
+	// aborts: before MAIL nothing was sent and the connection stays
+	// pooled; before the end of DATA the connection is dropped, so the
+	// server discards the unfinished message. The error wraps ErrAborted.
+	Guard func() error
+	// Slow, when set, is called once, from another goroutine, when the
+	// server's reply to the end of DATA has not come within Timeout; the
+	// send goes on waiting for it up to DataTimeout. Deliver returns only
+	// after Slow has.
+	Slow func()
 }
+
+// ErrAborted marks a transaction that Message.Guard stopped: the message
+// was not sent.
+var ErrAborted = errors.New("message not sent: the sender's guard stopped it")
 
 // DKIMOptions signs every message.
 type DKIMOptions struct{ Domain, Selector, KeyFile string }
 
 // Options configures building and sending.
 type Options struct {
-	URL             string
-	PoolSize        int
-	Timeout         time.Duration
+	URL      string
+	PoolSize int
+	Timeout  time.Duration // dial and per command
+	// DataTimeout is how long the reply to the end of DATA may take
+	// (default 10 minutes, as RFC 5321 §4.5.3.2.6 asks): the server may
+	// be scanning or relaying the message, and giving up would have it
+	// sent twice.
+	DataTimeout     time.Duration
 	IdleTimeout     time.Duration
 	MaxPerConn      int
 	DKIM            *DKIMOptions
 	ListUnsubscribe string
+
+	noPipelining bool // tests: take the command-by-command path
 }
 
 // Endpoint is a parsed SMTP_URL.

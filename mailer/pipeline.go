@@ -25,9 +25,12 @@ var errNoPipelining = errors.New("server does not offer PIPELINING")
 //
 // delivered is true once the server accepted the message: an error after
 // that (a broken connection) must not make the caller send it again.
-func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte) (delivered bool, broken bool, err error) {
+//
+// m.Guard is asked before anything is written and again before the end of
+// the message; m.Slow hears of a reply to the end slower than Timeout.
+func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte, m *Message) (delivered bool, broken bool, err error) {
 	sc := c.c
-	if ok, _ := sc.Extension("PIPELINING"); !ok {
+	if ok, _ := sc.Extension("PIPELINING"); !ok || p.o.noPipelining {
 		return false, false, errNoPipelining
 	}
 	// build checked both addresses, but a command line is the one place a
@@ -36,6 +39,9 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte) (delivered bool,
 		return false, false, fmt.Errorf("envelope address with a line break or bracket")
 	}
 
+	if err := guard(m); err != nil {
+		return false, false, err
+	}
 	if err := sc.UpdateDeadline(p.o.Timeout); err != nil {
 		return false, true, err
 	}
@@ -69,13 +75,31 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte) (delivered bool,
 		}
 		return false, false, stage(err, mailErr, rcptErr)
 	}
-	if _, err := t.W.Write(dotStuff(raw)); err != nil {
+	// The message, then the guard, then its last line "." — what the
+	// buffered writer still holds goes out with that line, so the common
+	// case is still about one write. A guard that says no drops the
+	// connection before the server has the end: it discards the message.
+	body := dotStuff(raw)
+	end := len(body) - len(".\r\n")
+	if _, err := t.W.Write(body[:end]); err != nil {
+		return false, true, err
+	}
+	if err := guard(m); err != nil {
+		return false, true, err
+	}
+	if _, err := t.W.Write(body[end:]); err != nil {
+		return false, true, err
+	}
+	// The reply to the end of DATA has its own, longer timeout.
+	if err := sc.UpdateDeadline(p.o.DataTimeout); err != nil {
 		return false, true, err
 	}
 	if err := t.W.Flush(); err != nil {
 		return false, true, err
 	}
+	stop := p.slowAfter(m)
 	_, msg, err := t.ReadResponse(250)
+	stop()
 	if err != nil {
 		return false, !isReply(err), err
 	}

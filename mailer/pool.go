@@ -55,6 +55,11 @@ func NewPool(o Options) (*Pool, error) {
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = time.Minute
 	}
+	if o.DataTimeout <= 0 {
+		o.DataTimeout = 10 * time.Minute
+	}
+	// The end of DATA never gets less time than any other reply.
+	o.DataTimeout = max(o.DataTimeout, o.Timeout)
 	copts := []mail.Option{mail.WithPort(e.Port), mail.WithTimeout(o.Timeout), mail.WithoutNoop()}
 	tc := &tls.Config{ServerName: e.Host, InsecureSkipVerify: e.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
 	copts = append(copts, mail.WithTLSConfig(tc))
@@ -177,10 +182,10 @@ func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 		}
 		c.used++
 		c.accepted = Accepted{}
-		delivered, broken, err = p.sendPipelined(c, env, buf.Bytes())
+		delivered, broken, err = p.sendPipelined(c, env, buf.Bytes(), m)
 		if errors.Is(err, errNoPipelining) {
 			// The server cannot pipeline: one command at a time.
-			delivered, broken, err = p.sendPlain(c, env, buf.Bytes())
+			delivered, broken, err = p.sendPlain(c, env, buf.Bytes(), m)
 		}
 		var early errEarly
 		if reused && !fresh && errors.As(err, &early) {
@@ -204,6 +209,18 @@ func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 		p.put(c, broken)
 		return Accepted{}, nil
 	}
+	if errors.Is(err, ErrAborted) {
+		if broken {
+			// Stopped inside DATA: close at once, without QUIT (which
+			// would only become part of the message), so the server
+			// never sees the end and discards what it got.
+			c.c.Close()
+			<-p.slots
+			return Accepted{}, err
+		}
+		p.put(c, false) // stopped before MAIL: the connection is as good as before
+		return Accepted{}, err
+	}
 	e := Classify(err)
 	// A reply without a code (I/O error) or 421 means the connection is gone.
 	p.put(c, broken || e.Code == 0 || e.Code == 421)
@@ -212,8 +229,11 @@ func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 
 // sendPlain runs one transaction command by command, for servers without
 // PIPELINING.
-func (p *Pool) sendPlain(c *conn, env envelope, raw []byte) (delivered, broken bool, err error) {
+func (p *Pool) sendPlain(c *conn, env envelope, raw []byte, m *Message) (delivered, broken bool, err error) {
 	sc := c.c
+	if err := guard(m); err != nil {
+		return false, false, err
+	}
 	if err := sc.UpdateDeadline(p.o.Timeout); err != nil {
 		return false, true, err
 	}
@@ -242,13 +262,51 @@ func (p *Pool) sendPlain(c *conn, env envelope, raw []byte) (delivered, broken b
 	if _, err := w.Write(raw); err != nil {
 		return false, true, err
 	}
-	if err := w.Close(); err != nil {
+	// The dot-writer holds the end of the message until Close: a guard
+	// that says no here drops the connection before the server has it all.
+	if err := guard(m); err != nil {
+		return false, true, err
+	}
+	if err := sc.UpdateDeadline(p.o.DataTimeout); err != nil {
+		return false, true, err
+	}
+	stop := p.slowAfter(m)
+	err = w.Close() // writes the end of DATA and reads the reply
+	stop()
+	if err != nil {
 		if !isReply(err) {
 			return false, true, err
 		}
 		return false, false, fmt.Errorf("DATA: %w", err)
 	}
 	return true, false, nil
+}
+
+// guard asks m's Guard, if any, whether the message may still go out.
+func guard(m *Message) error {
+	if m.Guard == nil {
+		return nil
+	}
+	if err := m.Guard(); err != nil {
+		return fmt.Errorf("%w: %w", ErrAborted, err)
+	}
+	return nil
+}
+
+// slowAfter calls m.Slow if the reply to the end of DATA takes longer than
+// Timeout; the returned func, called when the reply is in, stops it, or
+// waits for a Slow already running to return.
+func (p *Pool) slowAfter(m *Message) (stop func()) {
+	if m.Slow == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	t := time.AfterFunc(p.o.Timeout, func() { defer close(done); m.Slow() })
+	return func() {
+		if !t.Stop() {
+			<-done // Slow has started: Deliver returns after it
+		}
+	}
 }
 
 // Ping checks that the server answers, for readiness checks. It never

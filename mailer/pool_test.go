@@ -488,3 +488,69 @@ func TestParseAccepted(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolEndOfDataAndGuard, on both paths (pipelined, and command by
+// command for servers without PIPELINING): the reply to the end of DATA
+// may take longer than Timeout (DataTimeout; Slow hears of it), and a Guard
+// that says no before MAIL or before the end of DATA sends nothing.
+func TestPoolEndOfDataAndGuard(t *testing.T) {
+	no := errors.New("claim lost")
+	for _, plain := range []bool{false, true} {
+		for _, tt := range []struct {
+			name      string
+			delay     time.Duration
+			guardNoAt int // the Guard call (1: before MAIL, 2: before the end) that says no; 0 none
+			wantSlow  int32
+			wantSent  int64
+			wantMails int
+		}{
+			{"slow end of DATA", 600 * time.Millisecond, 0, 1, 1, 1},
+			{"guard no before MAIL", 0, 1, 0, 0, 0},
+			{"guard no before the end", 0, 2, 0, 0, 1},
+		} {
+			t.Run(fmt.Sprintf("%s/plain=%v", tt.name, plain), func(t *testing.T) {
+				var mails atomic.Int64
+				sink := startSink(t, smtpsink.Options{Delay: tt.delay, Reply: func(st smtpsink.Stage, _, _ string, _ int) *smtp.SMTPError {
+					if st == smtpsink.StageMail {
+						mails.Add(1)
+					}
+					return nil
+				}})
+				p := newPool(t, Options{URL: sink.URL(), PoolSize: 1, Timeout: 200 * time.Millisecond, DataTimeout: 5 * time.Second, noPipelining: plain})
+				m := testMessage("a@example.com")
+				var slow atomic.Int32
+				var calls int
+				m.Slow = func() { slow.Add(1) }
+				m.Guard = func() error {
+					calls++
+					if calls == tt.guardNoAt {
+						return no
+					}
+					return nil
+				}
+				err := p.Send(context.Background(), m)
+				if tt.guardNoAt > 0 {
+					if !errors.Is(err, ErrAborted) || !errors.Is(err, no) {
+						t.Fatalf("send with a guard saying no: %v, want ErrAborted", err)
+					}
+				} else if err != nil {
+					t.Fatalf("send: %v", err)
+				}
+				time.Sleep(300 * time.Millisecond) // a message the server got would be counted by now
+				if got := sink.Count(); got != tt.wantSent {
+					t.Errorf("server took %d messages, want %d", got, tt.wantSent)
+				}
+				if got := slow.Load(); got != tt.wantSlow {
+					t.Errorf("Slow called %d times, want %d", got, tt.wantSlow)
+				}
+				if got := mails.Load(); got != int64(tt.wantMails) {
+					t.Errorf("%d MAIL commands, want %d", got, tt.wantMails)
+				}
+				// The pool still works after it.
+				if err := p.Send(context.Background(), testMessage("b@example.com")); err != nil {
+					t.Errorf("next send: %v", err)
+				}
+			})
+		}
+	}
+}
