@@ -64,6 +64,7 @@ type Message struct {
 	To       []string
 	Data     []byte
 	Received time.Time
+	Helo     string // the name the client gave in HELO/EHLO: which sender it was
 }
 
 // Sink is a running SMTP server.
@@ -289,7 +290,7 @@ func (x *session) Data(r io.Reader) error {
 		x.s.perRcpt[strings.ToLower(t)]++
 	}
 	if x.s.opts.Keep {
-		x.s.msgs = append(x.s.msgs, Message{From: x.from, To: append([]string(nil), x.to...), Data: buf.Bytes(), Received: time.Now()})
+		x.s.msgs = append(x.s.msgs, Message{From: x.from, To: append([]string(nil), x.to...), Data: buf.Bytes(), Received: time.Now(), Helo: x.conn.Hostname()})
 	}
 	x.s.mu.Unlock()
 	if x.s.opts.Dir != "" {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -175,6 +176,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		}
 		step := withLease(prev)
 		step.ClaimID, step.ClaimTTL, step.Gen = r.ID, w.cfg.ClaimTTL, p.Gen
+		claimedAt := time.Now() // the claim lives at least ClaimTTL from here
 		res, err := w.record(bg, p.CampaignID, step)
 		if err != nil {
 			// Redis stayed away: prev's claim expires and the watchdog
@@ -192,9 +194,13 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if !res.Claimed {
 			continue // sent, or being sent, by someone else
 		}
-		release := w.hold(p.CampaignID, token, r.ID, p.From)
-		prev = w.attempt(bg, c, r, true)
-		release()
+		cl := w.hold(p.CampaignID, token, r.ID, p.From, claimedAt)
+		handed := w.handOnSlow(bg, cl, p, todo[i+1:])
+		prev = w.attempt(bg, c, r, true, cl)
+		cl.release()
+		if handed.Load() {
+			break // the rest went on in another task while this reply was awaited
+		}
 	}
 	step := withLease(prev)
 	step.DropLease = true
@@ -233,33 +239,131 @@ func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.St
 // hold keeps a recipient's claim (and the chunk's lease, when lease > 0)
 // alive while an SMTP transaction runs, however slow the server: a claim
 // that expired mid-send would let the watchdog hand the recipient to another
-// worker. The returned func stops it; no renewal runs after it returns.
-func (w *Worker) hold(cid, token string, rid, lease int64) (release func()) {
+// worker. at is when the write that took the claim began. The claim's check
+// is the mailer's Guard; release stops the renewals (none runs after it
+// returns).
+func (w *Worker) hold(cid, token string, rid, lease int64, at time.Time) *claim {
+	cl := &claim{w: w, cid: cid, token: token, rid: rid, lease: lease}
+	cl.written(at)
 	every := w.cfg.ClaimTTL / 3
-	var mu sync.Mutex
-	stopped := false
-	var t *time.Timer
-	t = time.AfterFunc(every, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
+	cl.timer = time.AfterFunc(every, func() {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		if cl.stopped || cl.lost {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
-		_, err := w.store.Do(ctx, cid, store.Step{Token: token, ClaimID: rid, ClaimTTL: w.cfg.ClaimTTL, Renew: true,
-			Lease: lease, LeaseTTL: w.cfg.ClaimTTL})
-		cancel()
-		if err != nil {
+		if err := cl.renew(); err != nil {
 			w.log.Warn("renew claim", "campaign", cid, "recipient", rid, "err", err)
 		}
-		t.Reset(every)
+		cl.timer.Reset(every)
 	})
-	return func() {
-		mu.Lock()
-		stopped = true
-		t.Stop()
-		mu.Unlock()
+	return cl
+}
+
+// claim is a recipient claim held while its message is sent. It knows,
+// by this process's clocks, until when the claim is surely still ours: the
+// last successful write plus ClaimTTL, less a third for safety (clock
+// drift between hosts, the time the write took). Within that, check is
+// free; past it (the process was frozen — a VM pause, SIGSTOP — or Redis
+// was slow), check asks Redis whether the claim is still ours and renews
+// it if so: one round trip, only then.
+type claim struct {
+	w          *Worker
+	cid, token string
+	rid, lease int64
+	onSlow     func() // the mailer's Slow: the reply to the end of DATA is late
+
+	mu      sync.Mutex
+	sure    time.Time // with its monotonic reading
+	lost    bool      // someone else has the recipient now
+	stopped bool
+	timer   *time.Timer
+}
+
+// errClaimLost stops a transaction whose claim another worker has taken.
+var errClaimLost = errors.New("the claim on the recipient was taken over by another worker")
+
+// written records a successful write of the claim begun at at. Caller
+// holds mu (or owns cl alone).
+func (cl *claim) written(at time.Time) {
+	cl.sure = at.Add(cl.w.cfg.ClaimTTL - cl.w.cfg.ClaimTTL/3)
+}
+
+// renew extends the claim if it is still ours, else marks it lost. Caller
+// holds mu.
+func (cl *claim) renew() error {
+	at := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), cl.w.cfg.ClaimTTL/3)
+	defer cancel()
+	res, err := cl.w.store.Do(ctx, cl.cid, store.Step{Token: cl.token, ClaimID: cl.rid, ClaimTTL: cl.w.cfg.ClaimTTL, Renew: true,
+		Lease: cl.lease, LeaseTTL: cl.w.cfg.ClaimTTL})
+	if err != nil {
+		return err
 	}
+	if !res.Claimed {
+		cl.lost = true
+		return nil
+	}
+	cl.written(at)
+	return nil
+}
+
+// check is the mailer's Guard, called right before MAIL FROM and right
+// before the end of DATA: nil while the claim is ours. Both clocks must
+// agree that it is surely alive: the monotonic one (a frozen process's
+// jumps on waking) and the wall clock (which a paused VM's catches up on
+// while its monotonic clock may not).
+func (cl *claim) check() error {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.lost {
+		return errClaimLost
+	}
+	now := time.Now()
+	if now.Before(cl.sure) && now.Round(0).Before(cl.sure.Round(0)) {
+		return nil
+	}
+	if err := cl.renew(); err != nil {
+		// Unsure is no: the claim expires and the recipient is retried.
+		return fmt.Errorf("cannot confirm the claim on the recipient: %w", err)
+	}
+	if cl.lost {
+		return errClaimLost
+	}
+	return nil
+}
+
+func (cl *claim) release() {
+	cl.mu.Lock()
+	cl.stopped = true
+	cl.timer.Stop()
+	cl.mu.Unlock()
+}
+
+// handOnSlow arranges that, if the server is slow to answer the end of
+// DATA of cl's message (past SMTP_TIMEOUT; it gets SMTP_DATA_TIMEOUT), the
+// rest of the chunk — rest, not yet claimed — is handed to a new chunk task
+// at once, so the other recipients need not wait for that reply; this
+// handler waits for it (cl's renewals keep the claim and the chunk's lease)
+// and then records it. The returned flag says the hand-over happened; the
+// mailer returns only after the hand-over has.
+func (w *Worker) handOnSlow(ctx context.Context, cl *claim, p notice.ChunkPayload, rest []*notice.Recipient) *atomic.Bool {
+	handed := new(atomic.Bool)
+	if len(rest) == 0 {
+		return handed
+	}
+	cl.onSlow = func() {
+		rp := p
+		rp.From = rest[0].ID
+		if err := tasks.Chunk(ctx, w.queue, rp, "d"+strconv.FormatInt(w.cfg.ClockNow().UnixNano(), 36)); err != nil {
+			w.log.Warn("hand the rest of a chunk on while a reply is slow", "campaign", p.CampaignID, "err", err)
+			return
+		}
+		handed.Store(true)
+		w.log.Info("slow reply to the end of DATA: rest of the chunk handed on", "campaign", p.CampaignID,
+			"recipient", cl.rid, "left", len(rest))
+	}
+	return handed
 }
 
 // finished logs and counts what a step recorded.
@@ -276,9 +380,16 @@ func (w *Worker) finished(cid string, s store.Step, res store.StepResult) {
 // With schedule (the bulk path), a transient failure also enqueues the
 // recipient's retry task, before the step records it: a crash between the
 // two leaves a claim the watchdog recovers, never a recipient nobody retries.
-func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Recipient, schedule bool) store.Step {
+//
+// cl (nil for none) is the claim the message is sent under: if it turns out
+// to have been taken over, nothing is sent and the empty Step records
+// nothing — the recipient is the other worker's.
+func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Recipient, schedule bool, cl *claim) store.Step {
 	d := r.Delivery
-	out := w.send(ctx, c, r, r.Email, 0, &d)
+	out := w.send(ctx, c, r, r.Email, 0, &d, cl)
+	if out != nil && errors.Is(out, mailer.ErrAborted) {
+		return store.Step{}
+	}
 	step := store.Step{FinishID: r.ID, Delivery: &d}
 	switch {
 	case out == nil:
@@ -330,7 +441,7 @@ func (w *Worker) permanent(ctx context.Context, c *notice.Campaign, rid int64, a
 
 // send renders and sends one notice to addr and records the attempt in d.
 // It returns nil on success or the classified failure.
-func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr string, resend int, d *notice.Delivery) *mailer.Error {
+func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr string, resend int, d *notice.Delivery, cl *claim) *mailer.Error {
 	now := w.cfg.ClockNow().UTC()
 	if d.FirstTryAt == nil {
 		d.FirstTryAt = &now
@@ -341,7 +452,12 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 		a.To = addr
 	}
 	msgID := w.MessageID(c, r.ID, resend)
-	acc, err := w.deliver(ctx, c, r, addr, msgID)
+	acc, err := w.deliver(ctx, c, r, addr, msgID, cl)
+	if errors.Is(err, mailer.ErrAborted) {
+		w.log.Warn("not sent: the claim on the recipient was lost (this process was frozen or cut off longer than CLAIM_TTL)",
+			"campaign", c.ID, "recipient", r.ID, "err", err)
+		return &mailer.Error{Text: err.Error(), Stage: "guard", Err: err}
+	}
 	if err == nil {
 		// The server's own words when it took the message (often its queue
 		// id): the proof of handing over, kept with the attempt.
@@ -366,7 +482,7 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 }
 
 // deliver renders the notice and hands it to SMTP.
-func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string) (mailer.Accepted, error) {
+func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string, cl *claim) (mailer.Accepted, error) {
 	locale := r.EffectiveLocale(c.DefaultLocale)
 	var out *templates.Rendered
 	var err error
@@ -388,10 +504,14 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		return mailer.Accepted{}, &mailer.Error{Code: 0, Text: "render: " + err.Error(), Temporary: false, Err: err}
 	}
 	start := time.Now()
-	acc, err := w.sender.Deliver(ctx, &mailer.Message{
+	m := &mailer.Message{
 		From: c.From, ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
 		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
-	})
+	}
+	if cl != nil {
+		m.Guard, m.Slow = cl.check, cl.onSlow
+	}
+	acc, err := w.sender.Deliver(ctx, m)
 	metrics.SendSeconds.Observe(time.Since(start).Seconds())
 	return acc, err
 }

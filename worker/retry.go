@@ -55,6 +55,7 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	}
 	token := newToken()
 	bg := context.WithoutCancel(ctx)
+	claimedAt := time.Now()
 	res, err := w.record(bg, p.CampaignID, store.Step{
 		Token: token, ClaimID: r.ID, ClaimTTL: w.cfg.ClaimTTL, ClaimRetrying: true,
 	})
@@ -82,18 +83,18 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	}
 	// Read the recipient again under the claim: its history may have grown
 	// since the read above (another retry task, a chunk finishing late).
-	release := w.hold(p.CampaignID, token, r.ID, 0)
-	defer release()
+	cl := w.hold(p.CampaignID, token, r.ID, 0, claimedAt)
+	defer cl.release()
 	if fresh, err := w.store.Recipient(bg, p.CampaignID, p.RecipientID); err == nil {
 		r = fresh
 	} else {
 		// Nothing was sent: hand the claim back for a later try.
-		release()
+		cl.release()
 		w.store.Release(bg, p.CampaignID, token, notice.StatusRetrying, r.ID)
 		return err
 	}
-	step := w.attempt(bg, c, r, false)
-	release()
+	step := w.attempt(bg, c, r, false, cl)
+	cl.release()
 	step.Token = token
 	out, err := w.record(bg, p.CampaignID, step)
 	if err != nil {
@@ -155,7 +156,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 		return nil
 	}
 	var d notice.Delivery
-	out := w.send(context.WithoutCancel(ctx), c, r, rs.Email, p.Resend, &d)
+	out := w.send(context.WithoutCancel(ctx), c, r, rs.Email, p.Resend, &d, nil)
 	bg := context.WithoutCancel(ctx)
 	// A resend retries like any delivery, and gives up like one too:
 	// RETRY_MAX_AGE after support asked for it.
