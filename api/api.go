@@ -29,6 +29,16 @@ type Pinger interface {
 // Config is what the API needs besides its parts.
 type Config struct {
 	MaxUploadBytes int64 // 413 past this (default 2 GiB)
+	// Checks are /readyz's checks beyond Redis answering and SMTP.
+	Checks []Check
+}
+
+// Check is a readiness check beyond "it answers": Run returns the word
+// /readyz shows under Name (public: no details) and whether the service is
+// ready as far as this check goes.
+type Check struct {
+	Name string
+	Run  func(ctx context.Context) (state string, ok bool)
 }
 
 // Server serves the API.
@@ -116,7 +126,7 @@ func (s *Server) routes() {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	Ready(s.store.Redis(), s.smtp, s.log).ServeHTTP(w, r)
+	Ready(s.store.Redis(), s.smtp, s.log, s.cfg.Checks...).ServeHTTP(w, r)
 }
 
 // noRoute answers a /v1 request no route takes: 405 with Allow when the path
@@ -144,9 +154,10 @@ func Healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 // Ready returns the /readyz handler: 200 when Redis and, when smtp is not
-// nil, the SMTP server answer; 503 with what is down otherwise. The answer
-// is public, so it says only "down"; why (addresses, errors) goes to log.
-func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger) http.Handler {
+// nil, the SMTP server answer and every extra check passes; 503 with what
+// is down otherwise. The answer is public, so it says only "down" (or the
+// check's word); why (addresses, errors) goes to log.
+func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger, extra ...Check) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
@@ -165,6 +176,11 @@ func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger) http.Handle
 			} else {
 				checks["smtp"] = "ok"
 			}
+		}
+		for _, c := range extra {
+			state, good := c.Run(ctx)
+			checks[c.Name] = state
+			ok = ok && good
 		}
 		status := http.StatusOK
 		if !ok {

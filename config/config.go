@@ -21,6 +21,7 @@ type Config struct {
 	SMTPURL           string
 	SMTPPool          int
 	SMTPTimeout       time.Duration
+	SMTPDataTimeout   time.Duration
 	SMTPRate          float64
 	SMTPBurst         int
 	ListenAddr        string
@@ -42,6 +43,47 @@ type Config struct {
 	ListUnsubscribe   string
 	LogFormat         string
 	LogLevel          string
+	// RedisAcceptRisk says which unsafe Redis settings the operator runs
+	// knowingly (REDIS_ACCEPT_RISK); the others stop the service at start.
+	RedisAcceptRisk RedisRisks
+}
+
+// RedisRisks are the ways a Redis can lose acknowledged state that
+// REDIS_ACCEPT_RISK may accept.
+type RedisRisks struct {
+	Eviction      bool // maxmemory-policy is not noeviction (or cannot be read)
+	NoPersistence bool // no append-only file (or it cannot be read)
+}
+
+// String is the REDIS_ACCEPT_RISK value of r.
+func (r RedisRisks) String() string {
+	var out []string
+	if r.Eviction {
+		out = append(out, "eviction")
+	}
+	if r.NoPersistence {
+		out = append(out, "no-persistence")
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ",")
+}
+
+func parseRisks(v string) (RedisRisks, error) {
+	var r RedisRisks
+	for _, f := range strings.Split(v, ",") {
+		switch strings.TrimSpace(f) {
+		case "", "none":
+		case "eviction":
+			r.Eviction = true
+		case "no-persistence":
+			r.NoPersistence = true
+		default:
+			return RedisRisks{}, fmt.Errorf("unknown risk %q: want eviction, no-persistence (comma-separated) or none", f)
+		}
+	}
+	return r, nil
 }
 
 // setting describes one variable for flags and for `oshirase help`.
@@ -78,10 +120,19 @@ func dur(p func(*Config) *time.Duration) func(*Config, string) error {
 
 var settings = []setting{
 	{"REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for queue and state: redis://[:pw@]host:port/db, rediss://…, redis+sentinel://[:pw@]h1:p1,h2:p2/master[/db][?sentinel_password=…], redis+cluster://h1:p1,h2:p2; rediss+sentinel://, rediss+cluster:// for TLS, with ?tls_ca_file=ca.pem for a private CA and &tls_cert_file=…&tls_key_file=… for a client certificate", str(func(c *Config) *string { return &c.RedisURL })},
+	{"REDIS_ACCEPT_RISK", "none", "run on a Redis that may lose accepted campaigns, knowingly: eviction (maxmemory-policy is not noeviction), no-persistence (appendonly is not yes), comma-separated; without it such a Redis stops the service at start", func(c *Config, v string) error {
+		r, err := parseRisks(v)
+		if err != nil {
+			return err
+		}
+		c.RedisAcceptRisk = r
+		return nil
+	}},
 	{"KEY_PREFIX", "osh", "prefix of oshirase's own Redis keys", str(func(c *Config) *string { return &c.KeyPrefix })},
 	{"SMTP_URL", "smtp://127.0.0.1:1025", "SMTP relay: smtp://[user:pass@]host:port (STARTTLS when offered), ?tls=none, ?tls=required, smtps://host:port (implicit TLS)", str(func(c *Config) *string { return &c.SMTPURL })},
 	{"SMTP_POOL", "0", "persistent SMTP connections per process (0 = WORKER_CONCURRENCY, at most 32)", integer(func(c *Config) *int { return &c.SMTPPool })},
 	{"SMTP_TIMEOUT", "30s", "dial and per-command SMTP timeout", dur(func(c *Config) *time.Duration { return &c.SMTPTimeout })},
+	{"SMTP_DATA_TIMEOUT", "10m", "how long to wait for the server's reply to the end of a message (RFC 5321 §4.5.3.2.6: 10 minutes); past SMTP_TIMEOUT the rest of the chunk goes on in another slot meanwhile", dur(func(c *Config) *time.Duration { return &c.SMTPDataTimeout })},
 	{"SMTP_RATE", "0", "messages per second across all workers (shared through Redis); 0 = unlimited", func(c *Config, v string) error {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 {

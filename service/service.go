@@ -31,6 +31,10 @@ type Options struct {
 	Worker bool
 	// Sender replaces the SMTP pool (tests of failure handling may wrap it).
 	Sender worker.Sender
+	// EmbeddedRedis skips the check of Redis' eviction and persistence
+	// settings: the demo's in-process Redis lives and dies with the
+	// process, so there is nothing it could keep across a restart.
+	EmbeddedRedis bool
 }
 
 // Service is a configured oshirase process.
@@ -46,6 +50,7 @@ type Service struct {
 	Worker    *worker.Worker
 
 	opts   Options
+	guard  *redisGuard // what the guarantees rest on: Redis settings and state
 	server *asynq.Server
 	urgent *asynq.Server // urgent queue only: resends never wait for a bulk slot
 	http   *http.Server
@@ -58,7 +63,8 @@ type Service struct {
 }
 
 // New builds a Service from cfg. It fails early — before taking any work —
-// on a bad setting, an unreachable Redis or a broken template.
+// on a bad setting, an unreachable Redis, a Redis that may evict or forget
+// (unless REDIS_ACCEPT_RISK accepts it) or a broken template.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (*Service, error) {
 	s := &Service{Config: cfg, Log: log, opts: opts}
 	ts, err := templates.Load(cfg.TemplatesDir)
@@ -78,10 +84,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		return nil, fmt.Errorf("redis at %s: %w", config.Redact(cfg.RedisURL), err)
 	}
 	s.Store = store.New(rdb, cfg.KeyPrefix)
+	if s.guard, err = startRedisGuard(pctx, rdb, s.Store, cfg.RedisAcceptRisk, !opts.EmbeddedRedis, log); err != nil {
+		rdb.Close()
+		return nil, err
+	}
 	s.Queue = asynq.NewClientFromRedisClient(rdb)
 
 	mopts := mailer.Options{
-		URL: cfg.SMTPURL, PoolSize: cfg.SMTPPool, Timeout: cfg.SMTPTimeout,
+		URL: cfg.SMTPURL, PoolSize: cfg.SMTPPool, Timeout: cfg.SMTPTimeout, DataTimeout: cfg.SMTPDataTimeout,
 		ListUnsubscribe: cfg.ListUnsubscribe, IdleTimeout: time.Minute,
 	}
 	if cfg.DKIMKeyFile != "" {
@@ -146,7 +156,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		if len(keys) == 0 {
 			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
 		}
-		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, Checks: s.guard.readyChecks()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}

@@ -23,6 +23,7 @@ import "strconv"
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
+//	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 
 func (k keys) campaigns() string  { return k.p + ":campaigns" }

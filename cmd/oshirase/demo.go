@@ -52,7 +52,8 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log, _ = newLogger(&config.Config{LogLevel: "warn", LogFormat: cfg.LogFormat}, stderr, "text")
 	}
 
-	if os.Getenv("REDIS_URL") == "" && !flagSet(fs, "redis-url") {
+	embedded := os.Getenv("REDIS_URL") == "" && !flagSet(fs, "redis-url")
+	if embedded {
 		m := miniredis.NewMiniRedis()
 		m.ClockTTL(true) // asynq relies on TTLs that expire
 		if err := m.Start(); err != nil {
@@ -88,7 +89,9 @@ func demo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	key := randomKey()
 	cfg.APIKeys = "demo:admin:" + key
 	cfg.ListenAddr = "127.0.0.1:0"
-	svc, err := service.New(ctx, cfg, log, service.Options{API: true, Worker: true})
+	// The embedded Redis is the process' own memory, gone with it: no
+	// settings to check. Another Redis is checked like serve's.
+	svc, err := service.New(ctx, cfg, log, service.Options{API: true, Worker: true, EmbeddedRedis: embedded})
 	if err != nil {
 		return err
 	}

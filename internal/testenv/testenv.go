@@ -73,9 +73,24 @@ func Redis(t testing.TB, db int) (redis.UniversalClient, string) {
 	return rdb, url
 }
 
-// Config returns a configuration with defaults, then env applied.
+// AcceptRisk is REDIS_ACCEPT_RISK for the shared test Redis: it runs with
+// neither persistence nor (necessarily) noeviction — scripts/test.sh starts
+// it with --save "" --appendonly no, for speed — and tests that empty their
+// database would not want one. Nothing a test writes must outlive it.
+const AcceptRisk = "eviction,no-persistence"
+
+// Config returns a configuration with defaults, then env applied. Unless
+// env names REDIS_ACCEPT_RISK ("none" for the production default), the
+// test Redis' risks are accepted (AcceptRisk).
 func Config(t testing.TB, env map[string]string) *config.Config {
 	t.Helper()
+	if _, ok := env["REDIS_ACCEPT_RISK"]; !ok {
+		e := map[string]string{"REDIS_ACCEPT_RISK": AcceptRisk}
+		for k, v := range env {
+			e[k] = v
+		}
+		env = e
+	}
 	cfg, _, err := config.Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
