@@ -24,6 +24,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The shared test Redis keeps nothing on disk (fast, and every test empties
+# its database anyway). oshirase refuses such a Redis unless
+# REDIS_ACCEPT_RISK accepts it: the tests do, explicitly (testenv.AcceptRisk),
+# and tests of the check itself start private servers.
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "== starting redis-server on 127.0.0.1:6379"
   mkdir -p /tmp/oshirase-redis

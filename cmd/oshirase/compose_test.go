@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/cli"
@@ -24,6 +25,16 @@ func loadCompose(t *testing.T, path string) error {
 	for _, want := range []string{"redis", "mailpit", "api", "worker"} {
 		if _, err := p.GetService(want); err != nil {
 			t.Errorf("docker-compose.yml lacks service %q", want)
+		}
+	}
+	// Its Redis must pass oshirase's start-up check without
+	// REDIS_ACCEPT_RISK: an append-only file, and no eviction.
+	if r, err := p.GetService("redis"); err == nil {
+		cmd := strings.Join(r.Command, " ")
+		for _, want := range []string{"--appendonly yes", "--maxmemory-policy noeviction"} {
+			if !strings.Contains(cmd, want) {
+				t.Errorf("%s: the redis service's command %q lacks %s", path, cmd, want)
+			}
 		}
 	}
 	return nil
