@@ -97,6 +97,7 @@ func (s *Server) routes() {
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
 	h("POST /v1/campaigns/{id}/test", s.testSend)
 	h("POST /v1/campaigns/{id}/purge", s.purgeCampaign)
+	h("POST /v1/campaigns/{id}/retry", s.retryCampaign)
 
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)

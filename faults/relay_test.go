@@ -3,12 +3,15 @@ package faults_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
@@ -72,11 +75,13 @@ func TestRelayRefusesEverything(t *testing.T) {
 	const n = 200
 	for _, tc := range []struct {
 		name   string
-		stage  smtpsink.Stage
+		stage  smtpsink.Stage // or -1: at AUTH
 		reply  smtp.SMTPError
 		kind   string // oshirase_relay_failures_total's label
 		reason string // in paused_reason
 	}{
+		{"535 5.7.8 at AUTH", -1, smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"},
+			"auth", "Authentication credentials invalid"},
 		{"554 5.7.1 at RCPT", smtpsink.StageRcpt, smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Relay access denied"},
 			"policy", "Relay access denied"},
 		{"530 5.7.0 at MAIL FROM", smtpsink.StageMail, smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"},
@@ -87,7 +92,7 @@ func TestRelayRefusesEverything(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var broken atomic.Bool
 			broken.Store(true)
-			h := newHarness(t, setup{Sink: smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
+			sink := smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
 				if !broken.Load() || st != tc.stage {
 					return nil
 				}
@@ -96,15 +101,37 @@ func TestRelayRefusesEverything(t *testing.T) {
 					e.Message = "<" + rcpt + ">: " + e.Message // as Postfix says it: the address differs every time
 				}
 				return &e
-			}}})
+			}}
+			auth := tc.stage < 0
+			if auth {
+				tlsc, err := smtpsink.SelfSigned()
+				if err != nil {
+					t.Fatal(err)
+				}
+				sink.TLS = tlsc
+				sink.Auth = func(user, pass string) *smtp.SMTPError {
+					if broken.Load() {
+						e := tc.reply
+						return &e
+					}
+					return nil
+				}
+			}
+			h := newHarness(t, setup{Sink: sink})
 			maddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-			h.startWorker(env{"METRICS_ADDR": maddr})
+			wenv := env{"METRICS_ADDR": maddr}
+			if auth {
+				wenv["SMTP_URL"] = "smtp://oshirase:secret@" + h.sink.Addr() + "?tls=required&insecure_skip_verify=1"
+			}
+			h.startWorker(wenv)
 			wbase := "http://" + maddr
 			waitUp(t, wbase+"/healthz")
 
 			id, addrs := h.createCampaign(n, nil)
+			t0 := time.Now()
 			h.action(id, "start")
 			c := h.wait(id, 30*time.Second, func(c *notice.Campaign) bool { return c.Status != notice.CampaignSending })
+			t.Logf("stopped sending %s after start", time.Since(t0))
 			got := h.getCampaign(id)
 			if got.Status != notice.CampaignPaused || got.Counts.Failed != 0 || got.Counts.Sent != 0 {
 				t.Fatalf("after the relay refused: status %s, counts %+v; want paused with 0 failed", got.Status, got.Counts)
@@ -143,8 +170,11 @@ func TestRelayRefusesEverything(t *testing.T) {
 				t.Errorf("no campaign.pause by the system in the audit log: %v", h.audit(id))
 			}
 			for who, base := range map[string]string{"API": h.api.Base, "worker": wbase} {
+				// A worker whose login is refused cannot even ping: down
+				// is worse than degraded, and says so.
 				r := readyz(t, base)
-				if r.Status != "degraded" || r.Checks["relay"] != "refusing" || r.Checks["redis"] != "ok" {
+				if (r.Status != "degraded" && !(auth && who == "worker" && r.Status == "down" && r.code == 503)) ||
+					r.Checks["relay"] != "refusing" || r.Checks["redis"] != "ok" {
 					t.Errorf("%s /readyz while paused for the relay: %d %+v", who, r.code, r)
 				}
 			}
@@ -159,8 +189,10 @@ func TestRelayRefusesEverything(t *testing.T) {
 
 			// The relay is fixed: resume sends everyone, once.
 			broken.Store(false)
+			t0 = time.Now()
 			h.action(id, "resume")
 			c = h.wait(id, 30*time.Second, done)
+			t.Logf("done %s after resume", time.Since(t0))
 			if c.Counts.Sent != n || c.Counts.Failed != 0 {
 				t.Fatalf("after resume: counts %+v", c.Counts)
 			}
@@ -220,4 +252,230 @@ func TestRecipientRefusalsAreNotRelayFaults(t *testing.T) {
 	if r := readyz(t, h.api.Base); r.Status == "degraded" {
 		t.Errorf("/readyz degraded after recipients' refusals: %+v", r)
 	}
+}
+
+// retryAnswer is POST /v1/campaigns/{id}/retry's answer.
+type retryAnswer struct {
+	Matched           int64 `json:"matched"`
+	Queued            int64 `json:"queued"`
+	SkippedSuppressed int64 `json:"skipped_suppressed"`
+}
+
+func (h *harness) retry(id, body string) (int, retryAnswer, string) {
+	h.t.Helper()
+	var a retryAnswer
+	code, b := teststack.Do(h.t, h.api.Base, testenv.AdminKey, "POST", "/v1/campaigns/"+id+"/retry", "application/json", []byte(body), &a)
+	return code, a, string(b)
+}
+
+// TestRetryFailedRecipients: POST /v1/campaigns/{id}/retry sends failed
+// recipients again, chosen by their last reply; it never sends to a
+// suppressed address (counted as skipped), takes a done campaign back to
+// sending until they are through, sends each exactly once, and is audited
+// with the selector and the counts.
+func TestRetryFailedRecipients(t *testing.T) {
+	const n = 100
+	num := func(addr string) int {
+		var i int
+		fmt.Sscanf(addr, "u%05d@", &i)
+		return i
+	}
+	var broken atomic.Bool
+	broken.Store(true)
+	h := newHarness(t, setup{Sink: smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
+		if st != smtpsink.StageRcpt {
+			return nil
+		}
+		switch i := num(rcpt); {
+		case i%10 == 7: // never deliverable, whatever happens
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "<" + rcpt + ">: User unknown"}
+		case !broken.Load():
+		case i%10 == 3:
+			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "<" + rcpt + ">: Recipient address rejected: Access denied"}
+		case i%20 == 9:
+			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
+		}
+		return nil
+	}}})
+	h.startWorker(nil)
+	draft, _ := h.createCampaign(3, nil)
+	id, addrs := h.createCampaign(n, nil)
+	h.action(id, "start")
+	first := h.wait(id, 30*time.Second, done)
+	if first.Counts.Failed != 25 || first.Counts.Sent != 75 {
+		t.Fatalf("counts %+v; want 25 failed (10 × 5.7.1, 10 × 5.1.1, 5 × 5.2.2)", first.Counts)
+	}
+	// Support suppresses one of the 5.7.1 addresses meanwhile.
+	if code, body := teststack.Do(t, h.api.Base, testenv.AdminKey, "POST", "/v1/suppressions", "application/json",
+		[]byte(`{"email":"u00003@example.jp","reason":"customer asked by phone"}`), nil); code != 201 && code != 200 {
+		t.Fatalf("suppress: %d %s", code, body)
+	}
+
+	for _, tc := range []struct{ body, field string }{
+		{`{"codes":[250]}`, "codes[0]"},
+		{`{"enhanced":["5.x.1"]}`, "enhanced[0]"},
+		{`{"enhanced":["7.1"]}`, "enhanced[0]"},
+		{`{"class":"2"}`, "class"},
+	} {
+		if code, _, body := h.retry(id, tc.body); code != 422 || !strings.Contains(body, tc.field) {
+			t.Errorf("retry %s: %d %s; want 422 naming %s", tc.body, code, body, tc.field)
+		}
+	}
+	if code, _, body := h.retry(id, `{"code":[554]}`); code != 400 {
+		t.Errorf("retry with an unknown field: %d %s; want 400", code, body)
+	}
+	if code, _, body := h.retry(draft, `{}`); code != 409 {
+		t.Errorf("retry of a draft: %d %s; want 409", code, body)
+	}
+
+	broken.Store(false) // the policy was fixed, the mailboxes emptied
+	code, a, body := h.retry(id, `{"codes":[554],"enhanced":["5.7"],"class":"5","reason":"relay policy fixed"}`)
+	if code != 202 || a.Matched != 10 || a.SkippedSuppressed != 1 || a.Queued != 9 {
+		t.Fatalf("retry 5.7: %d %s; want 10 matched, 1 skipped, 9 queued", code, body)
+	}
+	c := h.wait(id, 30*time.Second, func(c *notice.Campaign) bool {
+		return c.Status == notice.CampaignDone && c.Counts.Open() == 0 && c.Counts.Sent == 84
+	})
+	if c.Counts.Failed != 16 || c.FinishedAt == nil || !c.FinishedAt.After(*first.FinishedAt) {
+		t.Errorf("after retry: counts %+v, finished_at %v (first %v)", c.Counts, c.FinishedAt, first.FinishedAt)
+	}
+	// Everything else that failed: the 5.1.1 addresses are suppressed
+	// (bounced), so only the full mailboxes go.
+	code, a, body = h.retry(id, `{"class":"5"}`)
+	if code != 202 || a.Matched != 16 || a.SkippedSuppressed != 11 || a.Queued != 5 {
+		t.Fatalf("retry class 5: %d %s; want 16 matched, 11 skipped, 5 queued", code, body)
+	}
+	c = h.wait(id, 30*time.Second, func(c *notice.Campaign) bool {
+		return c.Status == notice.CampaignDone && c.Counts.Open() == 0 && c.Counts.Sent == 89
+	})
+	if code, a, body = h.retry(id, `{}`); code != 202 || a.Queued != 0 || a.Matched != 11 {
+		t.Errorf("retry of what is left (suppressed only): %d %s", code, body)
+	}
+
+	per := h.sink.PerRecipient()
+	for _, addr := range addrs {
+		want := 1
+		if i := num(addr); i%10 == 7 || i == 3 {
+			want = 0
+		}
+		if got := per[addr]; got != want {
+			t.Errorf("%s received %d messages, want %d", addr, got, want)
+		}
+	}
+	for _, r := range h.recipients(id) {
+		if i := num(r.Email); i%10 == 3 && i != 3 {
+			if r.Status != notice.StatusSent || r.Attempts != 2 || r.History[0].Code != 554 || !r.History[1].OK {
+				t.Errorf("recipient %d: %s after %d attempts, history %+v", r.ID, r.Status, r.Attempts, r.History)
+			}
+		}
+	}
+	var entries []map[string]any
+	for _, e := range h.audit(id) {
+		if e["action"] == "campaign.retry" {
+			entries = append(entries, e)
+		}
+	}
+	if len(entries) != 3 {
+		t.Fatalf("%d campaign.retry audit entries, want 3", len(entries))
+	}
+	last := entries[len(entries)-1] // newest first: this is the first retry
+	d, _ := json.Marshal(last["details"])
+	if last["actor"] != "admin" || last["reason"] != "relay policy fixed" ||
+		!strings.Contains(string(d), `"queued":9`) || !strings.Contains(string(d), `"skipped_suppressed":1`) || !strings.Contains(string(d), `"codes":[554]`) {
+		t.Errorf("audit entry %v", last)
+	}
+}
+
+// TestAsynqmonRunRetriesFailed: "Run" on the archived task of a failed
+// recipient in asynqmon sends it again (once, audited), where it used to
+// archive the task again and do nothing; a suppressed address is still
+// never sent to, and its task is archived again saying why.
+func TestAsynqmonRunRetriesFailed(t *testing.T) {
+	const n = 20
+	var broken atomic.Bool
+	broken.Store(true)
+	h := newHarness(t, setup{Sink: smtpsink.Options{Reply: func(st smtpsink.Stage, from, rcpt string, k int) *smtp.SMTPError {
+		switch {
+		case st != smtpsink.StageRcpt:
+		case rcpt == "u00004@example.jp":
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+		case broken.Load() && (rcpt == "u00007@example.jp" || rcpt == "u00012@example.jp"):
+			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2}, Message: "Mailbox full"}
+		}
+		return nil
+	}}})
+	h.startWorker(nil)
+	id, _ := h.createCampaign(n, nil)
+	h.action(id, "start")
+	c := h.wait(id, 30*time.Second, done)
+	if c.Counts.Failed != 3 {
+		t.Fatalf("counts %+v", c.Counts)
+	}
+	byAddr := map[string]int64{}
+	for _, r := range h.recipients(id) {
+		byAddr[r.Email] = r.ID
+	}
+	insp := asynq.NewInspectorFromRedisClient(h.rdb)
+	archived := func(rid int64) *asynq.TaskInfo {
+		ti, err := insp.GetTaskInfo(notice.QueueBulk, fmt.Sprintf("failed:%s:%d", id, rid))
+		if err != nil || ti.State != asynq.TaskStateArchived {
+			return nil
+		}
+		return ti
+	}
+	teststack.Eventually(t, "the three failures archived", 10*time.Second, func() bool {
+		return archived(byAddr["u00004@example.jp"]) != nil && archived(byAddr["u00007@example.jp"]) != nil && archived(byAddr["u00012@example.jp"]) != nil
+	})
+	run := func(rid int64) {
+		t.Helper()
+		code, _, body := call(t, h.api.Base, "POST", fmt.Sprintf("/monitoring/api/queues/bulk/archived_tasks/failed:%s:%d:run", id, rid))
+		if code != 204 {
+			t.Fatalf("Run: %d %s", code, body)
+		}
+	}
+
+	broken.Store(false)
+	run(byAddr["u00007@example.jp"])
+	teststack.Eventually(t, "u00007 sent after Run", 15*time.Second, func() bool { return h.sink.CountFor("u00007@example.jp") == 1 })
+	c = h.wait(id, 15*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone && c.Counts.Failed == 2 })
+	if c.Counts.Sent != n-2 {
+		t.Errorf("counts %+v", c.Counts)
+	}
+	if archived(byAddr["u00007@example.jp"]) != nil {
+		t.Error("the task of a recipient now sent is still archived")
+	}
+	// The suppressed address (5.1.1): nothing sent, archived again with why.
+	run(byAddr["u00004@example.jp"])
+	var ti *asynq.TaskInfo
+	teststack.Eventually(t, "the suppressed one's task archived again", 15*time.Second, func() bool {
+		ti = archived(byAddr["u00004@example.jp"])
+		return ti != nil && strings.Contains(ti.LastErr, "suppression")
+	})
+	time.Sleep(500 * time.Millisecond)
+	if h.sink.CountFor("u00004@example.jp") != 0 || h.sink.CountFor("u00007@example.jp") != 1 {
+		t.Errorf("sent to u00004 %d times, to u00007 %d times", h.sink.CountFor("u00004@example.jp"), h.sink.CountFor("u00007@example.jp"))
+	}
+	var audited bool
+	for _, e := range h.audit(id) {
+		if e["action"] == "recipient.retry" && e["actor"] == "asynqmon" && e["recipient_id"] == float64(byAddr["u00007@example.jp"]) {
+			audited = true
+		}
+	}
+	if !audited {
+		t.Error("no recipient.retry audit entry for the Run")
+	}
+}
+
+// call makes an admin request from asynqmon's own page.
+func call(t *testing.T, base, method, path string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, base+path, nil)
+	req.SetBasicAuth("", testenv.AdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, string(b)
 }

@@ -296,12 +296,16 @@ func (p *Pool) Close() error {
 
 // setupError classifies a failure to get a connection: the dial, the
 // greeting, EHLO, STARTTLS or AUTH. go-mail does not say which step failed;
-// its AUTH errors all say "AUTH".
+// its AUTH errors all name "SMTP AUTH" (or "support AUTH", "auth
+// mechanism"): a bare "auth" would match "unknown authority".
 func setupError(err error) *Error {
 	e := *Classify(err)
 	e.Stage = StageConnect
-	if strings.Contains(strings.ToUpper(err.Error()), "AUTH") {
-		e.Stage = StageAuth
+	t := strings.ToLower(err.Error())
+	for _, s := range []string{"smtp auth", "support auth", "auth mechanism"} {
+		if strings.Contains(t, s) {
+			e.Stage = StageAuth
+		}
 	}
 	return &e
 }
