@@ -107,6 +107,7 @@ func (s *Server) routes() {
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
 	h("POST /v1/campaigns/{id}/test", s.testSend)
 	h("POST /v1/campaigns/{id}/purge", s.purgeCampaign)
+	h("POST /v1/campaigns/{id}/retry", s.retryCampaign)
 
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)
@@ -126,7 +127,7 @@ func (s *Server) routes() {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	Ready(s.store.Redis(), s.smtp, s.log, s.cfg.Checks...).ServeHTTP(w, r)
+	Ready(s.store.Redis(), s.smtp, s.log, s.store, s.cfg.Checks...).ServeHTTP(w, r)
 }
 
 // noRoute answers a /v1 request no route takes: 405 with Allow when the path
@@ -153,11 +154,23 @@ func Healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// RelayChecker lists the campaigns the worker paused because the relay
+// refuses every message (a *store.Store).
+type RelayChecker interface {
+	RelayPaused(ctx context.Context) ([]string, error)
+}
+
 // Ready returns the /readyz handler: 200 when Redis and, when smtp is not
 // nil, the SMTP server answer and every extra check passes; 503 with what
-// is down otherwise. The answer is public, so it says only "down" (or the
-// check's word); why (addresses, errors) goes to log.
-func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger, extra ...Check) http.Handler {
+// is down otherwise (the check's word, e.g. redis_state "lost"). The answer
+// is public, so it says only "down"; why (addresses, errors) goes to log.
+//
+// With relay, a campaign paused because the relay refuses every message
+// (the server answers, but takes nothing) makes the answer "status":
+// "degraded" with "checks":{"relay":"refusing"} — still 200: the API is
+// the way out (resume, retry), and a load balancer that dropped it on a 503
+// would lock the operators out. Otherwise "status" is "ok" or "down".
+func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger, relay RelayChecker, extra ...Check) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
@@ -182,11 +195,21 @@ func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger, extra ...Ch
 			checks[c.Name] = state
 			ok = ok && good
 		}
+		state := "ok"
+		if relay != nil && checks["redis"] == "ok" {
+			checks["relay"] = "ok"
+			if ids, err := relay.RelayPaused(ctx); err != nil {
+				checks["relay"] = "unknown"
+				log.Warn("readiness: campaigns paused for the relay", "err", err)
+			} else if len(ids) > 0 {
+				checks["relay"], state = "refusing", "degraded"
+			}
+		}
 		status := http.StatusOK
 		if !ok {
-			status = http.StatusServiceUnavailable
+			status, state = http.StatusServiceUnavailable, "down"
 		}
-		writeJSON(w, status, map[string]any{"ready": ok, "checks": checks})
+		writeJSON(w, status, map[string]any{"ready": ok, "status": state, "checks": checks})
 	})
 }
 

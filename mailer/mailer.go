@@ -125,8 +125,39 @@ type Error struct {
 	Enhanced  string // e.g. "5.1.1"
 	Text      string // the server's reply text, or the error
 	Temporary bool
-	Stage     string
+	Stage     string // the step that failed: one of the Stage constants ("" when unknown)
 	Err       error
+}
+
+// The steps of sending a message, as Error.Stage names them. Whether the
+// relay or the recipient is the problem depends on the step: a refusal
+// before RCPT cannot be about the recipient.
+const (
+	StageBuild   = "build"   // building the MIME message (our side)
+	StageConnect = "connect" // dial, greeting, EHLO, STARTTLS
+	StageAuth    = "auth"    // SMTP AUTH
+	StageMail    = "mail"    // MAIL FROM
+	StageRcpt    = "rcpt"    // RCPT TO
+	StageData    = "data"    // DATA, the message and its final reply
+)
+
+// stageError names the step an error happened at, for Classify.
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e stageError) Error() string {
+	return map[string]string{StageMail: "MAIL FROM", StageRcpt: "RCPT TO", StageData: "DATA"}[e.stage] + ": " + e.err.Error()
+}
+func (e stageError) Unwrap() error { return e.err }
+
+// atStage wraps err (nil stays nil) with the step it happened at.
+func atStage(stage string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return stageError{stage, err}
 }
 
 func (e *Error) Error() string {
@@ -168,6 +199,10 @@ func Classify(err error) *Error {
 		}
 		out.Enhanced = se.EnhancedStatusCode()
 		out.Stage = se.Reason.String()
+	}
+	var st stageError
+	if errors.As(err, &st) {
+		out.Stage = st.stage
 	}
 	if out.Code > 0 {
 		out.Text = strings.TrimSpace(out.Text)

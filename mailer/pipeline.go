@@ -101,7 +101,7 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte, m *Message) (del
 	_, msg, err := t.ReadResponse(250)
 	stop()
 	if err != nil {
-		return false, !isReply(err), err
+		return false, !isReply(err), atStage(StageData, err)
 	}
 	c.accepted = parseAccepted(msg)
 	return true, false, nil
@@ -116,15 +116,16 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// stage names the command whose reply failed, for the error text.
+// stage names the command whose reply failed, for the error text and for
+// Classify's Error.Stage.
 func stage(err, mailErr, rcptErr error) error {
 	switch {
 	case mailErr != nil:
-		return fmt.Errorf("MAIL FROM: %w", err)
+		return atStage(StageMail, err)
 	case rcptErr != nil:
-		return fmt.Errorf("RCPT TO: %w", err)
+		return atStage(StageRcpt, err)
 	}
-	return fmt.Errorf("DATA: %w", err)
+	return atStage(StageData, err)
 }
 
 // isReply reports whether err is a server reply (the connection is fine)

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,13 +165,13 @@ func (p *Pool) Send(ctx context.Context, m *Message) error {
 func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 	msg, env, err := build(m, &p.o)
 	if err != nil {
-		return Accepted{}, &Error{Text: "build message: " + err.Error(), Stage: "build", Err: err}
+		return Accepted{}, &Error{Text: "build message: " + err.Error(), Stage: StageBuild, Err: err}
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
 	if _, err := msg.WriteTo(buf); err != nil {
-		return Accepted{}, &Error{Text: "write message: " + err.Error(), Stage: "build", Err: err}
+		return Accepted{}, &Error{Text: "write message: " + err.Error(), Stage: StageBuild, Err: err}
 	}
 	var c *conn
 	var delivered, broken bool
@@ -178,7 +179,7 @@ func (p *Pool) Deliver(ctx context.Context, m *Message) (Accepted, error) {
 		var reused bool
 		c, reused, err = p.get(ctx, fresh)
 		if err != nil {
-			return Accepted{}, Classify(err)
+			return Accepted{}, setupError(err)
 		}
 		c.used++
 		c.accepted = Accepted{}
@@ -242,22 +243,22 @@ func (p *Pool) sendPlain(c *conn, env envelope, raw []byte, m *Message) (deliver
 			return false, true, err
 		}
 		if rerr := sc.Reset(); rerr != nil {
-			return false, true, fmt.Errorf("%s: %w", stage, err)
+			return false, true, atStage(stage, err)
 		}
-		return false, false, fmt.Errorf("%s: %w", stage, err)
+		return false, false, atStage(stage, err)
 	}
 	if err := sc.Mail("<" + env.from + ">"); err != nil {
 		if !isReply(err) {
 			return false, true, errEarly{err}
 		}
-		return fail("MAIL FROM", err)
+		return fail(StageMail, err)
 	}
 	if err := sc.Rcpt("<" + env.to + ">"); err != nil {
-		return fail("RCPT TO", err)
+		return fail(StageRcpt, err)
 	}
 	w, err := sc.Data()
 	if err != nil {
-		return fail("DATA", err)
+		return fail(StageData, err)
 	}
 	if _, err := w.Write(raw); err != nil {
 		return false, true, err
@@ -277,7 +278,7 @@ func (p *Pool) sendPlain(c *conn, env envelope, raw []byte, m *Message) (deliver
 		if !isReply(err) {
 			return false, true, err
 		}
-		return false, false, fmt.Errorf("DATA: %w", err)
+		return false, false, atStage(StageData, err)
 	}
 	return true, false, nil
 }
@@ -349,4 +350,20 @@ func (p *Pool) Close() error {
 		p.client.CloseWithSMTPClient(c.c)
 	}
 	return nil
+}
+
+// setupError classifies a failure to get a connection: the dial, the
+// greeting, EHLO, STARTTLS or AUTH. go-mail does not say which step failed;
+// its AUTH errors all name "SMTP AUTH" (or "support AUTH", "auth
+// mechanism"): a bare "auth" would match "unknown authority".
+func setupError(err error) *Error {
+	e := *Classify(err)
+	e.Stage = StageConnect
+	t := strings.ToLower(err.Error())
+	for _, s := range []string{"smtp auth", "support auth", "auth mechanism"} {
+		if strings.Contains(t, s) {
+			e.Stage = StageAuth
+		}
+	}
+	return &e
 }

@@ -8,10 +8,10 @@ import (
 
 var (
 	// Messages counts delivery outcomes by campaign and result
-	// (sent, failed, retried, suppressed, resent).
+	// (sent, failed, retried, held, suppressed, resent).
 	Messages = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "messages_total",
-		Help: "Delivery outcomes by campaign and result (sent, failed, retried, suppressed, resent).",
+		Help: "Delivery outcomes by campaign and result (sent, failed, retried, held for the relay, suppressed, resent).",
 	}, []string{"campaign", "result"})
 
 	// SMTPReplies counts SMTP reply codes of failed and successful sends
@@ -35,6 +35,14 @@ var (
 		Buckets: []float64{0, .001, .01, .05, .1, .25, .5, 1, 2, 5, 10},
 	})
 
+	// RelayFailures counts SMTP answers that showed the relay, not the
+	// recipient, is the problem, by kind (connect, auth, sender, policy):
+	// each paused its campaign or held a recipient back instead of failing it.
+	RelayFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "relay_failures_total",
+		Help: "Refusals that showed the relay, not the recipient, is the problem, by kind (connect, auth, sender, policy); the recipient was held, not failed, and its campaign paused.",
+	}, []string{"kind"})
+
 	// Ingested counts uploaded recipients by result (accepted, rejected).
 	Ingested = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "recipients_ingested_total",
@@ -44,7 +52,7 @@ var (
 
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested} {
+	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

@@ -64,16 +64,37 @@ type CampaignCollector struct {
 // maxCampaignSeries bounds the campaigns one scrape reports.
 const maxCampaignSeries = 100
 
-var descRecipients = prometheus.NewDesc("oshirase_campaign_recipients",
-	"Recipients of an active (sending or paused) campaign by status.", []string{"campaign", "status"}, nil)
+var (
+	descRecipients = prometheus.NewDesc("oshirase_campaign_recipients",
+		"Recipients of an active (sending or paused) campaign by status.", []string{"campaign", "status"}, nil)
+	descRelayPaused = prometheus.NewDesc("oshirase_campaigns_relay_paused",
+		"Campaigns paused because the relay refuses every message (see paused_reason); resume them once it is fixed.", nil, nil)
+)
+
+// relayPaused is what a Campaigns (a *store.Store) may also tell.
+type relayPaused interface {
+	RelayPaused(ctx context.Context) ([]string, error)
+}
 
 // Describe implements prometheus.Collector.
-func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descRecipients }
+func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRecipients
+	if _, ok := c.campaigns.(relayPaused); ok {
+		ch <- descRelayPaused
+	}
+}
 
 // Collect implements prometheus.Collector.
 func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if rp, ok := c.campaigns.(relayPaused); ok {
+		if ids, err := rp.RelayPaused(ctx); err == nil {
+			ch <- prometheus.MustNewConstMetric(descRelayPaused, prometheus.GaugeValue, float64(len(ids)))
+		} else if c.log != nil {
+			c.log.Warn("campaign metrics", "err", err)
+		}
+	}
 	ids, err := c.campaigns.Active(ctx)
 	if err != nil {
 		if c.log != nil {

@@ -102,7 +102,11 @@ type Campaign struct {
 	FinishedAt    *time.Time     `json:"finished_at,omitempty"`
 	PurgedAt      *time.Time     `json:"purged_at,omitempty"`    // recipients' personal data removed
 	ScheduledAt   *time.Time     `json:"scheduled_at,omitempty"` // a draft that starts by itself then
-	Counts        Counts         `json:"counts"`
+	// PausedReason says why the system paused the campaign (the relay
+	// refuses every message); empty for a pause an operator asked for.
+	PausedReason string     `json:"paused_reason,omitempty"`
+	PausedAt     *time.Time `json:"paused_at,omitempty"`
+	Counts       Counts     `json:"counts"`
 }
 
 // Counts is the number of a campaign's recipients in each state.

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -56,6 +57,10 @@ type Options struct {
 	// spoken from the first byte (smtps, port 465 style).
 	TLS         *tls.Config
 	ImplicitTLS bool
+	// Auth, when set, offers AUTH PLAIN and checks each login with it: a
+	// non-nil error is the server's answer (535, say). Clients must then
+	// log in before MAIL (530 otherwise), as a submission relay asks.
+	Auth func(user, pass string) *smtp.SMTPError
 }
 
 // Message is one received message.
@@ -235,14 +240,41 @@ type backend struct{ s *Sink }
 
 func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	b.s.sessions.Add(1)
-	return &session{s: b.s, conn: c}, nil
+	x := &session{s: b.s, conn: c}
+	if b.s.opts.Auth != nil {
+		return &authSession{x}, nil
+	}
+	return x, nil
 }
 
 type session struct {
-	s    *Sink
-	conn *smtp.Conn
-	from string
-	to   []string
+	s      *Sink
+	conn   *smtp.Conn
+	from   string
+	to     []string
+	authed bool
+}
+
+// authSession is a session of a sink with Options.Auth: it offers AUTH.
+type authSession struct{ *session }
+
+func (x *authSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (x *authSession) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		if e := x.s.opts.Auth(user, pass); e != nil {
+			return e
+		}
+		x.authed = true
+		return nil
+	}), nil
+}
+
+func (x *authSession) Mail(from string, o *smtp.MailOptions) error {
+	if !x.authed {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+	}
+	return x.session.Mail(from, o)
 }
 
 func (x *session) Reset()        { x.from, x.to = "", x.to[:0] }

@@ -20,18 +20,22 @@ import "strconv"
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), all of them
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
+//	<p>:{c:ID}:relay         HASH  the current run of one policy refusal: sig, sent, n, r:<rid> (store/relay.go)
+//	<p>:{c:ID}:reported      HASH  recipient id → the attempt whose permanent failure asynq archived
+//	<p>:relaypaused          SET   campaigns the system paused because the relay refuses everything
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 
-func (k keys) campaigns() string  { return k.p + ":campaigns" }
-func (k keys) active() string     { return k.p + ":active" }
-func (k keys) emailIndex() string { return k.p + ":idx:email" }
-func (k keys) suppressed() string { return k.p + ":suppressed" }
-func (k keys) audit() string      { return k.p + ":audit" }
-func (k keys) rateGlobal() string { return k.p + ":rate:global" }
+func (k keys) campaigns() string   { return k.p + ":campaigns" }
+func (k keys) active() string      { return k.p + ":active" }
+func (k keys) emailIndex() string  { return k.p + ":idx:email" }
+func (k keys) suppressed() string  { return k.p + ":suppressed" }
+func (k keys) audit() string       { return k.p + ":audit" }
+func (k keys) rateGlobal() string  { return k.p + ":rate:global" }
+func (k keys) relayPaused() string { return k.p + ":relaypaused" }
 func (k keys) rateCampaign(id string) string {
 	return k.p + ":rate:c:" + id
 }
@@ -43,12 +47,13 @@ func (k keys) campaign(id string) ckeys {
 	return ckeys{
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
-		chunks: b + "chunks", rej: b + "rej",
+		chunks: b + "chunks", rej: b + "rej", relay: b + "relay", reported: b + "reported",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej string
+	relay, reported                                                   string
 }
 
 // all lists the keys scripts get as KEYS[1..9].
@@ -57,7 +62,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.relay, c.reported}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

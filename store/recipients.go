@@ -764,7 +764,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks, ck.relay, ck.reported)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})

@@ -124,6 +124,8 @@ func applyState(c *notice.Campaign, st, cnt map[string]string) {
 	c.FinishedAt = fromMS(st["finished_at"])
 	c.PurgedAt = fromMS(st["purged_at"])
 	c.ScheduledAt = fromMS(st["scheduled_at"])
+	c.PausedReason = st["paused_reason"]
+	c.PausedAt = fromMS(st["paused_at"])
 	c.Counts = notice.Counts{}
 	c.Counts.Total, _ = strconv.ParseInt(cnt["total"], 10, 64)
 	for _, s := range notice.Statuses {
@@ -261,14 +263,24 @@ func (s *Store) Pause(ctx context.Context, id string) (Transition, error) {
 	return s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignSending}, notice.CampaignPaused, false, "")
 }
 
-// Resume continues a paused campaign under a new generation.
+// Resume continues a paused campaign under a new generation. A pause for
+// the relay ends: its reason goes, and recipients its refusal reached are
+// pending, so the new generation sends them.
 func (s *Store) Resume(ctx context.Context, id string) (Transition, error) {
+	if err := s.clearRelayPause(ctx, id); err != nil {
+		return Transition{}, err
+	}
 	return s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignPaused}, notice.CampaignSending, true, "")
 }
 
 // Cancel stops a campaign for good and marks every recipient not yet sent
 // cancelled. Messages already handed to SMTP finish and are recorded.
 func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
+	// Recipients held for the relay become pending here, then cancelled
+	// below like every other unsent one.
+	if err := s.clearRelayPause(ctx, id); err != nil {
+		return Transition{}, err
+	}
 	t, err := s.transition(ctx, id, []notice.CampaignStatus{notice.CampaignDraft, notice.CampaignSending, notice.CampaignPaused}, notice.CampaignCancelled, true, "finished_at")
 	if err != nil {
 		return t, err

@@ -391,6 +391,14 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		return store.Step{}
 	}
 	step := store.Step{FinishID: r.ID, Delivery: &d}
+	if out != nil && w.relayHold(ctx, c, r.ID, out) {
+		// The relay refuses everything, not this recipient: back to
+		// pending, the reply kept in its history; the campaign is paused
+		// and resume sends it.
+		step.Finish = notice.StatusPending
+		metrics.Messages.WithLabelValues(c.MetricLabel(), "held").Inc()
+		return step
+	}
 	switch {
 	case out == nil:
 		step.Finish = notice.StatusSent

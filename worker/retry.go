@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -40,9 +41,14 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	if r.Status == notice.StatusFailed {
-		// The report of a permanent failure: archived at once, with the
-		// SMTP reply as the error operators see.
-		return failedError(r.ID, r.LastError)
+		// The report of a permanent failure (archived at once, with the
+		// SMTP reply as the error operators see), or an operator's "Run"
+		// of that archived task in asynqmon: send it again.
+		again, err := w.runAgain(ctx, c, r)
+		if !again {
+			return err
+		}
+		r.Status = notice.StatusRetrying
 	}
 	if r.Status.Final() {
 		return nil // sent, suppressed, cancelled: nothing to do, never twice
@@ -77,7 +83,7 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 			if fresh, err := w.store.Recipient(bg, p.CampaignID, p.RecipientID); err == nil {
 				r = fresh
 			}
-			return failedError(r.ID, r.LastError)
+			return w.reportFailed(bg, p.CampaignID, r.ID, r.Attempts, r.LastError)
 		}
 		return nil // sent, suppressed, cancelled: nothing to do, never twice
 	}
@@ -108,9 +114,62 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 		return &retryError{Delay: w.backoff(step.Delivery.Attempts), Failure: true,
 			Err: fmt.Errorf("attempt %d: %s", step.Delivery.Attempts, notice.MaskAddresses(step.Delivery.LastError))}
 	case notice.StatusFailed:
-		return failedError(r.ID, step.Delivery.LastError)
+		return w.reportFailed(bg, p.CampaignID, r.ID, step.Delivery.Attempts, step.Delivery.LastError)
 	}
 	return nil
+}
+
+// reportFailed is what a task returns for a recipient that failed for good
+// at attempt attempts: asynq archives it with the reply. It is recorded, so
+// that a later run of the archived task is known for an operator's "Run".
+func (w *Worker) reportFailed(ctx context.Context, cid string, rid int64, attempts int, reply string) error {
+	if err := w.store.MarkReported(ctx, cid, rid, attempts); err != nil {
+		return err // asynq runs it again soon, and it reports then
+	}
+	return failedError(rid, reply)
+}
+
+// runAgain handles a task for a recipient that failed for good. Its first
+// run reports the failure (archived with the reply). A run of the task
+// after that is an operator's "Run" in asynqmon: the recipient is sent
+// again (again is true; it is retrying now), as POST
+// /v1/campaigns/{id}/retry would — unless its address is suppressed, or the
+// campaign is draft or cancelled, which archives the task once more with
+// the reason. A done campaign goes back to sending until it is through.
+func (w *Worker) runAgain(ctx context.Context, c *notice.Campaign, r *notice.Recipient) (again bool, err error) {
+	n, err := w.store.Reported(ctx, c.ID, r.ID)
+	if err != nil {
+		return false, err
+	}
+	if n != r.Attempts {
+		return false, w.reportFailed(ctx, c.ID, r.ID, r.Attempts, r.LastError)
+	}
+	sup, err := w.store.Suppressed(ctx, []string{r.Email})
+	if err != nil {
+		return false, err
+	}
+	if sup[r.Email] != nil {
+		return false, fmt.Errorf("recipient %d is on the suppression list; not sent again: %w", r.ID, asynq.SkipRetry)
+	}
+	moved, err := w.store.RetryFailed(ctx, c.ID, []int64{r.ID})
+	if errors.Is(err, store.ErrInvalidMove) {
+		return false, fmt.Errorf("recipient %d not sent again: %v: %w", r.ID, err, asynq.SkipRetry)
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(moved) == 0 {
+		return false, nil // retried meanwhile by another way, whose task sends it
+	}
+	tid, _ := asynq.GetTaskID(ctx)
+	w.log.Info("failed recipient run again from asynqmon", "campaign", c.ID, "recipient", r.ID, "task", tid)
+	details, _ := json.Marshal(map[string]any{"task": tid, "attempts": r.Attempts})
+	if err := w.store.Audit(context.WithoutCancel(ctx), store.AuditEntry{
+		Actor: "asynqmon", Action: "recipient.retry", CampaignID: c.ID, Recipient: r.ID, Details: details,
+	}); err != nil {
+		w.log.Error("audit log write failed", "action", "recipient.retry", "err", err)
+	}
+	return true, nil
 }
 
 // failedError is what asynq archives for a permanently failed recipient:
