@@ -247,14 +247,36 @@ const maxScheduleAhead = 90 * 24 * time.Hour
 func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var req struct {
-		At *time.Time `json:"at"`
+		// Raw, to tell {"at":null} from no "at": null used to mean "now",
+		// and a client that meant a time but sent null must not send at once.
+		At json.RawMessage `json:"at"`
 	}
 	if !decodeOptionalJSON(w, r, &req) {
 		return
 	}
+	var at *time.Time
+	if len(req.At) > 0 {
+		if string(req.At) == "null" {
+			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is null; leave it out to start now, or give a time",
+				[]fieldError{{"at", "null: leave it out to start now, or give an RFC 3339 time"}})
+			return
+		}
+		at = new(time.Time)
+		if err := json.Unmarshal(req.At, at); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_json", "request body: at: "+err.Error(), nil)
+			return
+		}
+	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)
+		return
+	}
+	if c.Status == notice.CampaignDraft && c.Counts.Total == 0 {
+		// Started, it would be done at once and for ever: an upload that
+		// failed or went to another campaign should be noticed now.
+		writeError(w, http.StatusUnprocessableEntity, "no_recipients",
+			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting", nil)
 		return
 	}
 	if c.Charset == notice.CharsetISO2022JP {
@@ -263,18 +285,18 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if now := time.Now(); req.At != nil && req.At.Before(now.Add(-time.Minute)) {
+	if now := time.Now(); at != nil && at.Before(now.Add(-time.Minute)) {
 		// A mistyped year must not send a breach notice on the spot.
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "at is in the past; leave it out to start now",
-			[]fieldError{{"at", "in the past (" + req.At.Format(time.RFC3339) + ")"}})
+			[]fieldError{{"at", "in the past (" + at.Format(time.RFC3339) + ")"}})
 		return
 	}
-	if now := time.Now(); req.At != nil && req.At.After(now.Add(time.Second)) {
-		if req.At.After(now.Add(maxScheduleAhead)) {
+	if now := time.Now(); at != nil && at.After(now.Add(time.Second)) {
+		if at.After(now.Add(maxScheduleAhead)) {
 			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is more than 90 days ahead", []fieldError{{"at", "more than 90 days ahead"}})
 			return
 		}
-		s.schedule(w, r, c, req.At.Truncate(time.Millisecond))
+		s.schedule(w, r, c, at.Truncate(time.Millisecond))
 		return
 	}
 	t, err := s.store.Start(r.Context(), id)
