@@ -112,7 +112,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", err.Error(), nil)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes)
+	body := http.MaxBytesReader(w, flowReader{r.Body, s.flow(w)}, s.cfg.MaxUploadBytes)
 	var in io.Reader = body
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
