@@ -470,6 +470,10 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "already_purged", "campaign "+id+" was purged at "+c.PurgedAt.UTC().Format(time.RFC3339), nil)
 		return
 	}
+	if err := s.dropLostDeliveries(r.Context(), id); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
 	n, err := s.store.Purge(r.Context(), id)
 	if n > 0 || err == nil {
 		details, _ := json.Marshal(map[string]any{"recipients": n, "complete": err == nil})
@@ -485,4 +489,39 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"purged": n, "campaign": c})
+}
+
+// dropLostDeliveries forgets the campaign's outstanding resends and single
+// notices (see store.TrackDelivery) that are past their deadline and whose
+// task asynq no longer holds, or holds archived: lost with a crashed Redis,
+// deleted by an operator, or given up. One whose task is still queued,
+// scheduled, retrying or running stays, and the purge waits for it,
+// however late it is (workers that were down for an hour).
+func (s *Server) dropLostDeliveries(ctx context.Context, cid string) error {
+	out, err := s.store.OutstandingDeliveries(ctx, cid)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var insp *asynq.Inspector
+	for _, o := range out {
+		if o.Until.After(now) {
+			continue
+		}
+		if insp == nil {
+			insp = asynq.NewInspectorFromRedisClient(s.store.Redis())
+		}
+		info, err := insp.GetTaskInfo(notice.QueueUrgent, o.TaskID)
+		switch {
+		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound),
+			err == nil && (info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted):
+			s.log.Warn("purge: forgetting a resend or notice whose task is gone", "campaign", cid, "task", o.TaskID)
+			if err := s.store.DropStaleDelivery(ctx, cid, o); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("look up task %s: %w", o.TaskID, err)
+		}
+	}
+	return nil
 }

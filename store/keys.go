@@ -20,6 +20,7 @@ import "strconv"
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), all of them
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
+//	<p>:{c:ID}:out           ZSET  task id of a resend or single notice queued or being sent → deadline (ms) (purge waits)
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
@@ -42,12 +43,12 @@ func (k keys) campaign(id string) ckeys {
 	return ckeys{
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
-		chunks: b + "chunks", rej: b + "rej",
+		chunks: b + "chunks", rej: b + "rej", out: b + "out",
 	}
 }
 
 type ckeys struct {
-	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej string
+	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, out string
 }
 
 // all lists the keys scripts get as KEYS[1..9].
@@ -56,7 +57,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.out}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

@@ -738,22 +738,26 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if st.Status != notice.CampaignDone && st.Status != notice.CampaignCancelled {
-		return 0, fmt.Errorf("campaign %s is %s: %w", cid, st.Status, ErrNotFinished)
-	}
-	// Just cancelled, workers may still be finishing messages in flight and
-	// would write their outcome back after the purge.
-	if n, err := s.LiveLeases(ctx, cid); err != nil {
-		return 0, err
-	} else if n > 0 {
-		return 0, fmt.Errorf("campaign %s: %d chunks are still finishing; purge when they are done: %w", cid, n, ErrConflict)
-	}
-	// So may a retry or resend task, which holds a claim but no chunk lease.
 	ck := s.k.campaign(cid)
-	if n, err := s.rdb.HGet(ctx, ck.counts, string(notice.StatusSending)).Int64(); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, fmt.Errorf("counts of %s: %w", cid, err)
-	} else if n > 0 {
-		return 0, fmt.Errorf("campaign %s: %d messages are still in flight; purge when they are done: %w", cid, n, ErrConflict)
+	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(time.Now())).Err(); err != nil {
+		kind, arg, _ := strings.Cut(err.Error(), " ")
+		switch kind {
+		case "NOTFINISHED":
+			return 0, fmt.Errorf("campaign %s is %s: %w", cid, arg, ErrNotFinished)
+		case "LEASES":
+			// Just cancelled, workers may still be finishing messages in
+			// flight and would write their outcome back after the purge.
+			return 0, fmt.Errorf("campaign %s: %s chunks are still finishing; purge when they are done: %w", cid, arg, ErrConflict)
+		case "SENDING":
+			// So may a retry task, which holds a claim but no chunk lease.
+			return 0, fmt.Errorf("campaign %s: %s messages are still in flight; purge when they are done: %w", cid, arg, ErrConflict)
+		case "OUTSTANDING":
+			// A resend or single notice accepted (202) but not sent yet
+			// would find nobody to send to: the audit log would say resent,
+			// and nothing would go out.
+			return 0, fmt.Errorf("campaign %s: %s resends or notices are queued or being sent; purge once they have gone out: %w", cid, arg, ErrConflict)
+		}
+		return 0, fmt.Errorf("purge %s: %w", cid, err)
 	}
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
@@ -764,7 +768,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks, ck.out)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})
@@ -773,6 +777,26 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	}
 	return n, nil
 }
+
+// beginPurgeScript checks that a campaign can be purged and marks the purge
+// begun (purging_at), in one step: a resend tracked (TrackDelivery) before
+// it makes the purge refuse, one tracked after it is refused.
+// KEYS: 1 state, 2 counts, 3 chunks, 4 out. ARGV: 1 now (ms).
+// Returns 1, or an error: NOTFINISHED <status>, LEASES <n> (live chunk
+// leases), SENDING <n> (recipients in flight), OUTSTANDING <n> (resends or
+// single notices queued or being sent).
+var beginPurgeScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'done' and st ~= 'cancelled' then return redis.error_reply('NOTFINISHED ' .. tostring(st)) end
+local leases = redis.call('ZCOUNT', KEYS[3], ARGV[1], '+inf')
+if leases > 0 then return redis.error_reply('LEASES ' .. leases) end
+local sending = tonumber(redis.call('HGET', KEYS[2], 'sending') or '0')
+if sending > 0 then return redis.error_reply('SENDING ' .. sending) end
+local out = redis.call('ZCARD', KEYS[4])
+if out > 0 then return redis.error_reply('OUTSTANDING ' .. out) end
+if redis.call('HEXISTS', KEYS[1], 'purging_at') == 0 then redis.call('HSET', KEYS[1], 'purging_at', ARGV[1]) end
+return 1
+`)
 
 // purgeRange purges recipients [from, to): their look-up index entries
 // (original and corrected addresses), then their profiles, delivery records
