@@ -299,9 +299,23 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 		s.schedule(w, r, c, at.Truncate(time.Millisecond))
 		return
 	}
+	// Recipients a failed upload stored but left out of the look-up index
+	// go in now: support must find everyone a campaign sends to.
+	if c.Status == notice.CampaignDraft {
+		if err := s.store.RepairIndex(r.Context(), id); err != nil {
+			s.unavailable(w, r, "the campaign could not be started (server problem); it is still a draft; try again later", err, nil)
+			return
+		}
+	}
 	t, err := s.store.Start(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidMove) {
+			s.storeError(w, r, err)
+			return
+		}
+		// Redis refused (out of memory, away): the status change is one
+		// script, so the campaign is still what it was.
+		s.unavailable(w, r, "the campaign could not be started (server problem); it is still "+string(c.Status)+"; try again later", err, nil)
 		return
 	}
 	if t.Changed {
@@ -309,7 +323,16 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Status == notice.CampaignSending {
 		if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
-			s.storeError(w, r, err)
+			// The campaign is sending but its fan-out is not queued. Say
+			// so: a start again queues it (the watchdog also does within a
+			// minute); nothing is sent twice either way.
+			if t.Changed {
+				s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+			}
+			s.log.Error("start: fan-out not queued", "campaign", id, "err", err)
+			cur, _ := s.store.Campaign(context.WithoutCancel(r.Context()), id)
+			writeError(w, http.StatusServiceUnavailable, "start_incomplete",
+				"the campaign is marked sending, but its sending could not be queued (server problem); call start again to complete it", cur)
 			return
 		}
 	}

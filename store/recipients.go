@@ -57,11 +57,23 @@ type AddResult struct {
 // indexes their addresses for support look-ups. Callers batch (a few hundred
 // per call keeps each script short).
 func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recipient) (*AddResult, error) {
+	return s.addRecipients(ctx, cid, rs, 0)
+}
+
+// AddUploadRows is AddRecipients for a batch of an upload that takes it
+// through line: the upload's stored-through line (see BeginUpload) moves on
+// in the same step. A result with an error means the rows were stored but
+// not indexed (see RepairIndex).
+func (s *Store) AddUploadRows(ctx context.Context, cid string, rs []notice.Recipient, line int) (*AddResult, error) {
+	return s.addRecipients(ctx, cid, rs, line)
+}
+
+func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recipient, line int) (*AddResult, error) {
 	if len(rs) == 0 {
 		return &AddResult{}, nil
 	}
-	args := make([]any, 0, 1+2*len(rs))
-	args = append(args, ms(time.Now()))
+	args := make([]any, 0, 2+2*len(rs))
+	args = append(args, ms(time.Now()), line)
 	for i := range rs {
 		p, err := json.Marshal(toProfile(&rs[i]))
 		if err != nil {
@@ -81,7 +93,23 @@ func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recip
 	}
 	res := &AddResult{IDs: v}
 	if err := s.index(ctx, cid, rs, res); err != nil {
-		return res, err
+		// Stored but not indexed: res says what was stored; RepairIndex
+		// indexes it before the campaign starts.
+		return res, fmt.Errorf("%w: %w", errIndex, err)
+	}
+	first, last := int64(0), int64(0)
+	for _, id := range v {
+		if id > 0 {
+			if first == 0 {
+				first = id
+			}
+			last = id
+		}
+	}
+	if last > 0 {
+		// Behind is harmless (RepairIndex indexes again), so a failure here
+		// is not one of the upload's.
+		advanceIndexScript.Run(ctx, s.rdb, []string{s.k.campaign(cid).state}, first, last)
 	}
 	return res, nil
 }
@@ -89,13 +117,23 @@ func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recip
 // indexScript appends "cid:rid" to each address's entry of the look-up hash
 // and returns the entries that were there before: the address's notices in
 // other campaigns.
+//
+// KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid").
+// Returns the earlier entries. A ref already there is not added twice
+// (RepairIndex may index a recipient again).
 var indexScript = redis.NewScript(`
 local earlier = {}
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if cur then
-    redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
-    earlier[#earlier+1] = cur
+    local have = false
+    for ref in string.gmatch(cur, '%S+') do
+      if ref == ARGV[i+1] then have = true end
+    end
+    if not have then
+      redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
+      earlier[#earlier+1] = cur
+    end
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 end
 return earlier
@@ -156,19 +194,6 @@ func (s *Store) Lookup(ctx context.Context, addr string) ([]Ref, error) {
 		out = append(out, Ref{cid, n})
 	}
 	return out, nil
-}
-
-// AddRejections keeps an upload's rejections (all of them, not only the
-// first thousand the API answer carries).
-func (s *Store) AddRejections(ctx context.Context, cid string, rej []string) error {
-	if len(rej) == 0 {
-		return nil
-	}
-	vals := make([]any, len(rej))
-	for i := range rej {
-		vals[i] = rej[i]
-	}
-	return s.rdb.RPush(ctx, s.k.campaign(cid).rej, vals...).Err()
 }
 
 // Rejections returns stored rejections [offset, offset+limit) and the total.
@@ -768,7 +793,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks, ck.out)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})
