@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -29,6 +30,11 @@ type Pinger interface {
 // Config is what the API needs besides its parts.
 type Config struct {
 	MaxUploadBytes int64 // 413 past this (default 2 GiB)
+	// ReadTimeout and WriteTimeout are the HTTP server's (HTTP_READ_TIMEOUT,
+	// HTTP_WRITE_TIMEOUT). An upload or a report download may take longer
+	// than either, as long as bytes flow: they push their connection's
+	// deadlines on by these amounts as they go (0: the server has none).
+	ReadTimeout, WriteTimeout time.Duration
 	// Checks are /readyz's checks beyond Redis answering and SMTP.
 	Checks []Check
 }
@@ -249,11 +255,25 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
+// maxJSONBody bounds a JSON request body (413 past it).
+const maxJSONBody = 1 << 20
+
+// bodyError answers a JSON body that could not be read: 413 past
+// maxJSONBody, 400 otherwise.
+func bodyError(w http.ResponseWriter, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body larger than %d bytes", mbe.Limit), nil)
+		return
+	}
+	writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+}
+
 // decodeOptionalJSON is decodeJSON for a body that may also be empty.
 func decodeOptionalJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+		bodyError(w, err)
 		return false
 	}
 	if len(bytes.TrimSpace(b)) == 0 {
@@ -266,10 +286,10 @@ func decodeOptionalJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 // decodeJSON reads a JSON body strictly (unknown fields are errors: a typo in
 // a field name must not silently drop data).
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+		bodyError(w, err)
 		return false
 	}
 	return true

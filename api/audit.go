@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"github.com/oshirase/oshirase/ingest"
 	"net/http"
 	"strconv"
@@ -26,6 +27,19 @@ func (s *Server) auditCtx(ctx context.Context, e store.AuditEntry) {
 	if err := s.store.Audit(context.WithoutCancel(ctx), e); err != nil {
 		s.log.Error("audit log write failed", "action", e.Action, "err", err)
 	}
+}
+
+// auditFirst records an action before it is carried out, for those that
+// must not happen unaudited (an upload of personal data): its error means
+// "do not go ahead".
+func (s *Server) auditFirst(ctx context.Context, e store.AuditEntry) error {
+	if k := Actor(ctx); k != nil {
+		e.Actor = k.Name
+	}
+	if err := s.store.Audit(context.WithoutCancel(ctx), e); err != nil {
+		return fmt.Errorf("audit %s: %w", e.Action, err)
+	}
+	return nil
 }
 
 // auditLog answers GET /v1/audit?campaign=&actor=&before=&limit=, newest

@@ -247,14 +247,36 @@ const maxScheduleAhead = 90 * 24 * time.Hour
 func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	var req struct {
-		At *time.Time `json:"at"`
+		// Raw, to tell {"at":null} from no "at": null used to mean "now",
+		// and a client that meant a time but sent null must not send at once.
+		At json.RawMessage `json:"at"`
 	}
 	if !decodeOptionalJSON(w, r, &req) {
 		return
 	}
+	var at *time.Time
+	if len(req.At) > 0 {
+		if string(req.At) == "null" {
+			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is null; leave it out to start now, or give a time",
+				[]fieldError{{"at", "null: leave it out to start now, or give an RFC 3339 time"}})
+			return
+		}
+		at = new(time.Time)
+		if err := json.Unmarshal(req.At, at); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_json", "request body: at: "+err.Error(), nil)
+			return
+		}
+	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)
+		return
+	}
+	if c.Status == notice.CampaignDraft && c.Counts.Total == 0 {
+		// Started, it would be done at once and for ever: an upload that
+		// failed or went to another campaign should be noticed now.
+		writeError(w, http.StatusUnprocessableEntity, "no_recipients",
+			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting", nil)
 		return
 	}
 	if c.Charset == notice.CharsetISO2022JP {
@@ -263,23 +285,37 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if now := time.Now(); req.At != nil && req.At.Before(now.Add(-time.Minute)) {
+	if now := time.Now(); at != nil && at.Before(now.Add(-time.Minute)) {
 		// A mistyped year must not send a breach notice on the spot.
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "at is in the past; leave it out to start now",
-			[]fieldError{{"at", "in the past (" + req.At.Format(time.RFC3339) + ")"}})
+			[]fieldError{{"at", "in the past (" + at.Format(time.RFC3339) + ")"}})
 		return
 	}
-	if now := time.Now(); req.At != nil && req.At.After(now.Add(time.Second)) {
-		if req.At.After(now.Add(maxScheduleAhead)) {
+	if now := time.Now(); at != nil && at.After(now.Add(time.Second)) {
+		if at.After(now.Add(maxScheduleAhead)) {
 			writeError(w, http.StatusUnprocessableEntity, "invalid", "at is more than 90 days ahead", []fieldError{{"at", "more than 90 days ahead"}})
 			return
 		}
-		s.schedule(w, r, c, req.At.Truncate(time.Millisecond))
+		s.schedule(w, r, c, at.Truncate(time.Millisecond))
 		return
+	}
+	// Recipients a failed upload stored but left out of the look-up index
+	// go in now: support must find everyone a campaign sends to.
+	if c.Status == notice.CampaignDraft {
+		if err := s.store.RepairIndex(r.Context(), id); err != nil {
+			s.unavailable(w, r, "the campaign could not be started (server problem); it is still a draft; try again later", err, nil)
+			return
+		}
 	}
 	t, err := s.store.Start(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidMove) {
+			s.storeError(w, r, err)
+			return
+		}
+		// Redis refused (out of memory, away): the status change is one
+		// script, so the campaign is still what it was.
+		s.unavailable(w, r, "the campaign could not be started (server problem); it is still "+string(c.Status)+"; try again later", err, nil)
 		return
 	}
 	if t.Changed {
@@ -287,7 +323,16 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Status == notice.CampaignSending {
 		if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
-			s.storeError(w, r, err)
+			// The campaign is sending but its fan-out is not queued. Say
+			// so: a start again queues it (the watchdog also does within a
+			// minute); nothing is sent twice either way.
+			if t.Changed {
+				s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+			}
+			s.log.Error("start: fan-out not queued", "campaign", id, "err", err)
+			cur, _ := s.store.Campaign(context.WithoutCancel(r.Context()), id)
+			writeError(w, http.StatusServiceUnavailable, "start_incomplete",
+				"the campaign is marked sending, but its sending could not be queued (server problem); call start again to complete it", cur)
 			return
 		}
 	}
@@ -448,6 +493,10 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "already_purged", "campaign "+id+" was purged at "+c.PurgedAt.UTC().Format(time.RFC3339), nil)
 		return
 	}
+	if err := s.dropLostDeliveries(r.Context(), id); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
 	n, err := s.store.Purge(r.Context(), id)
 	if n > 0 || err == nil {
 		details, _ := json.Marshal(map[string]any{"recipients": n, "complete": err == nil})
@@ -463,4 +512,39 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"purged": n, "campaign": c})
+}
+
+// dropLostDeliveries forgets the campaign's outstanding resends and single
+// notices (see store.TrackDelivery) that are past their deadline and whose
+// task asynq no longer holds, or holds archived: lost with a crashed Redis,
+// deleted by an operator, or given up. One whose task is still queued,
+// scheduled, retrying or running stays, and the purge waits for it,
+// however late it is (workers that were down for an hour).
+func (s *Server) dropLostDeliveries(ctx context.Context, cid string) error {
+	out, err := s.store.OutstandingDeliveries(ctx, cid)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var insp *asynq.Inspector
+	for _, o := range out {
+		if o.Until.After(now) {
+			continue
+		}
+		if insp == nil {
+			insp = asynq.NewInspectorFromRedisClient(s.store.Redis())
+		}
+		info, err := insp.GetTaskInfo(notice.QueueUrgent, o.TaskID)
+		switch {
+		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound),
+			err == nil && (info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted):
+			s.log.Warn("purge: forgetting a resend or notice whose task is gone", "campaign", cid, "task", o.TaskID)
+			if err := s.store.DropStaleDelivery(ctx, cid, o); err != nil {
+				return err
+			}
+		case err != nil:
+			return fmt.Errorf("look up task %s: %w", o.TaskID, err)
+		}
+	}
+	return nil
 }

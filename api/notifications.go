@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
@@ -142,7 +143,13 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 		return ans, nil
 	}
 	p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
-	if err := tasks.Deliver(bg, s.queue, p, notice.QueueUrgent, fmt.Sprintf("notify:%s:%d", c.ID, rid), 0); err != nil {
+	id := fmt.Sprintf("notify:%s:%d", c.ID, rid)
+	// Tracked like a resend, so a purge waits for it (the campaign is sending
+	// until it is final anyway: this is for the retries' sake).
+	if err := s.store.TrackDelivery(bg, c.ID, id, time.Now().Add(trackGrace)); err != nil {
+		s.log.Warn("single notice not tracked", "campaign", c.ID, "err", err)
+	}
+	if err := tasks.Deliver(bg, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
 		// The watchdog re-enqueues a fan-out whose cursor is behind (and
 		// finds a pending recipient of a stalled campaign if even this
 		// write fails).

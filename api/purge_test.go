@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/service"
 )
 
 // TestPurge removes a finished campaign's personal data: look-ups, the
@@ -143,4 +145,78 @@ func personalKeys(t *testing.T, st *teststack.Stack, cid, s string) string {
 		}
 	}
 	return strings.Join(found, ", ")
+}
+
+// TestPurgeWaitsForQueuedResend: a resend answered 202 is sent even when a
+// purge comes right after it. While its task is queued (here: no worker
+// runs), the purge is refused with 409 saying why, however late the task
+// is; a tracked resend whose task is gone (a crash lost it) does not block
+// the purge. Once the resend has gone out, the purge goes ahead.
+func TestPurgeWaitsForQueuedResend(t *testing.T) {
+	ctx := context.Background()
+	st, sink := startSupportStack(t, nil)
+	cid, ids := sentCampaign(t, st, "card leak", []notice.Recipient{
+		{Email: "a@example.jp", Locale: "ja"}, {Email: "b@example.jp", Locale: "ja"},
+	})
+	st.Stop()
+	// The API alone, on the same Redis: the resend stays queued.
+	vars := map[string]string{"REDIS_URL": fmt.Sprintf("redis://%s/%d", testenv.Addr(), testenv.DBSupport), "SMTP_URL": sink.URL(),
+		"WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "10", "KEY_PREFIX": "sup"}
+	apiOnly := teststack.StartStack(t, testenv.Config(t, vars), service.Options{API: true})
+	const corrected = "a.new@example.jp"
+	if code, body := teststack.Do(t, apiOnly.Base, teststack.SupportKey, "POST", fmt.Sprintf("/v1/campaigns/%s/recipients/%d/resend", cid, ids[0]),
+		"application/json", []byte(`{"reason":"customer called","email":"`+corrected+`"}`), nil); code != 202 {
+		t.Fatalf("resend: %d %s", code, body)
+	}
+	purge := func() (int, []byte) {
+		return teststack.Do(t, apiOnly.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+cid+"/purge", "application/json",
+			[]byte(`{"reason":"retention over"}`), nil)
+	}
+	code, body := purge()
+	if code != 409 || !strings.Contains(string(body), "resends or notices are queued") {
+		t.Fatalf("purge right after a resend: %d %s, want 409 saying a resend is queued", code, body)
+	}
+
+	// Workers down for longer than the grace: the entry is past its
+	// deadline, but asynq still holds the task, so the purge still waits.
+	// A second entry whose task was lost does not hold it up.
+	outs, err := apiOnly.Svc.Store.OutstandingDeliveries(ctx, cid)
+	if err != nil || len(outs) != 1 {
+		t.Fatalf("outstanding after the resend: %v %v, want 1", outs, err)
+	}
+	if err := apiOnly.Svc.Store.ExtendDelivery(ctx, cid, outs[0].TaskID, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := apiOnly.Svc.Store.TrackDelivery(ctx, cid, "resend:"+cid+":2:9", time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := purge(); code != 409 {
+		t.Fatalf("purge with a late but queued resend: %d %s, want 409", code, body)
+	}
+	if outs, _ := apiOnly.Svc.Store.OutstandingDeliveries(ctx, cid); len(outs) != 1 || !strings.HasPrefix(outs[0].TaskID, fmt.Sprintf("resend:%s:%d:", cid, ids[0])) {
+		t.Errorf("outstanding after the lost task was checked: %v, want only the queued resend", outs)
+	}
+
+	// A worker comes: the resend goes out, then the purge goes ahead.
+	teststack.StartStack(t, testenv.Config(t, vars), service.Options{Worker: true})
+	teststack.Eventually(t, "the resend at the SMTP server", 15*time.Second, func() bool {
+		for _, m := range sink.Messages() {
+			if m.To[0] == corrected {
+				return true
+			}
+		}
+		return false
+	})
+	teststack.Eventually(t, "the purge", 15*time.Second, func() bool {
+		code, body := purge()
+		if code != 200 && code != 409 {
+			t.Fatalf("purge: %d %s", code, body)
+		}
+		return code == 200
+	})
+	// And a resend after the purge finds nobody (404), never a 202.
+	if code, body := teststack.Do(t, apiOnly.Base, teststack.SupportKey, "POST", fmt.Sprintf("/v1/campaigns/%s/recipients/%d/resend", cid, ids[1]),
+		"application/json", []byte(`{"reason":"late"}`), nil); code == 202 {
+		t.Errorf("resend after the purge: %d %s", code, body)
+	}
 }

@@ -128,23 +128,29 @@ func TestUploadCountsAndRejections(t *testing.T) {
 	if ans.Rejected[0]["line"] != float64(3002) || ans.Rejected[0]["field"] != "locale" {
 		t.Errorf("first rejection = %v", ans.Rejected[0])
 	}
-	// All 1,500 can be fetched page by page.
+	// The first 1,000 are kept in full and can be fetched page by page;
+	// all 1,500 are counted by field and error.
 	var got int
+	var counts []map[string]any
+	var all float64
 	for offset := 0; ; {
 		var page struct {
-			Rejected   []json.RawMessage `json:"rejected"`
-			Total      int               `json:"total"`
-			NextOffset *int              `json:"next_offset"`
+			Rejected      []json.RawMessage `json:"rejected"`
+			Total         int               `json:"total"`
+			NextOffset    *int              `json:"next_offset"`
+			RejectedCount float64           `json:"rejected_count"`
+			Counts        []map[string]any  `json:"counts"`
 		}
 		call(t, hs, "GET", fmt.Sprintf("%s?offset=%d&limit=600", ans.RejectionsURL, offset), nil, nil, &page)
 		got += len(page.Rejected)
+		counts, all = page.Counts, page.RejectedCount
 		if page.NextOffset == nil {
 			break
 		}
 		offset = *page.NextOffset
 	}
-	if got != 1500 {
-		t.Errorf("rejections fetched: %d, want 1500", got)
+	if got != 1000 || all != 1500 || len(counts) != 1 || counts[0]["field"] != "locale" || counts[0]["count"] != float64(1500) {
+		t.Errorf("rejections fetched: %d in full, %v counted as %v; want 1000, and 1500 of locale", got, all, counts)
 	}
 }
 

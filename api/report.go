@@ -71,6 +71,9 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	details, _ := json.Marshal(map[string]any{"status": want, "recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
+	// A million rows may take longer than HTTP_WRITE_TIMEOUT to go out:
+	// the deadline moves on with every write that gets through.
+	w = flowWriter{w, s.flow(w)}
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="oshirase-%s-report.csv"`, id))
 	if bom {
@@ -79,7 +82,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	cw := csv.NewWriter(w)
 	cw.UseCRLF = true // RFC 4180, as spreadsheets expect
 	cw.Write(reportColumns)
-	flusher, _ := w.(http.Flusher)
+	rc := http.NewResponseController(w)
 	for from := int64(1); from <= st.Seq; from += reportBatch {
 		ch, err := s.store.LoadRecipients(r.Context(), id, from, min(from+reportBatch, st.Seq+1), time.Time{})
 		if err != nil {
@@ -99,9 +102,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		if cw.Error() != nil {
 			return // the client went away
 		}
-		if flusher != nil {
-			flusher.Flush()
-		}
+		rc.Flush()
 	}
 }
 

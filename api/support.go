@@ -21,6 +21,12 @@ import (
 // when the request does not override it.
 var ErrSuppressed = errors.New("address is on the suppression list")
 
+// trackGrace is how long a queued resend or single notice is trusted to be
+// outstanding without asking asynq: the worker moves it on while the task
+// retries and removes it when done; past it, a purge checks that the task
+// still exists (a lost task must not block a purge for ever).
+const trackGrace = 5 * time.Minute
+
 // ErrNotSent is returned by Resend for a recipient whose own notice is not
 // final yet: resending it now could deliver it twice.
 var ErrNotSent = errors.New("the notice has not been sent yet")
@@ -195,11 +201,25 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	rs.N = n
 	id := fmt.Sprintf("resend:%s:%d:%d", cid, rid, n)
 	p := notice.DeliverPayload{CampaignID: cid, RecipientID: rid, Resend: n}
-	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
-		bg := context.WithoutCancel(ctx)
+	bg := context.WithoutCancel(ctx)
+	notQueued := func(why string) {
 		s.store.UpdateResend(bg, cid, rid, n, func(x *notice.Resend) {
-			x.Status, x.LastError = notice.StatusFailed, "could not be queued"
+			x.Status, x.LastError = notice.StatusFailed, why
 		})
+	}
+	// Tracked before it is queued: a purge from now on waits for it (or,
+	// begun already, makes us refuse), so an accepted resend always goes out.
+	if err := s.store.TrackDelivery(ctx, cid, id, time.Now().Add(trackGrace)); err != nil {
+		if errors.Is(err, store.ErrPurging) {
+			notQueued("not queued: the campaign is being purged")
+			return nil, fmt.Errorf("campaign %s is being purged; nothing of it can be resent: %w", cid, store.ErrConflict)
+		}
+		notQueued("could not be queued")
+		return nil, err
+	}
+	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
+		notQueued("could not be queued")
+		s.store.UntrackDelivery(bg, cid, id)
 		return nil, err
 	}
 	details, _ := json.Marshal(map[string]any{

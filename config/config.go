@@ -36,6 +36,10 @@ type Config struct {
 	RetryMaxAge       time.Duration
 	ShutdownTimeout   time.Duration
 	MaxUploadBytes    int64
+	HTTPReadTimeout   time.Duration
+	HTTPWriteTimeout  time.Duration
+	HTTPIdleTimeout   time.Duration
+	HTTPMaxConns      int
 	MessageIDDomain   string
 	DKIMDomain        string
 	DKIMSelector      string
@@ -161,6 +165,10 @@ var settings = []setting{
 		c.MaxUploadBytes = n
 		return nil
 	}},
+	{"HTTP_READ_TIMEOUT", "30s", "longest an HTTP request (headers and body) may take to arrive; an upload may take longer while bytes keep coming, and is cut when none arrive for this long", dur(func(c *Config) *time.Duration { return &c.HTTPReadTimeout })},
+	{"HTTP_WRITE_TIMEOUT", "2m", "longest an HTTP answer may take to go out; a report download may take longer while the client keeps reading, and is cut when a write waits this long", dur(func(c *Config) *time.Duration { return &c.HTTPWriteTimeout })},
+	{"HTTP_IDLE_TIMEOUT", "60s", "an idle keep-alive HTTP connection is closed after this long (0 = HTTP_READ_TIMEOUT)", dur(func(c *Config) *time.Duration { return &c.HTTPIdleTimeout })},
+	{"HTTP_MAX_CONNECTIONS", "1000", "open HTTP connections at most, per listener (LISTEN_ADDR, METRICS_ADDR); more wait to be accepted until one closes; 0 = no limit", integer(func(c *Config) *int { return &c.HTTPMaxConns })},
 	{"MESSAGE_ID_DOMAIN", "", "right-hand side of Message-IDs (default: the campaign's From domain)", str(func(c *Config) *string { return &c.MessageIDDomain })},
 	{"DKIM_DOMAIN", "", "DKIM signing domain (d=); signing is on when DKIM_KEY_FILE is set", str(func(c *Config) *string { return &c.DKIMDomain })},
 	{"DKIM_SELECTOR", "", "DKIM selector (s=)", str(func(c *Config) *string { return &c.DKIMSelector })},

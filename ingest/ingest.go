@@ -214,6 +214,9 @@ func trimPartialRune(b []byte) []byte {
 	return b
 }
 
+// Columns is a CSV upload's header, lower case (nil for JSON).
+func (p *Parser) Columns() []string { return p.names }
+
 // Charset is "utf-8" or "shift_jis": what the upload was read as.
 func (p *Parser) Charset() string { return p.charset }
 

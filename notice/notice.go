@@ -107,6 +107,32 @@ type Campaign struct {
 	PausedReason string     `json:"paused_reason,omitempty"`
 	PausedAt     *time.Time `json:"paused_at,omitempty"`
 	Counts       Counts     `json:"counts"`
+	LastUpload   *Upload    `json:"last_upload,omitempty"` // the latest recipients upload, as far as it got
+}
+
+// Upload states.
+const (
+	UploadRunning  = "running"  // still going, or cut off without an answer (see UpdatedAt)
+	UploadComplete = "complete" // read to its end
+	UploadFailed   = "failed"   // broke off: lines after StoredThroughLine were not stored
+	UploadStopped  = "stopped"  // stopped early: (almost) every row was rejected
+)
+
+// Upload is how far a campaign's latest recipients upload got, kept with
+// the campaign, so that a client that got no answer (a dropped connection,
+// a crash) can read which lines are stored and resume after them.
+type Upload struct {
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	StartedAt time.Time `json:"started_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	// StoredThroughLine: every line up to and including it was stored, or
+	// rejected (and the rejection recorded); none after it was. CSV: the
+	// file's line (header = 1); JSON: the array element.
+	StoredThroughLine int    `json:"stored_through_line"`
+	Accepted          int64  `json:"accepted"`
+	Rejected          int64  `json:"rejected"`
+	Error             string `json:"error,omitempty"`
 }
 
 // Counts is the number of a campaign's recipients in each state.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/config"
@@ -156,7 +157,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		if len(keys) == 0 {
 			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
 		}
-		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, Checks: s.guard.readyChecks()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout, Checks: s.guard.readyChecks()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}
@@ -166,12 +167,47 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 
 // Listen binds the API's address (LISTEN_ADDR; port 0 picks a free one).
 func (s *Service) Listen() error {
-	ln, err := net.Listen("tcp", s.Config.ListenAddr)
+	ln, err := s.listen(s.Config.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.Config.ListenAddr, err)
 	}
 	s.ln = ln
 	return nil
+}
+
+// listen binds addr with at most HTTP_MAX_CONNECTIONS connections open at
+// once: past it, new connections wait in the kernel's queue until one
+// closes, instead of taking a descriptor (and a goroutine) each without
+// bound.
+func (s *Service) listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if n := s.Config.HTTPMaxConns; n > 0 {
+		ln = netutil.LimitListener(ln, n)
+	}
+	return ln, nil
+}
+
+// httpServer is an HTTP server for h with the HTTP_* timeouts: a client
+// that sends nothing, sends slowly, or never reads cannot hold a
+// connection for ever. Uploads and report downloads extend their own
+// deadlines while bytes flow (see api.Config).
+func (s *Service) httpServer(h http.Handler) *http.Server {
+	c := s.Config
+	hdr := 10 * time.Second
+	if c.HTTPReadTimeout > 0 {
+		hdr = min(hdr, c.HTTPReadTimeout)
+	}
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: hdr,
+		ReadTimeout:       c.HTTPReadTimeout,
+		WriteTimeout:      c.HTTPWriteTimeout,
+		IdleTimeout:       c.HTTPIdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelWarn),
+	}
 }
 
 // Addr is the API's bound address, after Listen.
@@ -194,7 +230,7 @@ func (s *Service) Run(ctx context.Context) error {
 				return err
 			}
 		}
-		s.http = &http.Server{Handler: s.API, ReadHeaderTimeout: 10 * time.Second}
+		s.http = s.httpServer(s.API)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -205,12 +241,12 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 	}
 	if s.metricsHandler != nil {
-		ln, err := net.Listen("tcp", s.Config.MetricsAddr)
+		ln, err := s.listen(s.Config.MetricsAddr)
 		if err != nil {
 			return fmt.Errorf("listen on METRICS_ADDR %s: %w", s.Config.MetricsAddr, err)
 		}
 		s.metricsLn = ln
-		s.metricsHTTP = &http.Server{Handler: s.metricsHandler, ReadHeaderTimeout: 10 * time.Second}
+		s.metricsHTTP = s.httpServer(s.metricsHandler)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -18,11 +18,13 @@ import "strconv"
 //	<p>:{c:ID}:emails        HASH  lower-cased address → recipient id (no duplicates)
 //	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
-//	<p>:{c:ID}:rej           LIST  upload rejections (JSON), all of them
+//	<p>:{c:ID}:rej           LIST  upload rejections (JSON), the first 1,000 of each upload
+//	<p>:{c:ID}:rejn          HASH  field "\t" error → rejections counted (bounded: at most 200 kinds, then "other")
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
 //	<p>:{c:ID}:relay         HASH  the current run of one policy refusal: sig, sent, n, r:<rid> (store/relay.go)
 //	<p>:{c:ID}:reported      HASH  recipient id → the attempt whose permanent failure asynq archived
 //	<p>:relaypaused          SET   campaigns the system paused because the relay refuses everything
+//	<p>:{c:ID}:out           ZSET  task id of a resend or single notice queued or being sent → deadline (ms) (purge waits)
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
@@ -47,13 +49,13 @@ func (k keys) campaign(id string) ckeys {
 	return ckeys{
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
-		chunks: b + "chunks", rej: b + "rej", relay: b + "relay", reported: b + "reported",
+		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
 	}
 }
 
 type ckeys struct {
-	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej string
-	relay, reported                                                   string
+	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
+	relay, reported                                                                   string
 }
 
 // all lists the keys scripts get as KEYS[1..9].
@@ -62,7 +64,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.relay, c.reported}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

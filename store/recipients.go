@@ -57,11 +57,23 @@ type AddResult struct {
 // indexes their addresses for support look-ups. Callers batch (a few hundred
 // per call keeps each script short).
 func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recipient) (*AddResult, error) {
+	return s.addRecipients(ctx, cid, rs, 0)
+}
+
+// AddUploadRows is AddRecipients for a batch of an upload that takes it
+// through line: the upload's stored-through line (see BeginUpload) moves on
+// in the same step. A result with an error means the rows were stored but
+// not indexed (see RepairIndex).
+func (s *Store) AddUploadRows(ctx context.Context, cid string, rs []notice.Recipient, line int) (*AddResult, error) {
+	return s.addRecipients(ctx, cid, rs, line)
+}
+
+func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recipient, line int) (*AddResult, error) {
 	if len(rs) == 0 {
 		return &AddResult{}, nil
 	}
-	args := make([]any, 0, 1+2*len(rs))
-	args = append(args, ms(time.Now()))
+	args := make([]any, 0, 2+2*len(rs))
+	args = append(args, ms(time.Now()), line)
 	for i := range rs {
 		p, err := json.Marshal(toProfile(&rs[i]))
 		if err != nil {
@@ -81,7 +93,23 @@ func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recip
 	}
 	res := &AddResult{IDs: v}
 	if err := s.index(ctx, cid, rs, res); err != nil {
-		return res, err
+		// Stored but not indexed: res says what was stored; RepairIndex
+		// indexes it before the campaign starts.
+		return res, fmt.Errorf("%w: %w", errIndex, err)
+	}
+	first, last := int64(0), int64(0)
+	for _, id := range v {
+		if id > 0 {
+			if first == 0 {
+				first = id
+			}
+			last = id
+		}
+	}
+	if last > 0 {
+		// Behind is harmless (RepairIndex indexes again), so a failure here
+		// is not one of the upload's.
+		advanceIndexScript.Run(ctx, s.rdb, []string{s.k.campaign(cid).state}, first, last)
 	}
 	return res, nil
 }
@@ -89,13 +117,23 @@ func (s *Store) AddRecipients(ctx context.Context, cid string, rs []notice.Recip
 // indexScript appends "cid:rid" to each address's entry of the look-up hash
 // and returns the entries that were there before: the address's notices in
 // other campaigns.
+//
+// KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid").
+// Returns the earlier entries. A ref already there is not added twice
+// (RepairIndex may index a recipient again).
 var indexScript = redis.NewScript(`
 local earlier = {}
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
   if cur then
-    redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
-    earlier[#earlier+1] = cur
+    local have = false
+    for ref in string.gmatch(cur, '%S+') do
+      if ref == ARGV[i+1] then have = true end
+    end
+    if not have then
+      redis.call('HSET', KEYS[1], ARGV[i], cur .. ' ' .. ARGV[i+1])
+      earlier[#earlier+1] = cur
+    end
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i+1]) end
 end
 return earlier
@@ -156,19 +194,6 @@ func (s *Store) Lookup(ctx context.Context, addr string) ([]Ref, error) {
 		out = append(out, Ref{cid, n})
 	}
 	return out, nil
-}
-
-// AddRejections keeps an upload's rejections (all of them, not only the
-// first thousand the API answer carries).
-func (s *Store) AddRejections(ctx context.Context, cid string, rej []string) error {
-	if len(rej) == 0 {
-		return nil
-	}
-	vals := make([]any, len(rej))
-	for i := range rej {
-		vals[i] = rej[i]
-	}
-	return s.rdb.RPush(ctx, s.k.campaign(cid).rej, vals...).Err()
 }
 
 // Rejections returns stored rejections [offset, offset+limit) and the total.
@@ -738,22 +763,26 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if st.Status != notice.CampaignDone && st.Status != notice.CampaignCancelled {
-		return 0, fmt.Errorf("campaign %s is %s: %w", cid, st.Status, ErrNotFinished)
-	}
-	// Just cancelled, workers may still be finishing messages in flight and
-	// would write their outcome back after the purge.
-	if n, err := s.LiveLeases(ctx, cid); err != nil {
-		return 0, err
-	} else if n > 0 {
-		return 0, fmt.Errorf("campaign %s: %d chunks are still finishing; purge when they are done: %w", cid, n, ErrConflict)
-	}
-	// So may a retry or resend task, which holds a claim but no chunk lease.
 	ck := s.k.campaign(cid)
-	if n, err := s.rdb.HGet(ctx, ck.counts, string(notice.StatusSending)).Int64(); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, fmt.Errorf("counts of %s: %w", cid, err)
-	} else if n > 0 {
-		return 0, fmt.Errorf("campaign %s: %d messages are still in flight; purge when they are done: %w", cid, n, ErrConflict)
+	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(time.Now())).Err(); err != nil {
+		kind, arg, _ := strings.Cut(err.Error(), " ")
+		switch kind {
+		case "NOTFINISHED":
+			return 0, fmt.Errorf("campaign %s is %s: %w", cid, arg, ErrNotFinished)
+		case "LEASES":
+			// Just cancelled, workers may still be finishing messages in
+			// flight and would write their outcome back after the purge.
+			return 0, fmt.Errorf("campaign %s: %s chunks are still finishing; purge when they are done: %w", cid, arg, ErrConflict)
+		case "SENDING":
+			// So may a retry task, which holds a claim but no chunk lease.
+			return 0, fmt.Errorf("campaign %s: %s messages are still in flight; purge when they are done: %w", cid, arg, ErrConflict)
+		case "OUTSTANDING":
+			// A resend or single notice accepted (202) but not sent yet
+			// would find nobody to send to: the audit log would say resent,
+			// and nothing would go out.
+			return 0, fmt.Errorf("campaign %s: %s resends or notices are queued or being sent; purge once they have gone out: %w", cid, arg, ErrConflict)
+		}
+		return 0, fmt.Errorf("purge %s: %w", cid, err)
 	}
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
@@ -764,7 +793,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.claim, ck.chunks, ck.relay, ck.reported)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})
@@ -773,6 +802,26 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	}
 	return n, nil
 }
+
+// beginPurgeScript checks that a campaign can be purged and marks the purge
+// begun (purging_at), in one step: a resend tracked (TrackDelivery) before
+// it makes the purge refuse, one tracked after it is refused.
+// KEYS: 1 state, 2 counts, 3 chunks, 4 out. ARGV: 1 now (ms).
+// Returns 1, or an error: NOTFINISHED <status>, LEASES <n> (live chunk
+// leases), SENDING <n> (recipients in flight), OUTSTANDING <n> (resends or
+// single notices queued or being sent).
+var beginPurgeScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'done' and st ~= 'cancelled' then return redis.error_reply('NOTFINISHED ' .. tostring(st)) end
+local leases = redis.call('ZCOUNT', KEYS[3], ARGV[1], '+inf')
+if leases > 0 then return redis.error_reply('LEASES ' .. leases) end
+local sending = tonumber(redis.call('HGET', KEYS[2], 'sending') or '0')
+if sending > 0 then return redis.error_reply('SENDING ' .. sending) end
+local out = redis.call('ZCARD', KEYS[4])
+if out > 0 then return redis.error_reply('OUTSTANDING ' .. out) end
+if redis.call('HEXISTS', KEYS[1], 'purging_at') == 0 then redis.call('HSET', KEYS[1], 'purging_at', ARGV[1]) end
+return 1
+`)
 
 // purgeRange purges recipients [from, to): their look-up index entries
 // (original and corrected addresses), then their profiles, delivery records

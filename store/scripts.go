@@ -46,7 +46,11 @@ local function maybeDone(now)
 end
 `
 
-// addScript appends recipients. ARGV: now, then (email, profile) pairs.
+// addScript appends recipients. ARGV: 1 now, 2 the upload's line these
+// recipients take it through (0 = not an upload), then (email, profile)
+// pairs. With a line, the upload's stored-through line and accepted count
+// move on in the same step as the rows are stored: a campaign never says
+// more, or less, is stored than is.
 // Returns one id per pair, 0 for an address already in the campaign, or an
 // error when the campaign no longer accepts recipients.
 var addScript = redis.NewScript(luaPrelude + `
@@ -55,7 +59,7 @@ if status == false then return redis.error_reply('NOCAMPAIGN') end
 if status ~= 'draft' then return redis.error_reply('NOTDRAFT ' .. status) end
 local out = {}
 local added = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local email = ARGV[i]
   if redis.call('HEXISTS', KEYS[7], email) == 1 then
     out[#out+1] = 0
@@ -73,6 +77,10 @@ if added > 0 then
   -- pre-extend the status string so that GETRANGE over the whole id range is cheap
   local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
   if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(0)) end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], 'upload_line', ARGV[2], 'upload_updated_at', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'upload_accepted', added)
 end
 return out
 `)

@@ -80,7 +80,7 @@ func (s *Store) CreateCampaign(ctx context.Context, c *notice.Campaign) error {
 	ck := s.k.campaign(c.ID)
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, ck.def, def, 0)
-		p.HSet(ctx, ck.state, "status", string(notice.CampaignDraft), "gen", 0, "seq", 0, "created_at", ms(c.CreatedAt))
+		p.HSet(ctx, ck.state, "status", string(notice.CampaignDraft), "gen", 0, "seq", 0, "created_at", ms(c.CreatedAt), "index_through", 0)
 		p.HSet(ctx, ck.counts, "total", 0)
 		return nil
 	})
@@ -126,6 +126,7 @@ func applyState(c *notice.Campaign, st, cnt map[string]string) {
 	c.ScheduledAt = fromMS(st["scheduled_at"])
 	c.PausedReason = st["paused_reason"]
 	c.PausedAt = fromMS(st["paused_at"])
+	c.LastUpload = uploadOf(st)
 	c.Counts = notice.Counts{}
 	c.Counts.Total, _ = strconv.ParseInt(cnt["total"], 10, 64)
 	for _, s := range notice.Statuses {
@@ -197,6 +198,14 @@ func (s *Store) transition(ctx context.Context, id string, from []notice.Campaig
 	if bumpGen {
 		bump = "1"
 	}
+	if to == notice.CampaignSending {
+		// Before the change, so that a campaign never sends unseen by the
+		// watchdog (which completes a start whose fan-out was not queued).
+		// A campaign there that does not send is dropped by it.
+		if err := s.rdb.SAdd(ctx, s.k.active(), id).Err(); err != nil {
+			return Transition{}, fmt.Errorf("campaign %s: %w", id, err)
+		}
+	}
 	v, err := transitionScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), strings.Join(fs, " "), string(to), bump, stamp).Slice()
 	if err != nil {
 		if strings.Contains(err.Error(), "NOCAMPAIGN") {
@@ -208,7 +217,8 @@ func (s *Store) transition(ctx context.Context, id string, from []notice.Campaig
 	if v[0].(int64) < 0 {
 		return t, fmt.Errorf("campaign %s is %s, cannot become %s: %w", id, t.Status, to, ErrInvalidMove)
 	}
-	if t.Status == notice.CampaignSending {
+	if t.Changed && t.Status == notice.CampaignSending {
+		// Again, should a watchdog have dropped it as a draft in between.
 		s.rdb.SAdd(ctx, s.k.active(), id)
 	}
 	return t, nil

@@ -130,7 +130,7 @@ func (w *Worker) Register(mux *asynq.ServeMux) {
 	mux.HandleFunc(notice.TypeStart, w.handleStart)
 	mux.HandleFunc(notice.TypeFanout, w.handleFanout)
 	mux.HandleFunc(notice.TypeChunk, w.handleChunk)
-	mux.HandleFunc(notice.TypeDeliver, w.handleDeliver)
+	mux.HandleFunc(notice.TypeDeliver, w.tracked(w.handleDeliver))
 }
 
 // campaign returns a campaign's (immutable) definition, cached.
