@@ -36,16 +36,21 @@ type uploadAnswer struct {
 	RejectedCount int                `json:"rejected_count"`
 	Rejected      []ingest.Rejection `json:"rejected"`
 	RejectionsURL string             `json:"rejections_url,omitempty"`
-	Charset       string             `json:"charset,omitempty"`
-	Lines         int                `json:"lines"`
-	Incomplete    *incompleteUpload  `json:"incomplete,omitempty"`
-	Total         int64              `json:"total_recipients"`
+	// Warnings: what was changed in accepted rows (an address typed in
+	// full-width characters, an IDN domain in punycode), first 1000.
+	Warnings     []ingest.Warning  `json:"warnings,omitempty"`
+	WarningCount int               `json:"warning_count,omitempty"`
+	Charset      string            `json:"charset,omitempty"`
+	Lines        int               `json:"lines"`
+	Incomplete   *incompleteUpload `json:"incomplete,omitempty"`
+	Total        int64             `json:"total_recipients"`
 	// AlreadyAddressed warns of recipients whom other campaigns have
 	// already addressed: a follow-up is meant to, the same notice twice is
 	// the mistake oshirase exists to prevent.
 	AlreadyAddressed *alreadyAddressed `json:"already_addressed,omitempty"`
 
 	earlier map[string]int64 // campaign id → accepted recipients it had addressed
+	cards   int              // rows refused for a card number
 }
 
 // alreadyAddressed is how many of an upload's recipients other campaigns had
@@ -147,6 +152,16 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	metrics.Ingested.WithLabelValues("accepted").Add(float64(ans.Accepted))
 	metrics.Ingested.WithLabelValues("rejected").Add(float64(ans.RejectedCount))
+	if ans.cards > 0 {
+		// One line per upload, not per row: where and how many, never
+		// the numbers (the rejections list says which lines).
+		metrics.CardRefused.WithLabelValues("upload").Add(float64(ans.cards))
+		actor := ""
+		if k := Actor(ctx); k != nil {
+			actor = k.Name
+		}
+		s.log.Warn("upload refused rows that looked like they held a full card number", "campaign", id, "rows", ans.cards, "key", actor)
+	}
 	details, _ := json.Marshal(map[string]any{"accepted": ans.Accepted, "rejected": ans.RejectedCount, "lines": ans.Lines,
 		"complete": perr == nil, "already_addressed": repeats})
 	s.audit(r, store.AuditEntry{Action: "recipients.upload", CampaignID: id, Details: details})
@@ -183,6 +198,9 @@ func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parse
 	var repeats int64 // written by the writer goroutine, read after done
 	reject := func(rej ingest.Rejection) {
 		mu.Lock()
+		if rej.Card {
+			ans.cards++
+		}
 		ans.RejectedCount++
 		if len(ans.Rejected) < answerRejection {
 			ans.Rejected = append(ans.Rejected, rej)
@@ -267,6 +285,14 @@ func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parse
 				cur = newBatch()
 			}
 			continue
+		}
+		if len(row.Warnings) > 0 {
+			mu.Lock()
+			ans.WarningCount += len(row.Warnings)
+			if room := answerRejection - len(ans.Warnings); room > 0 {
+				ans.Warnings = append(ans.Warnings, row.Warnings[:min(room, len(row.Warnings))]...)
+			}
+			mu.Unlock()
 		}
 		cur.rs = append(cur.rs, row.Recipient)
 		cur.lines = append(cur.lines, row.Line)
@@ -432,7 +458,7 @@ func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 	if e := r.URL.Query().Get("email"); e != "" {
-		sup, err := s.store.Suppression(r.Context(), e)
+		sup, err := s.store.Suppression(r.Context(), lookupForm(e))
 		if err != nil {
 			s.storeError(w, r, err)
 			return
@@ -470,7 +496,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required", []fieldError{{"reason", "required"}})
 		return
 	}
-	if fe := cardInText("reason", req.Reason); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}
@@ -488,7 +514,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
-	addr := store.EmailKey(r.PathValue("email"))
+	addr := store.EmailKey(lookupForm(r.PathValue("email")))
 	// Sending to an address that bounced, or that asked not to be written
 	// to, is a decision someone must own: the audit log says why.
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
@@ -496,7 +522,7 @@ func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{"reason", "required"}})
 		return
 	}
-	if fe := cardInText("reason", reason); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}
