@@ -457,3 +457,33 @@ func TestSenderAndJSONUploadTricks(t *testing.T) {
 		t.Errorf("JSON upload with a duplicate key: %d %s, want line 2 email and line 3 refused", code, body)
 	}
 }
+
+// TestStolenAdminKeyStarts: campaign after campaign started by one key is
+// stopped at STARTS_PER_HOUR; starting a running campaign again costs
+// nothing.
+func TestStolenAdminKeyStarts(t *testing.T) {
+	st, _ := startSupportStack(t, map[string]string{"STARTS_PER_HOUR": "2"})
+	auth := map[string]string{"Authorization": "Bearer " + teststack.AdminKey}
+	var codes []int
+	var first string
+	for i := range 3 {
+		var c notice.Campaign
+		teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)
+		st.Svc.Store.AddRecipients(t.Context(), c.ID, []notice.Recipient{{Email: fmt.Sprintf("s%d@example.jp", i)}})
+		if i == 0 {
+			first = c.ID
+		}
+		resp, b := send(t, "POST", st.Base+"/v1/campaigns/"+c.ID+"/start", auth, nil)
+		codes = append(codes, resp.StatusCode)
+		if i == 2 {
+			retryAfter(t, "third start", resp, b)
+			t.Logf("start #3: %d Retry-After %s %s", resp.StatusCode, resp.Header.Get("Retry-After"), bytes.TrimSpace(b))
+		}
+	}
+	if codes[0] != 202 || codes[1] != 202 {
+		t.Errorf("starts: %v, want 202 202 429", codes)
+	}
+	if resp, b := send(t, "POST", st.Base+"/v1/campaigns/"+first+"/start", auth, nil); resp.StatusCode != 202 {
+		t.Errorf("starting a started campaign again: %d %s, want 202", resp.StatusCode, b)
+	}
+}
