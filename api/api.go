@@ -45,6 +45,7 @@ type Server struct {
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
 	limiter   *redis_rate.Limiter // the keys' quotas
+	limitLog  logSampler          // "API key reached its limit", sampled
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support

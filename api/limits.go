@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -89,9 +90,32 @@ func (s *Server) quota(ctx context.Context, what string) error {
 	}
 	metrics.KeyLimited.WithLabelValues(k.Name, what).Inc()
 	// An operator's alert: a key doing this much may be stolen. The name,
-	// never the secret.
-	s.log.Warn("API key reached its limit", "key", k.Name, "role", k.Role, "limit", what, "per", per, "max", n, "retry_after", roundUp(res.RetryAfter).String())
+	// never the secret; one line per key and limit every 10 s at most (a
+	// script hammering away must not flood the log; the metric counts all).
+	if s.limitLog.allow(k.Name+"\x00"+what, 10*time.Second) {
+		s.log.Warn("API key reached its limit", "key", k.Name, "role", k.Role, "limit", what, "per", per, "max", n, "retry_after", roundUp(res.RetryAfter).String())
+	}
 	return &LimitError{Key: k.Name, Limit: what, N: n, Per: per, RetryAfter: res.RetryAfter}
+}
+
+// logSampler lets a log line through at most once per interval per name.
+type logSampler struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+}
+
+func (l *logSampler) allow(name string, every time.Duration) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.last[name]) < every {
+		return false
+	}
+	if l.last == nil || len(l.last) > 1000 { // key names are few; bounded anyway
+		l.last = map[string]time.Time{}
+	}
+	l.last[name] = now
+	return true
 }
 
 // authGuard slows down a source address that keeps presenting wrong keys:
