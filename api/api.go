@@ -15,8 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
@@ -37,6 +39,7 @@ type Config struct {
 	ReadTimeout, WriteTimeout time.Duration
 	// Checks are /readyz's checks beyond Redis answering and SMTP.
 	Checks []Check
+	Limits Limits
 }
 
 // Check is a readiness check beyond "it answers": Run returns the word
@@ -57,6 +60,8 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
+	limiter   *redis_rate.Limiter // the keys' quotas
+	limitLog  logSampler          // "API key reached its limit", sampled
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -68,7 +73,13 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
+		limiter: redis_rate.NewLimiter(st.Redis())}
+	if cfg.Limits.AuthFailuresPerMinute > 0 {
+		// The key set is shared with the console and the monitoring UI:
+		// one guard for every way in.
+		keys.Guard(st.Redis(), st.Prefix(), cfg.Limits.AuthFailuresPerMinute, log)
+	}
 	s.routes()
 	return s
 }
@@ -235,6 +246,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string, details any) {
+	// The net under every message that quotes what it refused: a card
+	// number is never echoed back.
+	msg = ingest.MaskCardNumbers(msg)
+	if fe, ok := details.([]fieldError); ok {
+		masked := make([]fieldError, len(fe))
+		for i, f := range fe {
+			masked[i] = fieldError{ingest.MaskCardNumbers(f.Field), ingest.MaskCardNumbers(f.Error)}
+		}
+		details = masked
+	}
 	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: msg, Details: details}})
 }
 

@@ -3,11 +3,12 @@ package api
 import (
 	"context"
 	"fmt"
-	"github.com/oshirase/oshirase/ingest"
 	"net/http"
 	"strconv"
 	"strings"
 
+	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -96,10 +97,33 @@ func validStreamID(s string) bool {
 const cardRemoved = "(removed: it looked like a full card number)"
 
 // cardInText is the answer to free text (a reason, a name) holding what
-// looks like a full card number, or nil.
-func cardInText(field, v string) []fieldError {
+// looks like a full card number, or nil. A refusal is noted (noteCards).
+func (s *Server) cardInText(ctx context.Context, field, v string) []fieldError {
 	if ingest.LooksLikeCardNumber(v) {
-		return []fieldError{{field, "looks like a full card number; write at most the last 4 digits"}}
+		fe := []fieldError{{field, "looks like a full card number; write at most the last 4 digits"}}
+		s.noteCards(ctx, fe)
+		return fe
 	}
 	return nil
+}
+
+// noteCards makes the card numbers refused among errs visible to an
+// operator: a metric, and a log line naming the fields and the key, never
+// the number. (A refusal's message always says "full card number".)
+func (s *Server) noteCards(ctx context.Context, errs []fieldError) {
+	var fields []string
+	for _, e := range errs {
+		if strings.Contains(e.Error, "full card number") {
+			fields = append(fields, e.Field)
+		}
+	}
+	if len(fields) == 0 {
+		return
+	}
+	metrics.CardRefused.WithLabelValues("request").Add(float64(len(fields)))
+	actor := ""
+	if k := Actor(ctx); k != nil {
+		actor = k.Name
+	}
+	s.log.Warn("refused what looked like a full card number", "fields", fields, "key", actor)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -88,7 +89,10 @@ func HashKey(secret string) string {
 }
 
 // Keys authenticates secrets.
-type Keys struct{ keys []Key }
+type Keys struct {
+	keys  []Key
+	guard *authGuard // slows down sources of wrong keys; nil = off
+}
 
 // NewKeys returns a Keys over ks.
 func NewKeys(ks []Key) *Keys { return &Keys{keys: ks} }
@@ -140,8 +144,13 @@ func Secret(r *http.Request) string {
 // a valid key, 403 with a key of another role.
 func (k *Keys) Require(h http.Handler, roles ...Role) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, ok := k.Find(Secret(r))
-		if !ok {
+		key, err := k.Authenticate(r, "api", Secret(r))
+		var te *ThrottledError
+		if errors.As(err, &te) {
+			writeLimited(w, te.RetryAfter, "too_many_failures", te.Error())
+			return
+		}
+		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="oshirase"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)", nil)
 			return

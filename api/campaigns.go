@@ -56,7 +56,7 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 		req.Template = "card-reissue"
 	}
 	if !ts.Has(req.Template) {
-		bad("template", "unknown template %q (see GET /v1/templates)", req.Template)
+		bad("template", "unknown template %s (see GET /v1/templates)", quoted(req.Template))
 	}
 	if req.DefaultLocale == "" {
 		req.DefaultLocale = notice.LocaleJA
@@ -99,7 +99,7 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 		req.TimeZone = notice.DefaultTimeZone
 	}
 	if _, err := time.LoadLocation(req.TimeZone); err != nil || req.TimeZone == "Local" {
-		bad("time_zone", "not an IANA time zone like Asia/Tokyo: %q", req.TimeZone)
+		bad("time_zone", "not an IANA time zone like Asia/Tokyo: %s", quoted(req.TimeZone))
 	}
 	if req.Rate < 0 {
 		bad("rate", "must not be negative")
@@ -149,6 +149,8 @@ func (req *campaignRequest) campaign() notice.Campaign {
 	}
 }
 
+// checkAddress checks a sender (from, reply_to): one mailbox, with or
+// without a display name, that mail can come from.
 func checkAddress(s string) error {
 	if s == "" {
 		return errors.New("required")
@@ -156,11 +158,37 @@ func checkAddress(s string) error {
 	if strings.ContainsAny(s, "\r\n") {
 		return errors.New("must be one line")
 	}
-	if _, err := mail.ParseAddress(s); err != nil {
+	a, err := mail.ParseAddress(s)
+	if err != nil {
 		return fmt.Errorf("not an address: %v", err)
+	}
+	domain := a.Address[strings.LastIndexByte(a.Address, '@')+1:]
+	switch {
+	case ingest.IPDomain(domain):
+		// Receiving servers distrust mail from an IP literal (no SPF, no
+		// DKIM, no DMARC): a breach notice from one reads like phishing.
+		return errors.New("the domain is an IP address; notices must come from a domain name")
+	case !isASCII(a.Address):
+		return errors.New("the address must be ASCII (an internationalised domain in its xn-- form)")
+	case ingest.HasEncodedWord(s):
+		// Mail programs would decode it into other text, an address even.
+		return errors.New("the display name is a MIME encoded-word (=?…?=); give it as plain text")
 	}
 	return nil
 }
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// quoted is v in Go quotes for a message, card numbers masked first: %q
+// would spell a thin space as \u2009, past the mask in writeError.
+func quoted(v string) string { return strconv.Quote(ingest.MaskCardNumbers(v)) }
 
 func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 	var req campaignRequest
@@ -168,6 +196,7 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if errs := req.validate(s.templates); len(errs) > 0 {
+		s.noteCards(r.Context(), errs)
 		writeError(w, http.StatusUnprocessableEntity, "invalid_campaign", "the campaign has invalid fields", errs)
 		return
 	}
@@ -290,6 +319,14 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "at is in the past; leave it out to start now",
 			[]fieldError{{"at", "in the past (" + at.Format(time.RFC3339) + ")"}})
 		return
+	}
+	if c.Status == notice.CampaignDraft {
+		// Starting again (a no-op) or resuming costs nothing; a new
+		// start of a draft, now or scheduled, takes from the key's quota.
+		if err := s.quota(r.Context(), limitStarts); err != nil {
+			s.supportError(w, r, err)
+			return
+		}
 	}
 	if now := time.Now(); at != nil && at.After(now.Add(time.Second)) {
 		if at.After(now.Add(maxScheduleAhead)) {
@@ -481,7 +518,7 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "a reason is required", []fieldError{{"reason", "required"}})
 		return
 	}
-	if fe := cardInText("reason", req.Reason); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "the reason looks like it holds a full card number", fe)
 		return
 	}

@@ -94,6 +94,7 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 		errs = append(errs, fieldError{"recipient." + f, msg})
 	}
 	if len(errs) > 0 {
+		s.noteCards(ctx, errs)
 		return nil, &InvalidError{Code: "invalid_notification", Msg: "the notification has invalid fields", Fields: errs}
 	}
 	if !req.OverrideSuppression {
@@ -104,6 +105,11 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 		if !errors.Is(err, store.ErrNotFound) {
 			return nil, err
 		}
+	}
+	// Single notices and test sends share one allowance per key: a stolen
+	// admin key must not be a spam cannon.
+	if err := s.quota(ctx, limitNotifications); err != nil {
+		return nil, err
 	}
 	c := creq.campaign()
 	c.Kind = kind

@@ -59,6 +59,10 @@ type uploadAnswer struct {
 	// says the same for a client that got no answer.
 	StoredThroughLine int               `json:"stored_through_line"`
 	Incomplete        *incompleteUpload `json:"incomplete,omitempty"`
+	// Warnings: what was changed in accepted rows (an address typed in
+	// full-width characters, an IDN domain in punycode), first 1000.
+	Warnings     []ingest.Warning `json:"warnings,omitempty"`
+	WarningCount int              `json:"warning_count,omitempty"`
 	Total             int64             `json:"total_recipients"`
 	// AlreadyAddressed warns of recipients whom other campaigns have
 	// already addressed: a follow-up is meant to, the same notice twice is
@@ -67,6 +71,7 @@ type uploadAnswer struct {
 
 	earlier map[string]int64 // campaign id → accepted recipients it had addressed
 	counts  map[[2]string]int64
+	cards   int // rows refused for a card number
 }
 
 // alreadyAddressed is how many of an upload's recipients other campaigns had
@@ -206,6 +211,16 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	store.SortRejectionCounts(ans.RejectionCounts)
 	metrics.Ingested.WithLabelValues("accepted").Add(float64(ans.Accepted))
 	metrics.Ingested.WithLabelValues("rejected").Add(float64(ans.RejectedCount))
+	if ans.cards > 0 {
+		// One line per upload, not per row: where and how many, never
+		// the numbers (the rejections list says which lines).
+		metrics.CardRefused.WithLabelValues("upload").Add(float64(ans.cards))
+		actor := ""
+		if k := Actor(ctx); k != nil {
+			actor = k.Name
+		}
+		s.log.Warn("upload refused rows that looked like they held a full card number", "campaign", id, "rows", ans.cards, "key", actor)
+	}
 	if c2, err := s.store.Campaign(wctx, id); err == nil {
 		ans.Total = c2.Counts.Total
 	}
@@ -307,6 +322,9 @@ func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parse
 		}
 		if rej != nil {
 			invalid++
+			if rej.Card {
+				ans.cards++ // read after the parse, like the warnings
+			}
 			if rows <= headerRows {
 				kinds[strings.TrimPrefix(rej.Field+": ", ": ")+rej.Error]++
 			}
@@ -319,6 +337,13 @@ func (s *Server) ingest(ctx context.Context, c *notice.Campaign, p *ingest.Parse
 				break
 			}
 			continue
+		}
+		if len(row.Warnings) > 0 {
+			// Only this goroutine writes them; they are read after done.
+			ans.WarningCount += len(row.Warnings)
+			if room := keptRejections - len(ans.Warnings); room > 0 {
+				ans.Warnings = append(ans.Warnings, row.Warnings[:min(room, len(row.Warnings))]...)
+			}
 		}
 		cur.rs = append(cur.rs, row.Recipient)
 		cur.lines = append(cur.lines, row.Line)
@@ -628,7 +653,7 @@ func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 	if e := r.URL.Query().Get("email"); e != "" {
-		sup, err := s.store.Suppression(r.Context(), e)
+		sup, err := s.store.Suppression(r.Context(), lookupForm(e))
 		if err != nil {
 			s.storeError(w, r, err)
 			return
@@ -666,7 +691,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required", []fieldError{{"reason", "required"}})
 		return
 	}
-	if fe := cardInText("reason", req.Reason); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}
@@ -684,7 +709,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
-	addr := store.EmailKey(r.PathValue("email"))
+	addr := store.EmailKey(lookupForm(r.PathValue("email")))
 	// Sending to an address that bounced, or that asked not to be written
 	// to, is a decision someone must own: the audit log says why.
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
@@ -692,7 +717,7 @@ func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{"reason", "required"}})
 		return
 	}
-	if fe := cardInText("reason", reason); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}

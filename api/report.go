@@ -46,7 +46,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		}
 		bom = b
 	}
-	if fe := cardInText("reason", q.Get("reason")); fe != nil {
+	if fe := s.cardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -44,7 +45,9 @@ func (q *retryRequest) validate() []fieldError {
 	if q.Class != "" && q.Class != "4" && q.Class != "5" {
 		errs = append(errs, fieldError{"class", fmt.Sprintf("%q: want 4 or 5", q.Class)})
 	}
-	errs = append(errs, cardInText("reason", q.Reason)...)
+	if ingest.LooksLikeCardNumber(q.Reason) {
+		errs = append(errs, fieldError{"reason", "looks like a full card number; write at most the last 4 digits"})
+	}
 	return errs
 }
 
@@ -90,6 +93,7 @@ func (s *Server) retryCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if errs := q.validate(); len(errs) > 0 {
+		s.noteCards(r.Context(), errs)
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "the selector has invalid fields", errs)
 		return
 	}

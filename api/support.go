@@ -78,6 +78,7 @@ type LookupResult struct {
 // Lookup finds every notice addressed to addr through the address index:
 // one hash read, then one read per notice found — never a scan.
 func (s *Server) Lookup(ctx context.Context, addr string) (*LookupResult, error) {
+	addr = lookupForm(addr)
 	refs, err := s.store.Lookup(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -122,6 +123,17 @@ func (s *Server) Lookup(ctx context.Context, addr string) (*LookupResult, error)
 	return res, nil
 }
 
+// lookupForm is addr as recipients are stored and indexed (NFKC, an IDN
+// domain in punycode; the index then takes it in lower case), so that
+// support finds "keep@ｅｘａｍｐｌｅ.com" and "idn@bücher.example" as typed.
+// What could not be a stored address is looked up as given.
+func lookupForm(addr string) string {
+	if n := ingest.NormalizeEmail(addr); n != "" {
+		return n
+	}
+	return addr
+}
+
 // lookupRecipients answers GET /v1/recipients?email=...
 func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
 	addr := strings.TrimSpace(r.URL.Query().Get("email"))
@@ -155,7 +167,7 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	if len(req.Reason) > 1000 {
 		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason is longer than 1000 bytes", Fields: []fieldError{{"reason", "at most 1000 bytes"}}}
 	}
-	if fe := cardInText("reason", req.Reason); fe != nil {
+	if fe := s.cardInText(ctx, "reason", req.Reason); fe != nil {
 		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason looks like it holds a full card number; write at most the last 4 digits", Fields: fe}
 	}
 	c, err := s.store.Campaign(ctx, cid)
@@ -190,6 +202,10 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 			return nil, err
 		}
 	}
+	// Last before the resend is recorded: a refused request costs nothing.
+	if err := s.quota(ctx, limitResends); err != nil {
+		return nil, err
+	}
 	rs := notice.Resend{At: time.Now().UTC().Truncate(time.Millisecond), Reason: req.Reason, Email: to, Status: notice.StatusPending}
 	if k := Actor(ctx); k != nil {
 		rs.Actor = k.Name
@@ -222,13 +238,22 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 		s.store.UntrackDelivery(bg, cid, id)
 		return nil, err
 	}
-	details, _ := json.Marshal(map[string]any{
+	d := map[string]any{
 		"resend": n, "email": notice.MaskEmail(to), "corrected": to != rc.Email,
 		"override_suppression": req.OverrideSuppression,
-	})
+	}
+	if !strings.EqualFold(domainOf(to), domainOf(rc.Email)) {
+		// A notice (name, card brand, last 4) leaving for another domain
+		// is how a stolen support key would harvest it: the admins'
+		// audit log keeps where it went, whole, beside the reason.
+		d["outside_domain"], d["target"] = true, to
+	}
+	details, _ := json.Marshal(d)
 	s.auditCtx(ctx, store.AuditEntry{Action: "recipient.resend", CampaignID: cid, Recipient: rid, Reason: req.Reason, Details: details})
 	return &rs, nil
 }
+
+func domainOf(addr string) string { return addr[strings.LastIndexByte(addr, '@')+1:] }
 
 // resend answers POST /v1/campaigns/{id}/recipients/{rid}/resend.
 func (s *Server) resend(w http.ResponseWriter, r *http.Request) {
@@ -257,9 +282,12 @@ func (s *Server) resend(w http.ResponseWriter, r *http.Request) {
 // supportError maps the errors of Resend and Notify to answers.
 func (s *Server) supportError(w http.ResponseWriter, r *http.Request, err error) {
 	var ie *InvalidError
+	var le *LimitError
 	switch {
 	case errors.As(err, &ie):
 		writeError(w, http.StatusUnprocessableEntity, ie.Code, ie.Msg, ie.Fields)
+	case errors.As(err, &le):
+		writeLimited(w, le.RetryAfter, "rate_limited", le.Error())
 	case errors.Is(err, ErrSuppressed):
 		writeError(w, http.StatusConflict, "suppressed", err.Error(), nil)
 	case errors.Is(err, ErrNotSent):

@@ -85,7 +85,9 @@ func resendLatency(t *testing.B) {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	env := map[string]string{"REDIS_URL": redisURL, "SMTP_URL": "smtp://" + ln.Addr().String() + "?tls=none", "KEY_PREFIX": "bench"}
+	// One support key making 100 resends is the benchmark, not an attack.
+	env := map[string]string{"REDIS_URL": redisURL, "SMTP_URL": "smtp://" + ln.Addr().String() + "?tls=none", "KEY_PREFIX": "bench",
+		"RESENDS_PER_HOUR": "0"}
 	// The wait for a worker slot is bounded by how long a bulk chunk task
 	// runs, so the chunk size is the knob that matters; compare with e.g.
 	// OSHIRASE_BENCH_CHUNK_SIZE=25.

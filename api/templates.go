@@ -67,7 +67,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !s.templates.Has(name) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown template %q (see GET /v1/templates)", name), nil)
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown template %s (see GET /v1/templates)", quoted(name)), nil)
 		return
 	}
 	var req previewRequest
@@ -84,6 +84,29 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	charset, ok := normCharset(req.Charset)
 	if !ok {
 		writeError(w, http.StatusBadRequest, "invalid", "charset must be utf-8 or iso-2022-jp", []fieldError{{"charset", "must be utf-8 or iso-2022-jp"}})
+		return
+	}
+	// A preview shows what it was given: a card number in it would come
+	// straight back.
+	var errs []fieldError
+	bad := func(f, msg string, a ...any) { errs = append(errs, fieldError{f, fmt.Sprintf(msg, a...)}) }
+	checkCardNumbers("data", req.Data, bad)
+	for i, p := range req.Paragraphs {
+		checkCardNumbers(fmt.Sprintf("extra_paragraphs[%d]", i), p, bad)
+	}
+	if p := req.Recipient; p != nil {
+		for _, f := range []struct{ name, v string }{{"email", p.Email}, {"name", p.Name}, {"locale", p.Locale},
+			{"customer_id", p.CustomerID}, {"card_brand", p.CardBrand}, {"card_last4", p.CardLast4}} {
+			checkCardNumbers("recipient."+f.name, f.v, bad)
+		}
+		for k, v := range p.Extra {
+			checkCardNumbers("recipient.extra", k, bad)
+			checkCardNumbers("recipient.extra", v, bad)
+		}
+	}
+	if len(errs) > 0 {
+		s.noteCards(r.Context(), errs)
+		writeError(w, http.StatusUnprocessableEntity, "invalid", "the preview's input looks like it holds a full card number", errs)
 		return
 	}
 	in, err := s.templates.Sample(name, req.Locale)

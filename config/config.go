@@ -28,25 +28,30 @@ type Config struct {
 	MetricsAddr       string
 	WorkerConcurrency int
 	APIKeys           string
-	TemplatesDir      string
-	ChunkSize         int
-	ClaimTTL          time.Duration
-	RetryBase         time.Duration
-	RetryMaxDelay     time.Duration
-	RetryMaxAge       time.Duration
-	ShutdownTimeout   time.Duration
-	MaxUploadBytes    int64
-	HTTPReadTimeout   time.Duration
-	HTTPWriteTimeout  time.Duration
-	HTTPIdleTimeout   time.Duration
-	HTTPMaxConns      int
-	MessageIDDomain   string
-	DKIMDomain        string
-	DKIMSelector      string
-	DKIMKeyFile       string
-	ListUnsubscribe   string
-	LogFormat         string
-	LogLevel          string
+	// Per-key quotas and the limit on wrong keys per source (0 = none).
+	ResendsPerHour         int
+	NotificationsPerMinute int
+	StartsPerHour          int
+	AuthFailuresPerMinute  int
+	TemplatesDir           string
+	ChunkSize              int
+	ClaimTTL               time.Duration
+	RetryBase              time.Duration
+	RetryMaxDelay          time.Duration
+	RetryMaxAge            time.Duration
+	ShutdownTimeout        time.Duration
+	MaxUploadBytes         int64
+	HTTPReadTimeout        time.Duration
+	HTTPWriteTimeout       time.Duration
+	HTTPIdleTimeout        time.Duration
+	HTTPMaxConns           int
+	MessageIDDomain        string
+	DKIMDomain             string
+	DKIMSelector           string
+	DKIMKeyFile            string
+	ListUnsubscribe        string
+	LogFormat              string
+	LogLevel               string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
 	// knowingly (REDIS_ACCEPT_RISK); the others stop the service at start.
 	RedisAcceptRisk RedisRisks
@@ -150,6 +155,10 @@ var settings = []setting{
 	{"METRICS_ADDR", "", "oshirase worker only: address for its own /metrics (operator or admin key), /healthz and /readyz; empty = none (serve and api have them on LISTEN_ADDR)", str(func(c *Config) *string { return &c.MetricsAddr })},
 	{"WORKER_CONCURRENCY", "64", "tasks a worker process runs at once", integer(func(c *Config) *int { return &c.WorkerConcurrency })},
 	{"OSHIRASE_API_KEYS", "", "API keys, comma-separated name:role:key (roles admin, support, operator; a key of 64 hex digits, or sha256:<64 hex>, is the SHA-256 of the real key)", str(func(c *Config) *string { return &c.APIKeys })},
+	{"RESENDS_PER_HOUR", "30", "resends one API key (a support agent) may make per hour, across all API processes; past it 429 with Retry-After (0 = no limit)", integer(func(c *Config) *int { return &c.ResendsPerHour })},
+	{"NOTIFICATIONS_PER_MINUTE", "10", "single notices (POST /v1/notifications) and test sends one API key may make per minute; past it 429 (0 = no limit)", integer(func(c *Config) *int { return &c.NotificationsPerMinute })},
+	{"STARTS_PER_HOUR", "10", "campaigns one API key may start or schedule per hour; past it 429 (0 = no limit)", integer(func(c *Config) *int { return &c.StartsPerHour })},
+	{"AUTH_FAILURES_PER_MINUTE", "10", "wrong API keys one source address may present per minute (as many at once) before its attempts get 429 for 60/N seconds each; API, support console sign-in and /monitoring (0 = no limit)", integer(func(c *Config) *int { return &c.AuthFailuresPerMinute })},
 	{"TEMPLATES_DIR", "", "folder whose templates replace or add to the embedded ones", str(func(c *Config) *string { return &c.TemplatesDir })},
 	{"CHUNK_SIZE", "100", "recipients per chunk task", integer(func(c *Config) *int { return &c.ChunkSize })},
 	{"CLAIM_TTL", "2m", "how long a worker's claim on a recipient or chunk lives without progress before another worker takes over", dur(func(c *Config) *time.Duration { return &c.ClaimTTL })},

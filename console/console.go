@@ -17,6 +17,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -206,9 +207,17 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.loginPage(w, r, http.StatusForbidden, tr(r, "The sign-in form expired; please try again."))
 		return
 	}
-	key, ok := c.keys.Find(r.PostFormValue("key"))
-	if !ok {
-		c.log.Warn("support console: sign-in with an unknown key", "remote", r.RemoteAddr)
+	// Authenticate logs and counts a wrong key (the source, never the
+	// key) and slows down a source that keeps trying.
+	key, err := c.keys.Authenticate(r, "console", r.PostFormValue("key"))
+	var te *api.ThrottledError
+	if errors.As(err, &te) {
+		secs := int(math.Ceil(te.RetryAfter.Seconds()))
+		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+		c.loginPage(w, r, http.StatusTooManyRequests, tr(r, "Too many wrong keys from this address; try again in %d seconds.", max(secs, 1)))
+		return
+	}
+	if err != nil {
 		c.loginPage(w, r, http.StatusUnauthorized, tr(r, "That key is not valid."))
 		return
 	}
@@ -305,11 +314,15 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		Reason: f.Get("reason"), Email: f.Get("email"), OverrideSuppression: f.Get("override_suppression") != "",
 	})
 	var ie *api.InvalidError
+	var le *api.LimitError
 	switch {
 	case err == nil:
 		c.showLookup(w, r, s, q, tr(r, "Resend #%d queued to %s.", rs.N, rs.Email), "")
 	case errors.As(err, &ie):
 		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", ie.Msg))
+	case errors.As(err, &le):
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(le.RetryAfter.Seconds())))))
+		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", le.Error()))
 	case errors.Is(err, api.ErrSuppressed), errors.Is(err, api.ErrNotSent),
 		errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
 		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", err.Error()))

@@ -1,5 +1,13 @@
 package ingest
 
+import (
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
+)
+
 // LooksLikeCardNumber reports whether s holds what may be a full payment card
 // number (PAN): 13 to 19 digits that pass the Luhn check, written either
 //
@@ -10,32 +18,126 @@ package ingest
 //     "4111 1111 1111 1111 12/25" or "2019-05-28 4111-1111-1111-1111" are
 //     caught although the whole run has more than 19 digits or fails Luhn.
 //
-// Full-width digits, spaces and dashes (what a Japanese IME types) count as
-// their ASCII forms. A random digit string passes Luhn one time in ten, so the
-// shapes are kept narrow: two phone numbers side by side must not look like a
-// card. It runs on every field of every row: a field with fewer than 13
-// possible digits is answered without decoding it.
+// The text is read as NFKC with format characters (zero-width space and
+// joiner, word joiner, soft hyphen, BOM) and combining marks taken out, so
+// full-width digits and spaces (what a Japanese IME types), mathematical
+// digits and invisible characters between digits change nothing. Digit
+// groups may be separated by anything Unicode calls a space, punctuation or
+// symbol (4111、1111, 4111+1111, 4111|1111, 4111〜1111): the categories
+// decide, not a list. Only single spaces and dashes make the plain rule's
+// groups; any other separator needs the card's shape, so that dates
+// ("2009/05/01 - 2019/05/27") and amounts ("1,234,567,890,123") are not
+// taken for one. A random digit string passes Luhn one time in ten, so the
+// shapes are kept narrow: two phone numbers side by side must not look like
+// a card. It runs on every field of every row: a field that cannot hold 13
+// digits is answered without decoding it.
 func LooksLikeCardNumber(s string) bool {
-	n := 0
-	for i := 0; i < len(s); i++ {
-		// ASCII digits, or the lead byte 0xEF of the 3-byte full-width forms.
-		if c := s[i]; c-'0' <= 9 || c == 0xef {
-			n++
-		}
-	}
-	if n < 13 {
+	t, ok := cardText(s)
+	if !ok {
 		return false
 	}
-	var sc cardScanner
+	_, _, found := scanCard(t)
+	return found
+}
+
+// MaskCardNumbers returns s with the digits of every card number in it
+// replaced by '*', for text that must be shown (an error message quoting
+// what it refused) but must not repeat a number. Text with a card number
+// comes back in the form the detector reads (NFKC, no format characters).
+func MaskCardNumbers(s string) string {
+	t, ok := cardText(s)
+	if !ok {
+		return s
+	}
+	start, end, found := scanCard(t)
+	if !found {
+		return s
+	}
+	var b strings.Builder
+	for found {
+		b.WriteString(t[:start])
+		for _, r := range t[start:end] {
+			if _, isDigit := digitValue(r); isDigit {
+				r = '*'
+			}
+			b.WriteRune(r)
+		}
+		t = t[end:]
+		start, end, found = scanCard(t)
+	}
+	b.WriteString(t)
+	return b.String()
+}
+
+// cardText returns s as the detector reads it, and false when s cannot hold
+// 13 digits. ASCII text is read as it is (NFKC leaves it alone); other text
+// is normalised, since one character may become digits (full-width, "𝟒",
+// "⑳" → "20", at most two).
+func cardText(s string) (string, bool) {
+	digits, other := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c-'0' <= 9:
+			digits++
+		case c >= 0xc0: // the lead byte of a multi-byte character
+			other++
+		}
+	}
+	if digits+2*other < 13 {
+		return "", false
+	}
+	if other == 0 {
+		return s, true
+	}
+	// Letters (kana, kanji) end a run of digits before NFKC and after it:
+	// text whose only non-ASCII characters are letters is read as it is,
+	// which spares the normalisation for most Japanese text.
+	letters := true
 	for _, r := range s {
+		if r >= utf8.RuneSelf && !unicode.IsLetter(r) {
+			letters = false
+			break
+		}
+	}
+	if letters {
+		return s, true
+	}
+	t := norm.NFKC.String(s)
+	t = strings.Map(func(r rune) rune {
+		if r >= utf8.RuneSelf && unicode.In(r, unicode.Cf, unicode.Mn, unicode.Me) {
+			return -1
+		}
+		return r
+	}, t)
+	return t, true
+}
+
+// runEnd is where the run of digits and separators at t[i:] ends.
+func runEnd(t string, i int) int {
+	for j, r := range t[i:] {
+		if _, ok := digitValue(r); !ok && !isGroupSep(r) {
+			return i + j
+		}
+	}
+	return len(t)
+}
+
+// scanCard finds the first card number in t (a cardText) and returns the
+// byte range of the digit run that holds it.
+func scanCard(t string) (start, end int, found bool) {
+	var sc cardScanner
+	for i, r := range t {
 		if d, ok := digitValue(r); ok {
+			if !sc.open && !sc.afterSep {
+				start = i // digit() starts a new run
+			}
 			sc.digit(d)
 			continue
 		}
-		if isGroupSep(r) && (sc.open || sc.afterSep && sc.sepN < maxSepRun) {
+		if (sc.open || sc.afterSep && sc.sepN < maxSepRun) && isGroupSep(r) {
 			if sc.open {
 				if sc.closeGroup() {
-					return true
+					return start, runEnd(t, i), true
 				}
 				sc.sepN = 0
 			}
@@ -47,10 +149,13 @@ func LooksLikeCardNumber(s string) bool {
 			continue
 		}
 		if sc.endRun() {
-			return true
+			return start, i, true
 		}
 	}
-	return sc.endRun()
+	if sc.endRun() {
+		return start, len(t), true
+	}
+	return 0, 0, false
 }
 
 // cardScanner follows one run of digit groups.
@@ -175,35 +280,32 @@ func (sc *cardScanner) check(from int) bool {
 }
 
 func digitValue(r rune) (byte, bool) {
-	switch {
-	case r >= '0' && r <= '9':
+	if r >= '0' && r <= '9' {
 		return byte(r - '0'), true
-	case r >= '０' && r <= '９':
-		return byte(r - '０'), true
 	}
-	return 0, false
+	return 0, false // other digits are ASCII once cardText has normalised them
 }
 
 // isPlainSep reports whether r is how card numbers are usually grouped:
-// space, hyphen and what Japanese input methods put in their place.
+// space, hyphen and what Japanese input methods put in their place (after
+// NFKC: the ideographic space is a space, the full-width hyphen a hyphen).
 func isPlainSep(r rune) bool {
 	switch r {
-	case ' ', '-', '\u3000', '－', '\u2010', '\u2011', '\u2012', '\u2013', '\u2014', '\u2212', 'ー':
+	case ' ', '-', '\u2010', '\u2011', '\u2012', '\u2013', '\u2014', '\u2212', 'ー', 'ｰ':
 		return true
 	}
 	return false
 }
 
-// isGroupSep reports whether r may separate digit groups: the plain
-// separators and what else people put between a card's groups to get it
-// past a filter or out of a spreadsheet (dots, slashes, commas,
-// underscores, tabs, no-break spaces, their full-width forms).
+// isGroupSep reports whether r may separate digit groups: what Unicode
+// calls a space (Zs), punctuation (P*) or a symbol (S*), a tab, and the
+// plain separators. People put all of these between a card's groups to get
+// it past a filter or out of a spreadsheet.
 func isGroupSep(r rune) bool {
-	switch r {
-	case '.', '/', ',', '_', '\t', '\u00a0', '．', '／', '，', '＿', '・':
-		return true
+	if r < utf8.RuneSelf {
+		return r == ' ' || r == '\t' || r > ' ' && r < 0x7f && !('0' <= r && r <= '9' || 'a' <= r|0x20 && r|0x20 <= 'z')
 	}
-	return isPlainSep(r)
+	return isPlainSep(r) || unicode.In(r, unicode.Zs, unicode.P, unicode.S)
 }
 
 // luhn reports whether the digits d pass the Luhn (mod 10) check.

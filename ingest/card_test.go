@@ -96,3 +96,66 @@ func BenchmarkLooksLikeCardNumber(b *testing.B) {
 		}
 	}
 }
+
+// TestCardNumberUnicodeSeparators: digits kept apart by Unicode spaces,
+// invisible format characters or any punctuation or symbol are still a card
+// number (issue 13); what the detector must not take for one stays clear.
+func TestCardNumberUnicodeSeparators(t *testing.T) {
+	join := func(sep string) string {
+		return "4111" + sep + "1111" + sep + "1111" + sep + "1111"
+	}
+	for _, sep := range []string{
+		"\u2009", "\u202f", "\u2002", "\u205f", // thin, narrow no-break, en, medium mathematical space
+		"\u200b", "\u200c", "\u200d", "\u2060", "\u00ad", "\ufeff", // zero-width space/non-joiner/joiner, word joiner, soft hyphen, BOM
+		"、", "〜", "～", "+", ":", "*", "#", "|", "'", "()", "・", "‧", "•", "~", "=", "＋", "｜", "＊", "／", "\\", "^",
+		" \u200b", "\u200b-\u200b",
+	} {
+		if s := join(sep); !LooksLikeCardNumber(s) {
+			t.Errorf("LooksLikeCardNumber(%+q) = false", s)
+		}
+	}
+	for _, s := range []string{
+		"4\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1\u200b1", // a zero-width space between every digit
+		"4\u0301111111111111111", // a combining mark on a digit
+		"𝟒𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏",                                     // mathematical bold digits (NFKC makes them ASCII)
+		"お客様のカード番号は4111\u2009\u20091111\u20091111\u20091111です", // thin spaces, two in a row
+	} {
+		if !LooksLikeCardNumber(s) {
+			t.Errorf("LooksLikeCardNumber(%+q) = false", s)
+		}
+	}
+	for _, s := range []string{
+		"2019/05/28 12:34:56",
+		"2009年05月01日〜2019年05月27日",
+		"2009/05/01〜2019/05/27",
+		"¥1,234,567,890,128",
+		"TEL: 090-1234-5678 / FAX: 03-1234-5678",
+		"+81 (90) 1234-5678",
+		"営業時間 9:00〜18:00 (土日祝を除く) 0120-123-456",
+		"#12345 | 2019-05-28 | 03-1234-5678",
+		"1,234円 × 12 = 14,808円",
+		"4111\u2009\u2009\u2009\u20091111", // 8 digits
+	} {
+		if LooksLikeCardNumber(s) {
+			t.Errorf("LooksLikeCardNumber(%+q) = true", s)
+		}
+	}
+}
+
+func TestMaskCardNumbers(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"no number here", "no number here"},
+		{"call 090-1234-5678", "call 090-1234-5678"},
+		{`unknown template "4111-1111-1111-1111"`, `unknown template "****-****-****-****"`},
+		{"a 4111\u200b1111\u200b1111\u200b1111 b 12", "a **************** b 12"},
+		{"x ４１１１ １１１１ １１１１ １１１１ and 4111.1111.1111.1111", "x **** **** **** **** and ****.****.****.****"},
+	} {
+		got := MaskCardNumbers(tt.in)
+		if got != tt.want {
+			t.Errorf("MaskCardNumbers(%+q) = %+q, want %+q", tt.in, got, tt.want)
+		}
+		if LooksLikeCardNumber(got) {
+			t.Errorf("MaskCardNumbers(%+q) still holds a card number: %+q", tt.in, got)
+		}
+	}
+}

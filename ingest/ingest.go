@@ -59,6 +59,7 @@ func FormatFromContentType(ct string) (Format, error) {
 type Row struct {
 	Line      int // CSV: physical line the record starts on (header = 1); JSON: 1-based array index
 	Recipient notice.Recipient
+	Warnings  []Warning // what was changed (an address normalised), with Line set
 }
 
 // Rejection is one refused record. Error never repeats a card number.
@@ -66,6 +67,9 @@ type Rejection struct {
 	Line  int    `json:"line"`
 	Field string `json:"field"` // "" when the record as a whole is wrong
 	Error string `json:"error"`
+	// Card: the field looked like a full card number (counted and logged
+	// by the caller, without the number).
+	Card bool `json:"-"`
 }
 
 // Error is a fatal problem with an upload's structure: nothing after it can
@@ -341,13 +345,17 @@ func (p *Parser) nextCSV() (Row, *Rejection, error) {
 				r.Extra[p.names[i]] = v
 			}
 		}
-		if rej := Validate(&r); rej != nil {
+		rej, warns := Check(&r)
+		if rej != nil {
 			rej.Line = line
 			return Row{}, rej, nil
 		}
+		for i := range warns {
+			warns[i].Line = line
+		}
 		// The strings share one allocation per record (encoding/csv makes
 		// one string of the record and slices it), so keeping them is cheap.
-		return Row{Line: line, Recipient: r}, nil, nil
+		return Row{Line: line, Recipient: r, Warnings: warns}, nil, nil
 	}
 }
 
@@ -393,27 +401,81 @@ func (p *Parser) nextJSON() (Row, *Rejection, error) {
 	}
 	p.idx++
 	p.line = p.idx
-	var raw map[string]any
-	if err := p.dec.Decode(&raw); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return Row{}, &Rejection{Line: p.idx, Error: "element is not an object"}, nil
-		}
+	var elem json.RawMessage
+	if err := p.dec.Decode(&elem); err != nil {
 		return Row{}, nil, p.jsonError(fmt.Sprintf("element %d", p.idx), err)
 	}
-	if raw == nil {
+	if len(elem) == 0 || elem[0] != '{' {
 		return Row{}, &Rejection{Line: p.idx, Error: "element is not an object"}, nil
+	}
+	// encoding/json keeps the last of two equal names: a reviewer reading
+	// the file sees the first, oshirase would send to the second.
+	if key, dup := duplicateKey(elem); dup {
+		rej := &Rejection{Line: p.idx, Field: key, Error: "given twice in the same object; keep one"}
+		if LooksLikeCardNumber(key) {
+			rej.Field, rej.Card = "", true
+			rej.Error = "a field name given twice " + msgCard
+		}
+		return Row{}, rej, nil
+	}
+	var raw map[string]any
+	dec := json.NewDecoder(bytes.NewReader(elem))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		return Row{}, nil, p.jsonError(fmt.Sprintf("element %d", p.idx), err)
 	}
 	rej := p.fromJSON(raw)
 	if rej == nil {
 		var r notice.Recipient
 		fillJSON(&r, raw)
-		if rej = Validate(&r); rej == nil {
-			return Row{Line: p.idx, Recipient: r}, nil, nil
+		var warns []Warning
+		if rej, warns = Check(&r); rej == nil {
+			for i := range warns {
+				warns[i].Line = p.idx
+			}
+			return Row{Line: p.idx, Recipient: r, Warnings: warns}, nil, nil
 		}
 	}
 	rej.Line = p.idx
 	return Row{}, rej, nil
+}
+
+// duplicateKey reports the first name that one object of the JSON value b
+// (valid JSON) gives twice, at any depth.
+func duplicateKey(b []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	// One set of names per open object; nil for an open array.
+	var stack []map[string]bool
+	expectKey := func() bool { return len(stack) > 0 && stack[len(stack)-1] != nil }
+	afterKey := false // the token just read was a name; its value comes next
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false // io.EOF: the end; nothing else here, b is valid
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{':
+				stack = append(stack, map[string]bool{})
+			case '[':
+				stack = append(stack, nil)
+			default:
+				stack = stack[:len(stack)-1]
+			}
+			afterKey = false
+			continue
+		}
+		if !afterKey && expectKey() {
+			k, _ := tok.(string)
+			if stack[len(stack)-1][k] {
+				return k, true
+			}
+			stack[len(stack)-1][k] = true
+			afterKey = true
+			continue
+		}
+		afterKey = false
+	}
 }
 
 // fromJSON normalises an element's keys (trimmed, lower case) in place and

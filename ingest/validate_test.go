@@ -32,7 +32,7 @@ func TestValidate(t *testing.T) {
 		{"empty label", notice.Recipient{Email: "a@example..jp"}, "email", "malformed"},
 		{"hyphen label", notice.Recipient{Email: "a@-example.jp"}, "email", "malformed"},
 		{"trailing dot", notice.Recipient{Email: "a@example.jp."}, "email", "malformed"},
-		{"full-width at", notice.Recipient{Email: "a＠example.jp"}, "email", "no @"},
+		{"full-width at", notice.Recipient{Email: "a＠example.jp"}, "", ""}, // NFKC: a@example.jp, with a warning
 		{"dot at local start", notice.Recipient{Email: ".a@example.jp"}, "email", "RFC 5322"},
 		{"name 200", notice.Recipient{Email: "a@example.jp", Name: strings.Repeat("あ", 200)}, "", ""},
 		{"name 201", notice.Recipient{Email: "a@example.jp", Name: strings.Repeat("あ", 201)}, "name", "longer than 200"},
@@ -87,5 +87,77 @@ func TestValidateExtraOrder(t *testing.T) {
 	}
 	if rej := Validate(&r); rej == nil || !strings.Contains(rej.Error, "at most 50") {
 		t.Fatalf("rejection = %+v, want too many extra fields", rej)
+	}
+}
+
+// TestAddressesThatCannotBeSent: what could go on the wire after a safe
+// normalisation is stored in that form, with a warning; what never could is
+// refused with the field and why (issue 13).
+func TestAddressesThatCannotBeSent(t *testing.T) {
+	for _, tt := range []struct {
+		in, want string // want "" = refused
+		warn     string // a warning that must be given
+		why      string // what the refusal must say
+	}{
+		{in: "idn@bücher.example", want: "idn@xn--bcher-kva.example", warn: NoteIDN},
+		{in: "IDN@BÜCHER.Example", want: "IDN@xn--bcher-kva.example", warn: NoteIDN},
+		{in: "keep@ｅｘａｍｐｌｅ.com", want: "keep@example.com", warn: NoteNFKC},
+		{in: "ｋｅｅｐ＠ｅｘａｍｐｌｅ．ｃｏｍ", want: "keep@example.com", warn: NoteNFKC},
+		{in: "user@例え.テスト", want: "user@xn--r8jz45g.xn--zckzah", warn: NoteIDN},
+		{in: "山田@example.jp", why: "SMTPUTF8"},
+		{in: "josé@example.com", why: "SMTPUTF8"},
+		{in: "zw\u200bsp@example.jp", why: "invisible"},
+		{in: "x@exa\u200dmple.jp", why: "invisible"},
+		{in: "x@-bücher.example", why: "internationalised domain"},
+		{in: "x@bü_cher.example", why: "internationalised domain"},
+		{in: "x@xn--zz.example", why: "internationalised domain"},
+		{in: "x@bücher..example", why: "malformed"},
+		{in: "x@192.0.2.1", why: "IP address"},
+		{in: "x@[192.0.2.1]", why: "bare address"},
+		{in: "x@[IPv6:2001:db8::1]", why: "bare address"},
+		{in: "plain@example.jp", want: "plain@example.jp"},
+	} {
+		r := notice.Recipient{Email: tt.in}
+		rej, warns := Check(&r)
+		if tt.want == "" {
+			if rej == nil || rej.Field != "email" || !strings.Contains(rej.Error, tt.why) {
+				t.Errorf("%+q: rejection %+v, want email refused with %q", tt.in, rej, tt.why)
+			}
+			continue
+		}
+		if rej != nil {
+			t.Errorf("%+q: refused: %+v", tt.in, rej)
+			continue
+		}
+		if r.Email != tt.want {
+			t.Errorf("%+q: stored as %q, want %q", tt.in, r.Email, tt.want)
+		}
+		if tt.warn != "" && (len(warns) == 0 || warns[len(warns)-1].Warning != tt.warn || warns[0].Field != "email") {
+			t.Errorf("%+q: warnings %+v, want %q", tt.in, warns, tt.warn)
+		}
+		if tt.warn == "" && len(warns) > 0 {
+			t.Errorf("%+q: unexpected warnings %+v", tt.in, warns)
+		}
+		if NormalizeEmail(tt.in) != tt.want {
+			t.Errorf("NormalizeEmail(%+q) = %q, want %q", tt.in, NormalizeEmail(tt.in), tt.want)
+		}
+	}
+}
+
+// TestEncodedWordNameRefused: a display name that is itself an RFC 2047
+// encoded-word would be decoded by mail programs into an address-looking
+// name; it is refused with the field.
+func TestEncodedWordNameRefused(t *testing.T) {
+	for _, name := range []string{"=?utf-8?q?evil=40attacker.com?=", "Taro =?UTF-8?B?ZXZpbEBhdHRhY2tlci5jb20=?=", "=?iso-2022-jp?Q?x?="} {
+		r := notice.Recipient{Email: "a@example.jp", Name: name}
+		if rej := Validate(&r); rej == nil || rej.Field != "name" || !strings.Contains(rej.Error, "encoded-word") {
+			t.Errorf("name %q: %+v, want refused", name, rej)
+		}
+	}
+	for _, name := range []string{"山田 太郎", "A=B?", "=?", "Mr. =? Q"} {
+		r := notice.Recipient{Email: "a@example.jp", Name: name}
+		if rej := Validate(&r); rej != nil {
+			t.Errorf("name %q refused: %+v", name, rej)
+		}
 	}
 }

@@ -448,7 +448,11 @@ func formatAddr(name string, a *netmail.Address, iso bool) (string, error) {
 	if a.Name == "" {
 		return bare, nil
 	}
-	if isASCII(a.Name) {
+	// A name that holds "=?" goes as encoded-words even when ASCII: in a
+	// quoted string "=?utf-8?q?evil=40attacker.com?=" is decoded by mail
+	// programs (Python's email, many clients) into evil@attacker.com; as
+	// the content of an encoded-word it is shown as the literal text.
+	if isASCII(a.Name) && !strings.Contains(a.Name, "=?") {
 		return a.String(), nil
 	}
 	words, err := encodeWords(a.Name, iso, nameWordRaw(iso))

@@ -516,3 +516,39 @@ func TestHeaderInjection(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodedWordNameStaysText: a display name that is itself an RFC 2047
+// encoded-word (issue 13) is sent so that a parser shows the literal text,
+// never the address-looking string it would decode to. Uploads refuse such
+// names; this holds for whatever reaches the mailer anyway.
+func TestEncodedWordNameStaysText(t *testing.T) {
+	const evil = "=?utf-8?q?evil=40attacker.com?="
+	var raws [][]byte
+	for _, cs := range []string{"utf-8", "iso-2022-jp"} {
+		m := testMessage("victim@example.com")
+		m.Charset = cs
+		m.ToName = evil
+		m.From = `"=?utf-8?q?security=40bank.example?=" <notice@example.jp>`
+		msg, err := Build(m, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", cs, err)
+		}
+		var buf bytes.Buffer
+		if _, err := msg.WriteTo(&buf); err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, buf.Bytes())
+	}
+	for i, r := range pyParseAll(t, raws) {
+		for _, h := range []string{"To", "From"} {
+			for _, a := range addresses(r, h) {
+				if strings.Contains(a[0], "@") {
+					t.Errorf("message %d: Python reads the %s display name as %q", i, h, a[0])
+				}
+			}
+		}
+		if to := addresses(r, "To"); len(to) != 1 || to[0][0] != evil || to[0][1] != "victim@example.com" {
+			t.Errorf("message %d: To %v, want the literal name and victim@example.com", i, to)
+		}
+	}
+}

@@ -50,9 +50,40 @@ var (
 	}, []string{"result"})
 )
 
+var (
+	// KeyLimited counts requests refused (429) because an API key reached
+	// one of its quotas: limit is resends, notifications or starts.
+	KeyLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "key_limited_total",
+		Help: "Requests refused (429) because an API key reached its quota, by key name and limit (resends, notifications, starts).",
+	}, []string{"key", "limit"})
+
+	// AuthFailures counts wrong API keys presented, by where: api (Bearer
+	// or basic auth on /v1 and /metrics), console (sign-in), monitoring.
+	AuthFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "auth_failures_total",
+		Help: "Wrong API keys presented, by surface (api, console, monitoring).",
+	}, []string{"surface"})
+
+	// AuthThrottled counts requests refused (429) because their source
+	// presented too many wrong keys lately.
+	AuthThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "auth_throttled_total",
+		Help: "Requests refused (429) because their source address presented too many wrong keys lately, by surface.",
+	}, []string{"surface"})
+
+	// CardRefused counts fields refused because they looked like a full
+	// card number: where is upload (rows) or request (every other field).
+	CardRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "card_numbers_refused_total",
+		Help: "Fields refused because they looked like a full card number, by where (upload rows, other requests).",
+	}, []string{"where"})
+)
+
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures} {
+	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures,
+		KeyLimited, AuthFailures, AuthThrottled, CardRefused} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

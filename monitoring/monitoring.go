@@ -3,7 +3,10 @@
 package monitoring
 
 import (
+	"errors"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/hibiken/asynq"
@@ -27,8 +30,14 @@ func UI(keys *api.Keys, rdb redis.UniversalClient, root string) http.Handler {
 	full := asynqmon.New(asynqmon.Options{RootPath: root, RedisConnOpt: opt})
 	readOnly := asynqmon.New(asynqmon.Options{RootPath: root, RedisConnOpt: opt, ReadOnly: true})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, ok := keys.Find(api.Secret(r))
-		if !ok {
+		key, err := keys.Authenticate(r, "monitoring", api.Secret(r))
+		var te *api.ThrottledError
+		if errors.As(err, &te) {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(te.RetryAfter.Seconds())))))
+			http.Error(w, te.Error(), http.StatusTooManyRequests)
+			return
+		}
+		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Basic realm="oshirase", charset="UTF-8"`)
 			http.Error(w, "sign in with any user name and an admin or operator API key as password", http.StatusUnauthorized)
 			return

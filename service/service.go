@@ -157,7 +157,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		if len(keys) == 0 {
 			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
 		}
-		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout, Checks: s.guard.readyChecks()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout,
+			Checks: s.guard.readyChecks(), Limits: api.Limits{
+				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
+				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
+			}}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}
