@@ -63,7 +63,7 @@ type uploadAnswer struct {
 	// full-width characters, an IDN domain in punycode), first 1000.
 	Warnings     []ingest.Warning `json:"warnings,omitempty"`
 	WarningCount int              `json:"warning_count,omitempty"`
-	Total             int64             `json:"total_recipients"`
+	Total        int64            `json:"total_recipients"`
 	// AlreadyAddressed warns of recipients whom other campaigns have
 	// already addressed: a follow-up is meant to, the same notice twice is
 	// the mistake oshirase exists to prevent.
