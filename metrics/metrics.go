@@ -35,6 +35,24 @@ var (
 		Buckets: []float64{0, .001, .01, .05, .1, .25, .5, 1, 2, 5, 10},
 	})
 
+	// RedisWriteRefused counts writes Redis refused because of its
+	// replication state: NOREPLICAS (min-replicas-to-write not met),
+	// READONLY (a replica, e.g. an old primary after a failover), MASTERDOWN,
+	// LOADING. Every campaign stalls while it grows.
+	RedisWriteRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "redis_write_refused_total",
+		Help: "Writes Redis refused for its replication state, by reason (noreplicas, readonly, masterdown, loading).",
+	}, []string{"reason"})
+
+	// RedisUnreplicated counts deciding writes (a claim before sending, an
+	// outcome after) that WAIT did not see reach REDIS_WAIT_REPLICAS
+	// replicas within REDIS_WAIT_TIMEOUT: the claim is handed back unused,
+	// the outcome is written again.
+	RedisUnreplicated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "redis_unreplicated_writes_total",
+		Help: "Claims and outcomes not acknowledged by REDIS_WAIT_REPLICAS replicas in time, by step (claim, outcome); retried.",
+	}, []string{"step"})
+
 	// Ingested counts uploaded recipients by result (accepted, rejected).
 	Ingested = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "recipients_ingested_total",
@@ -44,7 +62,7 @@ var (
 
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested} {
+	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RedisWriteRefused, RedisUnreplicated} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err
