@@ -288,8 +288,14 @@ return {1, redis.call('HGET', KEYS[1], 'status'), gen}
 `)
 
 // stealScript takes over expired chunk leases and recipient claims so the
-// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease deadline.
-// Returns {chunk members..., '|', rids...}; stolen recipients become retrying.
+// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease
+// deadline, 3 the calling process's token prefix (” = none), 4.. the tokens
+// of that process that are still working: a claim under the prefix whose
+// token is not among them is orphaned — its task ended without clearing it,
+// because a failover lost the outcome written after it — and is taken over
+// at once rather than when it expires.
+// Returns {chunk members..., '|', rids...}; stolen recipients are handed
+// over (status sending under a 'steal' claim any task may take).
 var stealScript = redis.NewScript(luaPrelude + `
 local now = tonumber(ARGV[1])
 local out = {}
@@ -299,10 +305,16 @@ for _, m in ipairs(exp) do
   out[#out+1] = m
 end
 out[#out+1] = '|'
+local live = {}
+for i = 4, #ARGV do live[ARGV[i]] = true end
+local pre = ARGV[3]
 local cl = redis.call('HGETALL', KEYS[4])
 for i = 1, #cl, 2 do
-  local dl = tonumber(string.sub(cl[i+1], 1, string.find(cl[i+1], ':', 1, true) - 1))
-  if dl < now then
+  local sep = string.find(cl[i+1], ':', 1, true)
+  local dl = tonumber(string.sub(cl[i+1], 1, sep - 1))
+  local who = string.sub(cl[i+1], sep + 1)
+  local orphan = pre ~= '' and string.sub(who, 1, #pre) == pre and not live[who]
+  if dl < now or orphan then
     local rid = tonumber(cl[i])
     if getst(rid) == 1 then
       -- Not released but handed over: the recipient stays "sending" under
