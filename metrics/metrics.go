@@ -53,6 +53,14 @@ var (
 		Help: "Claims and outcomes not acknowledged by REDIS_WAIT_REPLICAS replicas in time, by step (claim, outcome); retried.",
 	}, []string{"step"})
 
+	// PossibleDuplicates counts recipients found sent again after an
+	// attempt whose outcome was lost (a crash, a failover, a frozen worker):
+	// each is marked in its delivery history and the campaign's counts.
+	PossibleDuplicates = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "possible_duplicates_total",
+		Help: "Recipients sent again after an attempt whose outcome was lost (crash, failover, frozen worker); see possible_duplicate in the campaign's counts.",
+	})
+
 	// Ingested counts uploaded recipients by result (accepted, rejected).
 	Ingested = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "recipients_ingested_total",
@@ -62,7 +70,7 @@ var (
 
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RedisWriteRefused, RedisUnreplicated} {
+	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

@@ -129,7 +129,8 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
 	}
 
-	token := newToken()
+	token := w.begin()
+	defer w.end(token)
 	var prev store.Step // the finish of the previous recipient, folded into the next claim
 	withLease := func(s store.Step) store.Step {
 		s.Token, s.Lease, s.LeaseTTL = token, p.From, w.cfg.ClaimTTL
@@ -213,20 +214,55 @@ var errRecord = errors.New("record outcome")
 // a Step may carry the outcome of an SMTP transaction that already
 // happened, and dropping it would have the recipient sent again. Steps are
 // idempotent for their token, so a retry after a lost reply is harmless.
+//
+// With REDIS_WAIT_REPLICAS, a step the replicas did not acknowledge is run
+// again (written again, WAIT again) until RecordTimeout; then a claim in it
+// is handed back unused (the caller sees an error and sends nothing), and
+// an outcome, on the primary but not known to be on a replica, is kept:
+// logged and counted (oshirase_redis_unreplicated_writes_total).
 func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.StepResult, error) {
 	delay := 50 * time.Millisecond
 	deadline := time.Now().Add(w.cfg.RecordTimeout)
 	for {
 		res, err := w.store.Do(ctx, cid, s)
 		if err == nil {
+			w.doubted(cid, res)
 			return res, nil
 		}
+		unreplicated := errors.Is(err, store.ErrUnreplicated)
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return res, fmt.Errorf("%w: %w", errRecord, err)
+			if !unreplicated {
+				return res, fmt.Errorf("%w: %w", errRecord, err)
+			}
+			w.doubted(cid, res)
+			if s.ClaimID > 0 && !s.Renew && res.Claimed {
+				back := notice.StatusPending
+				if s.ClaimRetrying {
+					back = notice.StatusRetrying
+				}
+				if rerr := w.store.Release(context.WithoutCancel(ctx), cid, s.Token, back, s.ClaimID); rerr != nil {
+					w.log.Warn("hand back an unreplicated claim", "campaign", cid, "recipient", s.ClaimID, "err", rerr)
+				}
+				res.Claimed = false
+				return res, fmt.Errorf("%w: %w", errRecord, err)
+			}
+			w.log.Warn("outcome recorded on the Redis primary but not acknowledged by REDIS_WAIT_REPLICAS replicas; kept",
+				"campaign", cid, "recipient", s.FinishID, "err", err)
+			return res, nil
 		}
-		w.log.Warn("record outcome: retrying", "campaign", cid, "err", err)
+		// Once per interval: during a failover every handler retries every
+		// write, and the refusals themselves are logged by store.RefusalHook.
+		w.warnEvery("record", 10*time.Second, "record outcome: retrying (logged once per 10 s)", "campaign", cid, "err", err)
 		time.Sleep(delay)
 		delay = min(2*delay, time.Second)
+	}
+}
+
+// doubted counts a possible duplicate a step found.
+func (w *Worker) doubted(cid string, res store.StepResult) {
+	if res.Doubted {
+		metrics.PossibleDuplicates.Inc()
+		w.log.Warn("possible duplicate: a recipient is sent again after an attempt whose outcome was lost", "campaign", cid)
 	}
 }
 
@@ -235,7 +271,10 @@ func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.St
 // that expired mid-send would let the watchdog hand the recipient to another
 // worker. The returned func stops it; no renewal runs after it returns.
 func (w *Worker) hold(cid, token string, rid, lease int64) (release func()) {
-	every := w.cfg.ClaimTTL / 3
+	// Often enough that a claim lost in a failover is re-asserted within
+	// seconds, before the watchdog's stall check could hand its recipient
+	// to a second sender (renewals cost one call per slow message).
+	every := min(w.cfg.ClaimTTL/3, 3*time.Second)
 	var mu sync.Mutex
 	stopped := false
 	var t *time.Timer
@@ -246,11 +285,13 @@ func (w *Worker) hold(cid, token string, rid, lease int64) (release func()) {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), every)
-		_, err := w.store.Do(ctx, cid, store.Step{Token: token, ClaimID: rid, ClaimTTL: w.cfg.ClaimTTL, Renew: true,
+		res, err := w.store.Do(ctx, cid, store.Step{Token: token, ClaimID: rid, ClaimTTL: w.cfg.ClaimTTL, Renew: true, Reassert: true,
 			Lease: lease, LeaseTTL: w.cfg.ClaimTTL})
 		cancel()
 		if err != nil {
-			w.log.Warn("renew claim", "campaign", cid, "recipient", rid, "err", err)
+			w.warnEvery("renew", 10*time.Second, "renew claim (logged once per 10 s)", "campaign", cid, "recipient", rid, "err", err)
+		} else if res.Reasserted {
+			w.log.Warn("claim found gone while its message is in flight (a failover lost it); taken back", "campaign", cid, "recipient", rid)
 		}
 		t.Reset(every)
 	})
