@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -116,7 +115,7 @@ func (s *Server) routes() {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	Ready(s.store.Redis(), s.smtp, s.log).ServeHTTP(w, r)
+	Ready(s.store, s.smtp, s.log).ServeHTTP(w, r)
 }
 
 // noRoute answers a /v1 request no route takes: 405 with Allow when the path
@@ -143,20 +142,33 @@ func Healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// Ready returns the /readyz handler: 200 when Redis and, when smtp is not
-// nil, the SMTP server answer; 503 with what is down otherwise. The answer
-// is public, so it says only "down"; why (addresses, errors) goes to log.
-func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger) http.Handler {
+// Ready returns the /readyz handler: 200 when Redis answers and takes
+// writes and, when smtp is not nil, the SMTP server answers; 503 with what
+// is down otherwise. Redis may answer while refusing every write
+// (NOREPLICAS: min-replicas-to-write not met; READONLY: a replica): then
+// "redis_writes" is "refused" with the reason, and every campaign stands
+// still. The answer is public, so it says only "down" or the refusal's
+// name; why (addresses, errors) goes to log.
+func Ready(st *store.Store, smtp Pinger, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		checks := map[string]string{}
 		ok := true
-		if err := rdb.Ping(ctx).Err(); err != nil {
+		if err := st.Redis().Ping(ctx).Err(); err != nil {
 			checks["redis"], ok = "down", false
 			log.Warn("readiness: Redis is down", "err", err)
 		} else {
 			checks["redis"] = "ok"
+			switch err := st.WriteProbe(ctx); {
+			case err == nil:
+				checks["redis_writes"] = "ok"
+			case store.Refusal(err) != "":
+				checks["redis_writes"], ok = "refused: "+store.Refusal(err), false
+			default:
+				checks["redis_writes"], ok = "down", false
+				log.Warn("readiness: a write to Redis failed", "err", err)
+			}
 		}
 		if smtp != nil {
 			if err := smtp.Ping(ctx); err != nil {

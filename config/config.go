@@ -17,6 +17,8 @@ import (
 // Config is every setting.
 type Config struct {
 	RedisURL          string
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	KeyPrefix         string
 	SMTPURL           string
 	SMTPPool          int
@@ -78,6 +80,15 @@ func dur(p func(*Config) *time.Duration) func(*Config, string) error {
 
 var settings = []setting{
 	{"REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for queue and state: redis://[:pw@]host:port/db, rediss://…, redis+sentinel://[:pw@]h1:p1,h2:p2/master[/db][?sentinel_password=…], redis+cluster://h1:p1,h2:p2; rediss+sentinel://, rediss+cluster:// for TLS, with ?tls_ca_file=ca.pem for a private CA and &tls_cert_file=…&tls_key_file=… for a client certificate", str(func(c *Config) *string { return &c.RedisURL })},
+	{"REDIS_WAIT_REPLICAS", "0", "replicas a write that decides a send (the claim before MAIL, the outcome after DATA) must reach before the worker goes on (Redis WAIT); 0 = none. Not reached in REDIS_WAIT_TIMEOUT: the step is written again; a claim still not replicated after a minute is handed back unused, an outcome is kept, logged and counted", integer(func(c *Config) *int { return &c.RedisWaitReplicas })},
+	{"REDIS_WAIT_TIMEOUT", "500ms", "longest a deciding write waits for REDIS_WAIT_REPLICAS replicas (1ms to 2s: below the connection's 3 s read timeout)", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Millisecond || d > 2*time.Second {
+			return fmt.Errorf("not a duration from 1ms to 2s: %q", v)
+		}
+		c.RedisWaitTimeout = d
+		return nil
+	}},
 	{"KEY_PREFIX", "osh", "prefix of oshirase's own Redis keys", str(func(c *Config) *string { return &c.KeyPrefix })},
 	{"SMTP_URL", "smtp://127.0.0.1:1025", "SMTP relay: smtp://[user:pass@]host:port (STARTTLS when offered), ?tls=none, ?tls=required, smtps://host:port (implicit TLS)", str(func(c *Config) *string { return &c.SMTPURL })},
 	{"SMTP_POOL", "0", "persistent SMTP connections per process (0 = WORKER_CONCURRENCY, at most 32)", integer(func(c *Config) *int { return &c.SMTPPool })},

@@ -67,8 +67,14 @@ const maxCampaignSeries = 100
 var descRecipients = prometheus.NewDesc("oshirase_campaign_recipients",
 	"Recipients of an active (sending or paused) campaign by status.", []string{"campaign", "status"}, nil)
 
+var descDuplicates = prometheus.NewDesc("oshirase_campaign_possible_duplicates",
+	"Recipients of an active campaign that may have received their notice twice (an attempt whose outcome was lost was followed by another).", []string{"campaign"}, nil)
+
 // Describe implements prometheus.Collector.
-func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descRecipients }
+func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRecipients
+	ch <- descDuplicates
+}
 
 // Collect implements prometheus.Collector.
 func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
@@ -95,6 +101,7 @@ func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
 		} {
 			ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.GaugeValue, float64(v), id, string(status))
 		}
+		ch <- prometheus.MustNewConstMetric(descDuplicates, prometheus.GaugeValue, float64(n.PossibleDuplicate), id)
 	}
 }
 

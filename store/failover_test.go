@@ -1,11 +1,19 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 )
@@ -197,4 +205,46 @@ func TestWaitReplicas(t *testing.T) {
 	if got.Counts.Sent != 1 || got.Counts.PossibleDuplicate != 0 {
 		t.Errorf("counts: %+v", got.Counts)
 	}
+}
+
+// TestRefusalHookLogsOncePerInterval: while a primary refuses writes
+// (NOREPLICAS), every refused write is counted, but the log says so once
+// per interval, not once per write (a failover test logged 10,052 lines in
+// 58 s).
+func TestRefusalHookLogsOncePerInterval(t *testing.T) {
+	srv := testenv.StartRedis(t, "--min-replicas-to-write", "1")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	var logs bytes.Buffer
+	h := store.NewRefusalHook(slog.New(slog.NewTextHandler(&logs, nil)), time.Minute)
+	rdb.AddHook(h)
+	before := refused(t)
+	s := store.New(rdb, "rf")
+	ctx := context.Background()
+	for range 20 { // (go-redis retries each one a few times: ~0.1 s)
+		if err := s.WriteProbe(ctx); store.Refusal(err) != "noreplicas" {
+			t.Fatalf("write: %v, want NOREPLICAS", err)
+		}
+	}
+	if n := strings.Count(logs.String(), "Redis refuses writes"); n != 1 {
+		t.Errorf("%d log lines for 20 refused writes, want 1:\n%s", n, logs.String())
+	}
+	if got := refused(t) - before; got != 20 {
+		t.Errorf("oshirase_redis_write_refused_total{reason=noreplicas} grew by %v, want 20", got)
+	}
+	if !h.Refused(time.Minute) {
+		t.Errorf("Refused() = false after refusals")
+	}
+	if err := rdb.Get(ctx, "rf:nothing").Err(); err != redis.Nil {
+		t.Errorf("reads still work: %v", err)
+	}
+}
+
+func refused(t *testing.T) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := metrics.RedisWriteRefused.WithLabelValues("noreplicas").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }

@@ -154,8 +154,12 @@ func (h *RefusalHook) DialHook(next redis.DialHook) redis.DialHook {
 // ProcessHook implements redis.Hook.
 func (h *RefusalHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		// The error next returns: cmd.Err() may not be set yet when a hook
+		// sees it.
 		err := next(ctx, cmd)
-		h.note(cmd.Err())
+		if err != nil {
+			h.note(err)
+		}
 		return err
 	}
 }
@@ -165,7 +169,9 @@ func (h *RefusalHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, c := range cmds {
-			h.note(c.Err())
+			if c.Err() != nil {
+				h.note(c.Err())
+			}
 		}
 		return err
 	}
