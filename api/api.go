@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
