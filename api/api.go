@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oshirase/oshirase/store"
@@ -39,6 +40,8 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
+
+	sentSeen sync.Map // campaign id → highest sent count shown (sentNeverBack)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support

@@ -136,3 +136,52 @@ func TestReadyzWritesRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestSentNeverGoesBack: a failover that loses a "sent" the old primary had
+// acknowledged makes the stored count drop until the worker writes it again;
+// what the API shows stays at its highest, and the counts still add up.
+func TestSentNeverGoesBack(t *testing.T) {
+	_, url := testenv.Redis(t, testenv.DBSupport)
+	st := teststack.StartStack(t, testenv.Config(t, map[string]string{"REDIS_URL": url, "KEY_PREFIX": "mono"}), service.Options{API: true})
+	ctx := context.Background()
+	var c notice.Campaign
+	teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)
+	s := st.Svc.Store
+	s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "a@example.jp"}, {Email: "b@example.jp"}, {Email: "c@example.jp"}})
+	tr, _ := s.Start(ctx, c.ID)
+	for rid := int64(1); rid <= 2; rid++ {
+		at := time.Now()
+		s.Do(ctx, c.ID, store.Step{Token: "a", ClaimID: rid, ClaimTTL: time.Minute, Gen: tr.Gen})
+		s.Do(ctx, c.ID, store.Step{Token: "a", FinishID: rid, Finish: notice.StatusSent, Delivery: &notice.Delivery{Attempts: 1, SentAt: &at}})
+	}
+	get := func() notice.Counts {
+		var got notice.Campaign
+		teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/"+c.ID, "", nil, &got)
+		var list struct{ Campaigns []notice.Campaign }
+		teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns", "", nil, &list)
+		if len(list.Campaigns) != 1 || list.Campaigns[0].Counts != got.Counts {
+			t.Errorf("list shows %+v, the campaign %+v", list.Campaigns, got.Counts)
+		}
+		return got.Counts
+	}
+	if n := get(); n.Sent != 2 || n.Pending != 1 {
+		t.Fatalf("counts: %+v", n)
+	}
+	// The failover: the new primary lacks recipient 2's "sent" (it is
+	// "sending" there, its claim the worker's).
+	key := "mono:{c:" + c.ID + "}:"
+	s.Redis().SetRange(ctx, key+"st", 2, "\x01")
+	s.Redis().HIncrBy(ctx, key+"counts", "sent", -1)
+	s.Redis().HIncrBy(ctx, key+"counts", "sending", 1)
+	if n := get(); n.Sent != 2 || n.Sending != 0 || n.Pending != 1 || n.Total != 3 {
+		t.Errorf("after the lost write: %+v, want sent still 2 and the counts adding up", n)
+	}
+	// Written again: the real counts catch up, and go on from there.
+	at := time.Now()
+	s.Do(ctx, c.ID, store.Step{Token: "a", FinishID: 2, Finish: notice.StatusSent, Delivery: &notice.Delivery{Attempts: 1, SentAt: &at}})
+	s.Do(ctx, c.ID, store.Step{Token: "a", ClaimID: 3, ClaimTTL: time.Minute, Gen: tr.Gen})
+	s.Do(ctx, c.ID, store.Step{Token: "a", FinishID: 3, Finish: notice.StatusSent, Delivery: &notice.Delivery{Attempts: 1, SentAt: &at}})
+	if n := get(); n.Sent != 3 || n.Pending+n.Sending != 0 {
+		t.Errorf("at the end: %+v", n)
+	}
+}
