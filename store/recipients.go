@@ -741,6 +741,19 @@ func (s *Store) LiveLeases(ctx context.Context, cid string) (int64, error) {
 	return n, nil
 }
 
+// LeasesRenewedSince is how many of a campaign's chunk leases were taken or
+// renewed at since or later, for leases of ttl: a lease's deadline is its
+// last renewal plus ttl. A chunk task renews its lease with every message
+// and every few seconds while it waits, so a lease not renewed for a while
+// is a leftover — of a task a failover lost, say — even before it expires.
+func (s *Store) LeasesRenewedSince(ctx context.Context, cid string, since time.Time, ttl time.Duration) (int64, error) {
+	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(since.Add(ttl))), "+inf").Result()
+	if err != nil {
+		return 0, fmt.Errorf("chunk leases of %s: %w", cid, err)
+	}
+	return n, nil
+}
+
 // PendingChunks returns the first id of every size-aligned id range of a
 // campaign that still holds a pending recipient. It reads the whole status
 // string (a byte per recipient): for the watchdog's rare stall recovery, not

@@ -271,10 +271,7 @@ func (w *Worker) doubted(cid string, res store.StepResult) {
 // that expired mid-send would let the watchdog hand the recipient to another
 // worker. The returned func stops it; no renewal runs after it returns.
 func (w *Worker) hold(cid, token string, rid, lease int64) (release func()) {
-	// Often enough that a claim lost in a failover is re-asserted within
-	// seconds, before the watchdog's stall check could hand its recipient
-	// to a second sender (renewals cost one call per slow message).
-	every := min(w.cfg.ClaimTTL/3, 3*time.Second)
+	every := w.renewEvery() // a lost claim is re-asserted within seconds
 	var mu sync.Mutex
 	stopped := false
 	var t *time.Timer
@@ -439,7 +436,7 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 
 // waitRate blocks until both the global and the campaign's rate limit allow
 // one more message. Waiting is not a failed attempt. keep (may be nil) is
-// called before the first wait and then every ClaimTTL/3 while waiting, to
+// called before the first wait and then every renewEvery while waiting, to
 // record what is pending and keep leases alive; its error ends the wait.
 func (w *Worker) waitRate(ctx context.Context, c *notice.Campaign, keep func() error) error {
 	start := time.Now()
@@ -470,7 +467,7 @@ func (w *Worker) take(ctx context.Context, key string, rate float64, burst int, 
 		} else if res.Allowed > 0 {
 			return nil
 		}
-		if keep != nil && time.Since(kept) >= w.cfg.ClaimTTL/3 {
+		if keep != nil && time.Since(kept) >= w.renewEvery() {
 			if err := keep(); err != nil {
 				return err
 			}

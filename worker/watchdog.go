@@ -110,6 +110,21 @@ func (w *Worker) sweepEvery() time.Duration {
 	return max(min(w.cfg.ClaimTTL/2, 2*time.Second), 100*time.Millisecond)
 }
 
+// leaseFresh is how recently a chunk lease must have been renewed to count
+// as worked on (see unstall); renewals come every renewEvery at most.
+func (w *Worker) leaseFresh() time.Duration {
+	return max(3*w.renewEvery(), min(w.cfg.ClaimTTL/2, 10*time.Second))
+}
+
+// renewEvery is how often a claim or lease is renewed while its message is
+// in flight or its chunk waits for the rate limit: often enough that a
+// claim lost in a failover is re-asserted within seconds, and that a lease
+// not renewed for leaseFresh is a leftover (renewals cost one call per
+// slow message or waiting chunk).
+func (w *Worker) renewEvery() time.Duration {
+	return min(w.cfg.ClaimTTL/3, 3*time.Second)
+}
+
 // stall is when a campaign was first seen stalled, and its open count then.
 type stall struct {
 	since time.Time
@@ -134,7 +149,11 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	}
 	stalled := c.Counts.Pending > 0
 	if stalled {
-		live, err := w.store.LiveLeases(ctx, id)
+		// A lease counts only if renewed lately: a running chunk renews
+		// its lease with each message and every few seconds while it
+		// waits (hold, take), but a failover can leave behind the lease
+		// of a task that finished on the old primary, alive for CLAIM_TTL.
+		live, err := w.store.LeasesRenewedSince(ctx, id, time.Now().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
 		if err != nil {
 			return err
 		}

@@ -77,7 +77,8 @@ func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
 // TestWatchdogFindsStallInSeconds: after a failover that lost the chunk
 // tasks, their leases and their claims, recipients sit pending with nothing
 // working on them, while another recipient is still "sending" (a claim of
-// another process, live). The watchdog re-enqueues the pending chunks within
+// another process, live) and a chunk lease left from before the failover
+// has not expired. The watchdog re-enqueues the pending chunks within
 // seconds, with the default CLAIM_TTL of 2 minutes (it used to take two
 // sweeps a minute apart, and never while anything was "sending").
 func TestWatchdogFindsStallInSeconds(t *testing.T) {
@@ -90,6 +91,11 @@ func TestWatchdogFindsStallInSeconds(t *testing.T) {
 			at := time.Now()
 			st.Do(ctx, cid, store.Step{Token: tok, FinishID: rid, Finish: notice.StatusSent, Delivery: &notice.Delivery{Attempts: 1, SentAt: &at}})
 		}
+	}
+	// The lease of a chunk task that finished on the old primary: its
+	// deadline is still 100 s away, but nobody has renewed it for 20 s.
+	if err := st.SetChunkLease(ctx, cid, 6, time.Now().Add(100*time.Second)); err != nil {
+		t.Fatal(err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
