@@ -13,10 +13,10 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/store"
@@ -62,6 +62,7 @@ type Server struct {
 	mux       *http.ServeMux
 	limiter   *redis_rate.Limiter // the keys' quotas
 	limitLog  logSampler          // "API key reached its limit", sampled
+	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -144,7 +145,7 @@ func (s *Server) routes() {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	Ready(s.store.Redis(), s.smtp, s.log, s.store, s.cfg.Checks...).ServeHTTP(w, r)
+	Ready(s.store, s.smtp, s.log, s.store, s.cfg.Checks...).ServeHTTP(w, r)
 }
 
 // noRoute answers a /v1 request no route takes: 405 with Allow when the path
@@ -177,27 +178,40 @@ type RelayChecker interface {
 	RelayPaused(ctx context.Context) ([]string, error)
 }
 
-// Ready returns the /readyz handler: 200 when Redis and, when smtp is not
-// nil, the SMTP server answer and every extra check passes; 503 with what
-// is down otherwise (the check's word, e.g. redis_state "lost"). The answer
-// is public, so it says only "down"; why (addresses, errors) goes to log.
+// Ready returns the /readyz handler: 200 when Redis answers and takes
+// writes and, when smtp is not nil, the SMTP server answers and every extra
+// check passes; 503 with what is down otherwise (the check's word, e.g.
+// redis_state "lost"). Redis may answer while refusing every write
+// (NOREPLICAS: min-replicas-to-write not met; READONLY: a replica): then
+// "redis_writes" is "refused" with the reason, and every campaign stands
+// still. The answer is public, so it says only "down" or the refusal's
+// name; why (addresses, errors) goes to log.
 //
 // With relay, a campaign paused because the relay refuses every message
 // (the server answers, but takes nothing) makes the answer "status":
 // "degraded" with "checks":{"relay":"refusing"} — still 200: the API is
 // the way out (resume, retry), and a load balancer that dropped it on a 503
 // would lock the operators out. Otherwise "status" is "ok" or "down".
-func Ready(rdb redis.UniversalClient, smtp Pinger, log *slog.Logger, relay RelayChecker, extra ...Check) http.Handler {
+func Ready(st *store.Store, smtp Pinger, log *slog.Logger, relay RelayChecker, extra ...Check) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		checks := map[string]string{}
 		ok := true
-		if err := rdb.Ping(ctx).Err(); err != nil {
+		if err := st.Redis().Ping(ctx).Err(); err != nil {
 			checks["redis"], ok = "down", false
 			log.Warn("readiness: Redis is down", "err", err)
 		} else {
 			checks["redis"] = "ok"
+			switch err := st.WriteProbe(ctx); {
+			case err == nil:
+				checks["redis_writes"] = "ok"
+			case store.Refusal(err) != "":
+				checks["redis_writes"], ok = "refused: "+store.Refusal(err), false
+			default:
+				checks["redis_writes"], ok = "down", false
+				log.Warn("readiness: a write to Redis failed", "err", err)
+			}
 		}
 		if smtp != nil {
 			if err := smtp.Ping(ctx); err != nil {

@@ -215,7 +215,40 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
+	s.sentNeverBack(c)
 	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, time.Now())})
+}
+
+// sentNeverBack keeps the sent count this process shows from going down.
+// A Redis failover can lose a "sent" the old primary acknowledged (and
+// this process read) before its replica had it: the worker writes it again
+// on the new primary within seconds (REDIS_WAIT_REPLICAS), or sends the
+// recipient again, and either way it ends sent. Meanwhile the count shown
+// stays at its highest, the difference taken from the open counts, so
+// the counts still add up to the total.
+func (s *Server) sentNeverBack(c *notice.Campaign) {
+	n := &c.Counts
+	for {
+		v, loaded := s.sentSeen.LoadOrStore(c.ID, n.Sent)
+		seen := v.(int64)
+		if !loaded || n.Sent == seen {
+			return
+		}
+		if n.Sent > seen {
+			if s.sentSeen.CompareAndSwap(c.ID, seen, n.Sent) {
+				return
+			}
+			continue
+		}
+		short := seen - n.Sent
+		for _, open := range []*int64{&n.Sending, &n.Retrying, &n.Pending} {
+			take := min(*open, short)
+			*open -= take
+			short -= take
+		}
+		n.Sent = seen - short
+		return
+	}
 }
 
 // campaignView is a campaign as GET /v1/campaigns/{id} shows it.
@@ -259,6 +292,9 @@ func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.storeError(w, r, err)
 		return
+	}
+	for _, c := range cs {
+		s.sentNeverBack(c)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"campaigns": cs})
 }

@@ -22,7 +22,7 @@ const reportBatch = 500
 var reportColumns = []string{
 	"recipient_id", "email", "customer_id", "locale", "status", "attempts", "first_attempt_at", "sent_at",
 	"message_id", "last_code", "last_enhanced", "last_error", "resends", "last_resend_status", "last_resend_sent_at",
-	"accepted_reply",
+	"accepted_reply", "possible_duplicate",
 }
 
 // campaignReport streams a campaign's delivery report as CSV, one row per
@@ -113,7 +113,7 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 	}
 	row := []string{
 		strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, locale, string(rc.Status), strconv.Itoa(rc.Attempts),
-		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "", "",
+		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "", "", "",
 	}
 	if rc.LastCode > 0 {
 		row[9] = strconv.Itoa(rc.LastCode)
@@ -128,6 +128,19 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 		if a := rc.History[i]; a.OK && a.Resend == 0 {
 			row[15] = a.Text
 			break
+		}
+	}
+	// The notice may have gone out twice (an attempt whose outcome was
+	// lost was followed by another): the attempts' start times, oldest
+	// first, so the proof of notification says what really happened.
+	if d := rc.PossibleDuplicate; d != nil {
+		times := make([]string, len(d.Attempts))
+		for i := range d.Attempts {
+			times[i] = stamp(&d.Attempts[i])
+		}
+		row[16] = strings.Join(times, " ")
+		if row[16] == "" {
+			row[16] = "yes" // the times were lost with the outcome
 		}
 	}
 	for i, v := range row {

@@ -63,7 +63,7 @@ func TestCampaignReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at,sent_at,message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at,accepted_reply" {
+	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at,sent_at,message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at,accepted_reply,possible_duplicate" {
 		t.Fatalf("%d rows, header %v", len(rows), rows[0])
 	}
 	col := map[string]int{}
@@ -75,7 +75,7 @@ func TestCampaignReport(t *testing.T) {
 		// The relay's own words when it took the notice are kept (go-smtp
 		// says "250 2.0.0 OK: queued").
 		want := map[string]string{"recipient_id": id, "email": email, "customer_id": rcpts[i].CustomerID, "locale": "ja", "status": "sent", "attempts": "1",
-			"last_code": "250", "last_enhanced": "2.0.0", "accepted_reply": "OK: queued"}
+			"last_code": "250", "last_enhanced": "2.0.0", "accepted_reply": "OK: queued", "possible_duplicate": ""}
 		switch i {
 		case 1:
 			want["status"], want["last_code"], want["last_enhanced"], want["accepted_reply"] = "failed", "550", "5.1.1", ""

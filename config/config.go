@@ -17,6 +17,8 @@ import (
 // Config is every setting.
 type Config struct {
 	RedisURL          string
+	RedisWaitReplicas int
+	RedisWaitTimeout  time.Duration
 	KeyPrefix         string
 	SMTPURL           string
 	SMTPPool          int
@@ -135,6 +137,15 @@ var settings = []setting{
 			return err
 		}
 		c.RedisAcceptRisk = r
+		return nil
+	}},
+	{"REDIS_WAIT_REPLICAS", "0", "replicas a write that decides a send (the claim before MAIL, the outcome after DATA) must reach before the worker goes on (Redis WAIT); 0 = none. Not reached in REDIS_WAIT_TIMEOUT: the step is written again; a claim still not replicated after a minute is handed back unused, an outcome is kept, logged and counted", integer(func(c *Config) *int { return &c.RedisWaitReplicas })},
+	{"REDIS_WAIT_TIMEOUT", "500ms", "longest a deciding write waits for REDIS_WAIT_REPLICAS replicas (1ms to 2s: below the connection's 3 s read timeout)", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Millisecond || d > 2*time.Second {
+			return fmt.Errorf("not a duration from 1ms to 2s: %q", v)
+		}
+		c.RedisWaitTimeout = d
 		return nil
 	}},
 	{"KEY_PREFIX", "osh", "prefix of oshirase's own Redis keys", str(func(c *Config) *string { return &c.KeyPrefix })},

@@ -43,6 +43,32 @@ var (
 		Help: "Refusals that showed the relay, not the recipient, is the problem, by kind (connect, auth, sender, policy); the recipient was held, not failed, and its campaign paused.",
 	}, []string{"kind"})
 
+	// RedisWriteRefused counts writes Redis refused because of its
+	// replication state: NOREPLICAS (min-replicas-to-write not met),
+	// READONLY (a replica, e.g. an old primary after a failover), MASTERDOWN,
+	// LOADING. Every campaign stalls while it grows.
+	RedisWriteRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "redis_write_refused_total",
+		Help: "Writes Redis refused for its replication state, by reason (noreplicas, readonly, masterdown, loading).",
+	}, []string{"reason"})
+
+	// RedisUnreplicated counts deciding writes (a claim before sending, an
+	// outcome after) that WAIT did not see reach REDIS_WAIT_REPLICAS
+	// replicas within REDIS_WAIT_TIMEOUT: the claim is handed back unused,
+	// the outcome is written again.
+	RedisUnreplicated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "redis_unreplicated_writes_total",
+		Help: "Claims and outcomes not acknowledged by REDIS_WAIT_REPLICAS replicas in time, by step (claim, outcome); retried.",
+	}, []string{"step"})
+
+	// PossibleDuplicates counts recipients found sent again after an
+	// attempt whose outcome was lost (a crash, a failover, a frozen worker):
+	// each is marked in its delivery history and the campaign's counts.
+	PossibleDuplicates = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "possible_duplicates_total",
+		Help: "Recipients sent again after an attempt whose outcome was lost (crash, failover, frozen worker); see possible_duplicate in the campaign's counts.",
+	})
+
 	// Ingested counts uploaded recipients by result (accepted, rejected).
 	Ingested = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "recipients_ingested_total",
@@ -83,7 +109,7 @@ var (
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures,
-		KeyLimited, AuthFailures, AuthThrottled, CardRefused} {
+		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

@@ -76,12 +76,16 @@ type relayPaused interface {
 	RelayPaused(ctx context.Context) ([]string, error)
 }
 
+var descDuplicates = prometheus.NewDesc("oshirase_campaign_possible_duplicates",
+	"Recipients of an active campaign that may have received their notice twice (an attempt whose outcome was lost was followed by another).", []string{"campaign"}, nil)
+
 // Describe implements prometheus.Collector.
 func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRecipients
 	if _, ok := c.campaigns.(relayPaused); ok {
 		ch <- descRelayPaused
 	}
+	ch <- descDuplicates
 }
 
 // Collect implements prometheus.Collector.
@@ -116,6 +120,7 @@ func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
 		} {
 			ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.GaugeValue, float64(v), id, string(status))
 		}
+		ch <- prometheus.MustNewConstMetric(descDuplicates, prometheus.GaugeValue, float64(n.PossibleDuplicate), id)
 	}
 }
 

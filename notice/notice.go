@@ -145,6 +145,12 @@ type Counts struct {
 	Failed     int64 `json:"failed"`
 	Suppressed int64 `json:"suppressed"`
 	Cancelled  int64 `json:"cancelled"`
+	// PossibleDuplicate counts recipients that may have been sent their
+	// notice twice: an attempt whose outcome was never recorded (a crash
+	// between DATA and the status write, a failover that lost the write, a
+	// frozen worker) was followed by another. Not a status: such a
+	// recipient is also counted under its status (sent, mostly).
+	PossibleDuplicate int64 `json:"possible_duplicate"`
 }
 
 // Get returns the count for status s.
@@ -219,6 +225,20 @@ type Delivery struct {
 	FirstTryAt *time.Time `json:"first_attempt_at,omitempty"`
 	History    []Attempt  `json:"history,omitempty"`
 	Resends    []Resend   `json:"resends,omitempty"`
+	// PossibleDuplicate is set when the notice may have gone out twice
+	// (see Counts.PossibleDuplicate): why, and the start of each attempt
+	// involved, the one whose outcome was lost first.
+	PossibleDuplicate *Doubt `json:"possible_duplicate,omitempty"`
+}
+
+// Doubt is the evidence that a recipient may have received its notice more
+// than once.
+type Doubt struct {
+	// Reason: "takeover" (a claim was taken over from an attempt whose
+	// outcome was never recorded) or "sent_twice" (two attempts were both
+	// recorded as accepted by the relay).
+	Reason   string      `json:"reason"`
+	Attempts []time.Time `json:"attempts"` // the attempts' start times, oldest first
 }
 
 // Attempt is one SMTP delivery attempt.
@@ -230,6 +250,9 @@ type Attempt struct {
 	Enhanced string    `json:"enhanced,omitempty"`
 	Text     string    `json:"text,omitempty"`
 	Resend   int       `json:"resend,omitempty"` // 1-based index into Resends, 0 for the campaign's own delivery
+	// Unknown marks an attempt whose outcome was never recorded (its
+	// worker died, or Redis lost the write): it may have reached the relay.
+	Unknown bool `json:"outcome_unknown,omitempty"`
 }
 
 // Resend is a support-initiated re-delivery of a recipient's notice.

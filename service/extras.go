@@ -45,7 +45,7 @@ func (s *Service) workerHTTP() error {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", api.Healthz)
-	mux.Handle("GET /readyz", api.Ready(s.Redis, s.Mailer, s.Log, s.Store, s.guard.readyChecks()...))
+	mux.Handle("GET /readyz", api.Ready(s.Store, s.Mailer, s.Log, s.Store, s.guard.readyChecks()...))
 	mux.Handle("GET /metrics", api.NewKeys(ks).Require(m, api.RoleOperator))
 	s.metricsHandler = mux
 	return nil

@@ -654,6 +654,17 @@ sentinel failover-timeout mymaster 5000
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	s := runSentinel(t, conf, dir, port, pw.sentinel, tl)
+	want := fmt.Sprintf("127.0.0.1:%d", primaryPort)
+	teststack.Eventually(t, "sentinel up and watching mymaster", 10*time.Second, func() bool { return s.master() == want })
+	return s
+}
+
+// runSentinel starts redis-server --sentinel with the configuration file
+// conf (in dir, which it rewrites), killed when the test ends (its log shown
+// if the test failed), and returns a client of it.
+func runSentinel(t *testing.T, conf, dir string, port int, password string, tl *testenv.TLSFiles) *sentinel {
+	t.Helper()
 	cmd := exec.Command("redis-server", conf, "--sentinel")
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start sentinel: %v", err)
@@ -667,14 +678,12 @@ sentinel failover-timeout mymaster 5000
 			}
 		}
 	})
-	o := &redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: pw.sentinel}
+	o := &redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password}
 	if tl != nil {
 		o.TLSConfig = tl.Client
 	}
 	s := &sentinel{addr: o.Addr, c: redis.NewSentinelClient(o)}
 	t.Cleanup(func() { s.c.Close() })
-	want := fmt.Sprintf("127.0.0.1:%d", primaryPort)
-	teststack.Eventually(t, "sentinel up and watching mymaster", 10*time.Second, func() bool { return s.master() == want })
 	return s
 }
 

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type Service struct {
 	Config    *config.Config
 	Log       *slog.Logger
 	Redis     redis.UniversalClient
+	Refusals  *store.RefusalHook
 	Store     *store.Store
 	Templates *templates.Set
 	Queue     *asynq.Client
@@ -84,11 +86,18 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		rdb.Close()
 		return nil, fmt.Errorf("redis at %s: %w", config.Redact(cfg.RedisURL), err)
 	}
+	// Writes refused for the replication state (NOREPLICAS, READONLY, …)
+	// are counted and logged here, once per 10 s, whoever made them (our
+	// scripts, asynq's): while a primary waits for its replica every
+	// write of every worker is refused.
+	s.Refusals = store.NewRefusalHook(log, 10*time.Second)
+	rdb.AddHook(s.Refusals)
 	s.Store = store.New(rdb, cfg.KeyPrefix)
 	if s.guard, err = startRedisGuard(pctx, rdb, s.Store, cfg.RedisAcceptRisk, !opts.EmbeddedRedis, log); err != nil {
 		rdb.Close()
 		return nil, err
 	}
+	s.Store.SetWaitReplicas(cfg.RedisWaitReplicas, cfg.RedisWaitTimeout)
 	s.Queue = asynq.NewClientFromRedisClient(rdb)
 
 	mopts := mailer.Options{
@@ -336,8 +345,30 @@ type asynqLogger struct{ l *slog.Logger }
 
 func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
 func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
-func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...), "component", "asynq") }
-func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Warn(args ...any) {
+	if msg := fmt.Sprint(args...); !refusedLine(msg) {
+		a.l.Warn(msg, "component", "asynq")
+	}
+}
+
+func (a asynqLogger) Error(args ...any) {
+	if msg := fmt.Sprint(args...); !refusedLine(msg) {
+		a.l.Error(msg, "component", "asynq")
+	}
+}
+
+// refusedLine reports whether an asynq log line is about a write Redis
+// refused for its replication state: store.RefusalHook has counted it and
+// logs such refusals once per interval; asynq would log each one, from
+// every processor, several times a second.
+func refusedLine(msg string) bool {
+	for _, r := range []string{"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING"} {
+		if strings.Contains(msg, r) {
+			return true
+		}
+	}
+	return false
+}
 func (a asynqLogger) Fatal(args ...any) {
 	a.l.Error(fmt.Sprint(args...), "component", "asynq", "fatal", true)
 }

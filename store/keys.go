@@ -18,6 +18,11 @@ import "strconv"
 //	<p>:{c:ID}:emails        HASH  lower-cased address → recipient id (no duplicates)
 //	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
+//	<p>:{c:ID}:att           HASH  recipient id → start (unix ms) of the attempt in flight
+//	                               (set with a claim, removed with its outcome; a
+//	                               steal keeps it: the evidence of an unknown outcome)
+//	<p>:{c:ID}:doubt         HASH  recipient id → "reason t1 t2;…": possible duplicates
+//	                               and the attempts involved (kept after a purge: no PII)
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), the first 1,000 of each upload
 //	<p>:{c:ID}:rejn          HASH  field "\t" error → rejections counted (bounded: at most 200 kinds, then "other")
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
@@ -50,21 +55,22 @@ func (k keys) campaign(id string) ckeys {
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
 		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
+		att: b + "att", doubt: b + "doubt",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
-	relay, reported                                                                   string
+	relay, reported, att, doubt                                                       string
 }
 
-// all lists the keys scripts get as KEYS[1..9].
+// all lists the keys scripts get as KEYS[1..11].
 func (c ckeys) scriptKeys() []string {
-	return []string{c.state, c.counts, c.st, c.claim, c.dlv, c.rcpt, c.emails, c.chunks, c.rs}
+	return []string{c.state, c.counts, c.st, c.claim, c.dlv, c.rcpt, c.emails, c.chunks, c.rs, c.att, c.doubt}
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 )
 
@@ -262,13 +263,14 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 	}
 	var st *redis.SliceCmd
 	var codes *redis.StringCmd
-	var profs, dlvs, rss *redis.SliceCmd
+	var profs, dlvs, rss, doubts *redis.SliceCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		st = p.HMGet(ctx, ck.state, "status", "gen", "seq")
 		codes = p.GetRange(ctx, ck.st, from, last)
 		profs = p.HMGet(ctx, ck.rcpt, fields...)
 		dlvs = p.HMGet(ctx, ck.dlv, fields...)
 		rss = p.HMGet(ctx, ck.rs, fields...)
+		doubts = p.HMGet(ctx, ck.doubt, fields...)
 		if !lease.IsZero() {
 			p.ZAdd(ctx, ck.chunks, redis.Z{Score: float64(ms(lease)), Member: itoa(from)})
 		}
@@ -307,6 +309,9 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 			if err := json.Unmarshal([]byte(rv), &r.Resends); err != nil {
 				return nil, fmt.Errorf("decode resends %d of %s: %w", r.ID, cid, err)
 			}
+		}
+		if dv, ok := doubts.Val()[i].(string); ok {
+			applyDoubt(&r.Delivery, dv)
 		}
 		r.Status = notice.StatusPending
 		if j := r.ID - from; j < int64(len(cs)) {
@@ -402,6 +407,13 @@ type StepResult struct {
 	Campaign notice.CampaignStatus // the campaign's status after the step
 	Gen      int64
 	Done     bool // this step finished the campaign
+	// Reasserted: a Reassert renewal found its claim gone (a failover lost
+	// it, or the watchdog handed it over) and took it back.
+	Reasserted bool
+	// Doubted: this step found a possible duplicate (a claim taken over
+	// from an attempt that never recorded its outcome, or a second "sent")
+	// and recorded it (notice.Delivery.PossibleDuplicate).
+	Doubted bool
 }
 
 // Step is one hot-path round trip: record the outcome of one recipient
@@ -421,38 +433,58 @@ type Step struct {
 	// during a slow SMTP transaction); it never takes a recipient, and it
 	// renews Lease only while the claim is still ours.
 	Renew bool
+	// Reassert (with Renew): the message is in flight, so a claim found
+	// gone — lost in a failover, or handed over by the watchdog while this
+	// process was frozen — is taken back rather than left for a second
+	// sender. A claim another token holds live is never taken.
+	Reassert bool
 
 	Lease     int64 // chunk lease member (its first id); 0 = none
 	LeaseTTL  time.Duration
 	DropLease bool
 }
 
-// Do runs a Step.
+// Do runs a Step. With REDIS_WAIT_REPLICAS set (SetWaitReplicas), a step
+// that claims a recipient or records an outcome waits for the replicas; when
+// they do not acknowledge it in time, Do returns the primary's answer with
+// an error wrapping ErrUnreplicated (the caller hands the claim back or
+// writes the outcome again: running a Step again with its token is
+// harmless).
 func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error) {
 	now := time.Now()
-	dlv := ""
+	dlv, sentAt := "", ""
 	if st.Delivery != nil {
 		d := *st.Delivery
 		d.Status = st.Finish
 		d.Resends = nil
+		d.PossibleDuplicate = nil // kept in its own hash, see load
 		b, err := json.Marshal(d)
 		if err != nil {
 			return StepResult{}, fmt.Errorf("encode delivery: %w", err)
 		}
 		dlv = string(b)
+		if st.Finish == notice.StatusSent && d.SentAt != nil {
+			// As the delivery JSON spells it: the script tells our own
+			// repeated step from a second "sent" by comparing the two.
+			b, _ := json.Marshal(d.SentAt)
+			sentAt = strings.Trim(string(b), `"`)
+		}
 	}
 	lease := ""
 	if st.Lease > 0 {
 		lease = itoa(st.Lease)
 	}
-	v, err := stepScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(),
+	claims := st.ClaimID > 0 && !st.Renew
+	wait := s.waitN > 0 && (st.FinishID > 0 || claims)
+	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait,
 		ms(now), st.Token, st.FinishID, codeOf(st.Finish), dlv,
 		st.ClaimID, ms(now.Add(st.ClaimTTL)), st.Gen, b2s(st.ClaimRetrying),
-		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew)).Slice()
-	if err != nil {
+		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew), sentAt, b2s(st.Reassert))
+	if v == nil {
 		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
 	}
-	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1}
+	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1,
+		Reasserted: v[5].(int64) == 1, Doubted: v[6].(int64) == 1}
 	switch c := v[1].(int64); {
 	case c == 1:
 		r.Claimed = true
@@ -462,6 +494,24 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 		r.Stopped = true
 	case c >= 10:
 		r.Current = statusOf(byte(c - 10))
+	}
+	if err != nil {
+		return r, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+	}
+	if wait && acked < int64(s.waitN) {
+		var what []string
+		if st.FinishID > 0 {
+			what = append(what, "outcome")
+			metrics.RedisUnreplicated.WithLabelValues("outcome").Inc()
+		}
+		if claims && r.Claimed {
+			what = append(what, "claim")
+			metrics.RedisUnreplicated.WithLabelValues("claim").Inc()
+		}
+		if len(what) > 0 {
+			return r, fmt.Errorf("step %s/%d→%d: %s reached %d of %d replicas in %s: %w",
+				cid, st.FinishID, st.ClaimID, strings.Join(what, " and "), acked, s.waitN, s.waitTimeout, ErrUnreplicated)
+		}
 	}
 	return r, nil
 }
@@ -518,8 +568,20 @@ type Stolen struct {
 // Steal takes over a campaign's expired chunk leases (renewing them for
 // leaseTTL so only one watchdog takes each) and expired recipient claims.
 func (s *Store) Steal(ctx context.Context, cid string, leaseTTL time.Duration) (Stolen, error) {
+	return s.StealOrphans(ctx, cid, leaseTTL, "")
+}
+
+// StealOrphans is Steal that also takes over at once the claims whose token
+// starts with prefix but is not among live: the caller's own tokens, of
+// tasks that have ended, so their claims should be gone — an outcome
+// written, then lost with a primary that failed over.
+func (s *Store) StealOrphans(ctx context.Context, cid string, leaseTTL time.Duration, prefix string, live ...string) (Stolen, error) {
 	now := time.Now()
-	v, err := stealScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), ms(now), ms(now.Add(leaseTTL))).StringSlice()
+	args := []any{ms(now), ms(now.Add(leaseTTL)), prefix}
+	for _, t := range live {
+		args = append(args, t)
+	}
+	v, err := stealScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).StringSlice()
 	if err != nil {
 		return Stolen{}, fmt.Errorf("steal expired work of %s: %w", cid, err)
 	}
@@ -704,6 +766,19 @@ func (s *Store) LiveLeases(ctx context.Context, cid string) (int64, error) {
 	return n, nil
 }
 
+// LeasesRenewedSince is how many of a campaign's chunk leases were taken or
+// renewed at since or later, for leases of ttl: a lease's deadline is its
+// last renewal plus ttl. A chunk task renews its lease with every message
+// and every few seconds while it waits, so a lease not renewed for a while
+// is a leftover — of a task a failover lost, say — even before it expires.
+func (s *Store) LeasesRenewedSince(ctx context.Context, cid string, since time.Time, ttl time.Duration) (int64, error) {
+	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(since.Add(ttl))), "+inf").Result()
+	if err != nil {
+		return 0, fmt.Errorf("chunk leases of %s: %w", cid, err)
+	}
+	return n, nil
+}
+
 // PendingChunks returns the first id of every size-aligned id range of a
 // campaign that still holds a pending recipient. It reads the whole status
 // string (a byte per recipient): for the watchdog's rare stall recovery, not
@@ -793,7 +868,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})
@@ -881,4 +956,61 @@ func (s *Store) purgeRange(ctx context.Context, cid string, from, to int64) (int
 		return 0, err
 	}
 	return found, nil
+}
+
+// applyDoubt adds a recipient's doubt entry (the doubt hash: "reason t1
+// t2;…", times as unix ms or RFC 3339, '?' for one lost) to its delivery:
+// PossibleDuplicate with every attempt's time, and in the history the
+// attempts that no delivery record holds: a taken-over attempt whose
+// outcome was never recorded (Unknown), or a second "sent" recorded only
+// here.
+func applyDoubt(d *notice.Delivery, entry string) {
+	doubt := &notice.Doubt{}
+	var reasons []string
+	for _, e := range strings.Split(entry, ";") {
+		f := strings.Fields(e)
+		if len(f) != 3 {
+			continue
+		}
+		if !slices.Contains(reasons, f[0]) {
+			reasons = append(reasons, f[0])
+		}
+		t1, ok1 := doubtTime(f[1])
+		t2, ok2 := doubtTime(f[2])
+		for _, t := range []time.Time{t1, t2} {
+			if !t.IsZero() && !slices.ContainsFunc(doubt.Attempts, t.Equal) {
+				doubt.Attempts = append(doubt.Attempts, t)
+			}
+		}
+		switch {
+		case f[0] == "takeover" && ok1:
+			// The attempt whose outcome was lost: claimed at t1, taken over
+			// at t2. A recorded attempt that started in between is that
+			// attempt after all (its outcome came late).
+			if !slices.ContainsFunc(d.History, func(a notice.Attempt) bool { return !a.At.Before(t1) && (!ok2 || a.At.Before(t2)) }) {
+				d.History = append(d.History, notice.Attempt{At: t1, Unknown: true})
+			}
+		case f[0] == "sent_twice" && ok2:
+			if !slices.ContainsFunc(d.History, func(a notice.Attempt) bool { return a.At.Equal(t2) }) {
+				d.History = append(d.History, notice.Attempt{At: t2, OK: true})
+			}
+		}
+	}
+	if len(reasons) == 0 {
+		return
+	}
+	slices.SortFunc(doubt.Attempts, func(a, b time.Time) int { return a.Compare(b) })
+	slices.SortStableFunc(d.History, func(a, b notice.Attempt) int { return a.At.Compare(b.At) })
+	doubt.Reason = strings.Join(reasons, ",")
+	d.PossibleDuplicate = doubt
+}
+
+func doubtTime(v string) (time.Time, bool) {
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+		return time.UnixMilli(n).UTC(), true
+	}
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return t.UTC(), true
+	}
+	return time.Time{}, false
 }

@@ -15,7 +15,8 @@ const (
 )
 
 // luaPrelude is shared by the scripts that move recipients between states.
-// KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs.
+// KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
+// 10 att, 11 doubt.
 const luaPrelude = `
 local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled'}
 local function getst(rid)
@@ -92,21 +93,39 @@ return out
 // JSON, 6 claim rid (0 = none), 7 claim deadline ms, 8 gen to match (0 = any),
 // 9 allow claiming retrying (1/0), 10 chunk lease member (” = none),
 // 11 lease deadline, 12 drop lease (1/0), 13 renew only (1/0): extend a
-// claim this token already holds, never take a new one.
+// claim this token already holds, never take a new one, 14 the finished
+// attempt's sent_at as in the delivery JSON (” = not sent), 15 reassert
+// (1/0, with renew): a renewal that finds its claim gone (a failover lost
+// it) or handed to the watchdog takes it back, since its message is in
+// flight.
 //
-// Returns {finished, claimed, status, gen, done}: finished is 1 when the
-// finish changed the state; claimed is 1 when the claim was granted, else
-// the recipient's current code (negative: a live claim of someone else's).
+// Returns {finished, claimed, status, gen, done, reasserted, doubted}:
+// finished is 1 when the finish changed the state; claimed is 1 when the
+// claim was granted, else the recipient's current code (negative: a live
+// claim of someone else's); doubted is 1 when this step found a possible
+// duplicate (a claim taken over from an attempt with no outcome, or a
+// second "sent").
 var stepScript = redis.NewScript(luaPrelude + `
 local now = tonumber(ARGV[1])
 local token = ARGV[2]
 local renew = ARGV[13] == '1'
-local finished, claimed, done = 0, 0, 0
+local finished, claimed, done, reasserted, doubted = 0, 0, 0, 0, 0
 local function owner(rid)
   local cl = redis.call('HGET', KEYS[4], rid)
   if not cl then return nil, 0 end
   local i = string.find(cl, ':', 1, true)
   return string.sub(cl, i + 1), tonumber(string.sub(cl, 1, i - 1))
+end
+-- doubt records that rid may have been sent twice, with the attempts'
+-- times (unix ms, or a sent_at as written in the delivery JSON; '?' when
+-- lost), and counts the recipient once.
+local function doubt(rid, why, t1, t2)
+  local cur = redis.call('HGET', KEYS[11], rid)
+  local entry = why .. ' ' .. t1 .. ' ' .. t2
+  if cur then entry = cur .. ';' .. entry
+  else redis.call('HINCRBY', KEYS[2], 'possible_duplicate', 1) end
+  redis.call('HSET', KEYS[11], rid, entry)
+  doubted = 1
 end
 local frid = tonumber(ARGV[3])
 if frid > 0 then
@@ -121,6 +140,14 @@ if frid > 0 then
     if (not final(c)) or c == 6 then
       setst(frid, code)
       finished = 1
+    elseif c == 3 and ARGV[14] ~= '' then
+      -- Already sent by another attempt (ours was taken over, or a
+      -- failover lost our first record of it): both went out. Our own
+      -- step run again (a lost reply) carries the same sent_at.
+      local prev = '?'
+      local ok, d = pcall(cjson.decode, redis.call('HGET', KEYS[5], frid) or '{}')
+      if ok and type(d) == 'table' and type(d.sent_at) == 'string' then prev = d.sent_at end
+      if prev ~= ARGV[14] then doubt(frid, 'sent_twice', prev, ARGV[14]) end
     end
   elseif (not final(c)) and not (c == 1 and who and who ~= token) then
     -- Any other outcome is ours to record only while nobody else has
@@ -128,7 +155,10 @@ if frid > 0 then
     setst(frid, code)
     finished = 1
   end
-  if who == token then redis.call('HDEL', KEYS[4], frid) end
+  if who == token then
+    redis.call('HDEL', KEYS[4], frid)
+    redis.call('HDEL', KEYS[10], frid)
+  end
   if finished == 1 and ARGV[5] ~= '' then redis.call('HSET', KEYS[5], frid, ARGV[5]) end
   done = maybeDone(ARGV[1])
 end
@@ -136,7 +166,18 @@ local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
 local status, gen = st[1] or '', tonumber(st[2]) or 0
 local crid = tonumber(ARGV[6])
 local mine = false
-if crid > 0 and renew and getst(crid) == 1 then mine = (owner(crid) == token) end
+if crid > 0 and renew then
+  local c = getst(crid)
+  local who, dl = owner(crid)
+  if c == 1 then mine = (who == token) end
+  if (not mine) and ARGV[15] == '1' and (c == 0 or c == 2 or (c == 1 and (who == nil or who == 'steal' or dl < now))) then
+    -- Our message is in flight but the claim is gone: taken back before
+    -- the watchdog or another task hands the recipient to a second sender.
+    setst(crid, 1)
+    if redis.call('HEXISTS', KEYS[10], crid) == 0 then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
+    mine, reasserted = true, 1
+  end
+end
 if crid > 0 and mine then
   -- Renewing a claim on a message still in flight: allowed whatever the
   -- campaign's state, or a pause would let the claim expire under a slow
@@ -150,13 +191,21 @@ elseif crid > 0 then
   else
     local c = getst(crid)
     local ok = (not renew) and (c == 0 or (c == 2 and ARGV[9] == '1'))
+    local who
     if c == 1 then
-      local who, dl = owner(crid)
+      local dl
+      who, dl = owner(crid)
       -- 'steal': the watchdog took it from a dead worker and queued a
       -- task for it; whoever comes first takes it over.
       if who == token or ((not renew) and (dl < now or who == 'steal')) then ok = true else claimed = -1 end
     end
     if ok then
+      if c == 1 and who ~= token then
+        -- Taken over from an attempt that never recorded its outcome: it
+        -- may have reached the relay, and this one will too.
+        doubt(crid, 'takeover', redis.call('HGET', KEYS[10], crid) or '?', ARGV[1])
+      end
+      if who ~= token then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
       setst(crid, 1)
       redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
       claimed = 1
@@ -169,7 +218,7 @@ if ARGV[10] ~= '' and not (renew and claimed ~= 1) then
   if ARGV[12] == '1' then redis.call('ZREM', KEYS[8], ARGV[10])
   else redis.call('ZADD', KEYS[8], ARGV[11], ARGV[10]) end
 end
-return {finished, claimed, status, gen, done}
+return {finished, claimed, status, gen, done, reasserted, doubted}
 `)
 
 // markScript moves recipients whose current code is in an allowed set to a
@@ -182,7 +231,7 @@ for i = 4, #ARGV do
   local rid = tonumber(ARGV[i])
   local c = getst(rid)
   if string.find(ARGV[3], tostring(c), 1, true) then
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) end
+    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -202,7 +251,7 @@ for i = 1, #s do
   local c = string.byte(s, i)
   if string.find(ARGV[3], tostring(c), 1, true) then
     local rid = from + i - 1
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) end
+    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -220,6 +269,7 @@ for i = 3, #ARGV do
   local cl = redis.call('HGET', KEYS[4], rid)
   if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == 1 then
     redis.call('HDEL', KEYS[4], rid)
+    redis.call('HDEL', KEYS[10], rid)
     setst(rid, tonumber(ARGV[2]))
     n = n + 1
   end
@@ -246,8 +296,14 @@ return {1, redis.call('HGET', KEYS[1], 'status'), gen}
 `)
 
 // stealScript takes over expired chunk leases and recipient claims so the
-// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease deadline.
-// Returns {chunk members..., '|', rids...}; stolen recipients become retrying.
+// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease
+// deadline, 3 the calling process's token prefix (” = none), 4.. the tokens
+// of that process that are still working: a claim under the prefix whose
+// token is not among them is orphaned — its task ended without clearing it,
+// because a failover lost the outcome written after it — and is taken over
+// at once rather than when it expires.
+// Returns {chunk members..., '|', rids...}; stolen recipients are handed
+// over (status sending under a 'steal' claim any task may take).
 var stealScript = redis.NewScript(luaPrelude + `
 local now = tonumber(ARGV[1])
 local out = {}
@@ -257,10 +313,16 @@ for _, m in ipairs(exp) do
   out[#out+1] = m
 end
 out[#out+1] = '|'
+local live = {}
+for i = 4, #ARGV do live[ARGV[i]] = true end
+local pre = ARGV[3]
 local cl = redis.call('HGETALL', KEYS[4])
 for i = 1, #cl, 2 do
-  local dl = tonumber(string.sub(cl[i+1], 1, string.find(cl[i+1], ':', 1, true) - 1))
-  if dl < now then
+  local sep = string.find(cl[i+1], ':', 1, true)
+  local dl = tonumber(string.sub(cl[i+1], 1, sep - 1))
+  local who = string.sub(cl[i+1], sep + 1)
+  local orphan = pre ~= '' and string.sub(who, 1, #pre) == pre and not live[who]
+  if dl < now or orphan then
     local rid = tonumber(cl[i])
     if getst(rid) == 1 then
       -- Not released but handed over: the recipient stays "sending" under

@@ -32,6 +32,11 @@ var (
 type Store struct {
 	rdb redis.UniversalClient
 	k   keys
+
+	// waitN and waitTimeout: REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT
+	// (see SetWaitReplicas).
+	waitN       int
+	waitTimeout time.Duration
 }
 
 // New returns a Store whose keys all start with prefix (default "osh").
@@ -133,6 +138,7 @@ func applyState(c *notice.Campaign, st, cnt map[string]string) {
 		n, _ := strconv.ParseInt(cnt[string(s)], 10, 64)
 		c.Counts.Set(s, n)
 	}
+	c.Counts.PossibleDuplicate, _ = strconv.ParseInt(cnt["possible_duplicate"], 10, 64)
 }
 
 // CampaignState is the part of a campaign that changes while it sends.

@@ -130,7 +130,8 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
 	}
 
-	token := newToken()
+	token := w.begin()
+	defer w.end(token)
 	var prev store.Step // the finish of the previous recipient, folded into the next claim
 	withLease := func(s store.Step) store.Step {
 		s.Token, s.Lease, s.LeaseTTL = token, p.From, w.cfg.ClaimTTL
@@ -219,20 +220,55 @@ var errRecord = errors.New("record outcome")
 // a Step may carry the outcome of an SMTP transaction that already
 // happened, and dropping it would have the recipient sent again. Steps are
 // idempotent for their token, so a retry after a lost reply is harmless.
+//
+// With REDIS_WAIT_REPLICAS, a step the replicas did not acknowledge is run
+// again (written again, WAIT again) until RecordTimeout; then a claim in it
+// is handed back unused (the caller sees an error and sends nothing), and
+// an outcome, on the primary but not known to be on a replica, is kept:
+// logged and counted (oshirase_redis_unreplicated_writes_total).
 func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.StepResult, error) {
 	delay := 50 * time.Millisecond
 	deadline := time.Now().Add(w.cfg.RecordTimeout)
 	for {
 		res, err := w.store.Do(ctx, cid, s)
 		if err == nil {
+			w.doubted(cid, res)
 			return res, nil
 		}
+		unreplicated := errors.Is(err, store.ErrUnreplicated)
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return res, fmt.Errorf("%w: %w", errRecord, err)
+			if !unreplicated {
+				return res, fmt.Errorf("%w: %w", errRecord, err)
+			}
+			w.doubted(cid, res)
+			if s.ClaimID > 0 && !s.Renew && res.Claimed {
+				back := notice.StatusPending
+				if s.ClaimRetrying {
+					back = notice.StatusRetrying
+				}
+				if rerr := w.store.Release(context.WithoutCancel(ctx), cid, s.Token, back, s.ClaimID); rerr != nil {
+					w.log.Warn("hand back an unreplicated claim", "campaign", cid, "recipient", s.ClaimID, "err", rerr)
+				}
+				res.Claimed = false
+				return res, fmt.Errorf("%w: %w", errRecord, err)
+			}
+			w.log.Warn("outcome recorded on the Redis primary but not acknowledged by REDIS_WAIT_REPLICAS replicas; kept",
+				"campaign", cid, "recipient", s.FinishID, "err", err)
+			return res, nil
 		}
-		w.log.Warn("record outcome: retrying", "campaign", cid, "err", err)
+		// Once per interval: during a failover every handler retries every
+		// write, and the refusals themselves are logged by store.RefusalHook.
+		w.warnEvery("record", 10*time.Second, "record outcome: retrying (logged once per 10 s)", "campaign", cid, "err", err)
 		time.Sleep(delay)
 		delay = min(2*delay, time.Second)
+	}
+}
+
+// doubted counts a possible duplicate a step found.
+func (w *Worker) doubted(cid string, res store.StepResult) {
+	if res.Doubted {
+		metrics.PossibleDuplicates.Inc()
+		w.log.Warn("possible duplicate: a recipient is sent again after an attempt whose outcome was lost", "campaign", cid)
 	}
 }
 
@@ -245,7 +281,7 @@ func (w *Worker) record(ctx context.Context, cid string, s store.Step) (store.St
 func (w *Worker) hold(cid, token string, rid, lease int64, at time.Time) *claim {
 	cl := &claim{w: w, cid: cid, token: token, rid: rid, lease: lease}
 	cl.written(at)
-	every := w.cfg.ClaimTTL / 3
+	every := w.renewEvery() // a lost claim is re-asserted within seconds
 	cl.timer = time.AfterFunc(every, func() {
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
@@ -253,7 +289,7 @@ func (w *Worker) hold(cid, token string, rid, lease int64, at time.Time) *claim 
 			return
 		}
 		if err := cl.renew(); err != nil {
-			w.log.Warn("renew claim", "campaign", cid, "recipient", rid, "err", err)
+			w.warnEvery("renew", 10*time.Second, "renew claim (logged once per 10 s)", "campaign", cid, "recipient", rid, "err", err)
 		}
 		cl.timer.Reset(every)
 	})
@@ -295,7 +331,10 @@ func (cl *claim) renew() error {
 	at := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), cl.w.cfg.ClaimTTL/3)
 	defer cancel()
-	res, err := cl.w.store.Do(ctx, cl.cid, store.Step{Token: cl.token, ClaimID: cl.rid, ClaimTTL: cl.w.cfg.ClaimTTL, Renew: true,
+	// Reassert: a claim that vanished (a failover lost the write) or
+	// expired while nobody else took the recipient is taken back; one that
+	// another worker holds, or a recipient already sent, is lost to us.
+	res, err := cl.w.store.Do(ctx, cl.cid, store.Step{Token: cl.token, ClaimID: cl.rid, ClaimTTL: cl.w.cfg.ClaimTTL, Renew: true, Reassert: true,
 		Lease: cl.lease, LeaseTTL: cl.w.cfg.ClaimTTL})
 	if err != nil {
 		return err
@@ -303,6 +342,9 @@ func (cl *claim) renew() error {
 	if !res.Claimed {
 		cl.lost = true
 		return nil
+	}
+	if res.Reasserted {
+		cl.w.log.Warn("claim found gone while its message is in flight (a failover lost it); taken back", "campaign", cl.cid, "recipient", cl.rid)
 	}
 	cl.written(at)
 	return nil
@@ -526,7 +568,7 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 
 // waitRate blocks until both the global and the campaign's rate limit allow
 // one more message. Waiting is not a failed attempt. keep (may be nil) is
-// called before the first wait and then every ClaimTTL/3 while waiting, to
+// called before the first wait and then every renewEvery while waiting, to
 // record what is pending and keep leases alive; its error ends the wait.
 func (w *Worker) waitRate(ctx context.Context, c *notice.Campaign, keep func() error) error {
 	start := time.Now()
@@ -557,7 +599,7 @@ func (w *Worker) take(ctx context.Context, key string, rate float64, burst int, 
 		} else if res.Allowed > 0 {
 			return nil
 		}
-		if keep != nil && time.Since(kept) >= w.cfg.ClaimTTL/3 {
+		if keep != nil && time.Since(kept) >= w.renewEvery() {
 			if err := keep(); err != nil {
 				return err
 			}

@@ -59,7 +59,8 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	if err := w.waitRate(ctx, c, nil); err != nil {
 		return &retryError{Err: fmt.Errorf("waiting for rate limit: %w", err)}
 	}
-	token := newToken()
+	token := w.begin()
+	defer w.end(token)
 	bg := context.WithoutCancel(ctx)
 	claimedAt := time.Now()
 	res, err := w.record(bg, p.CampaignID, store.Step{

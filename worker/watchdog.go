@@ -10,12 +10,12 @@ import (
 	"github.com/oshirase/oshirase/tasks"
 )
 
-// Watch recovers work a crashed worker left behind, every ClaimTTL/2 until
+// Watch recovers work a crashed worker left behind, every sweepEvery until
 // ctx ends. asynq recovers a dead worker's tasks too, but only one to two
 // minutes later; our own leases let a campaign carry on within ClaimTTL.
 // Several workers may run it: Steal hands each expired item to one of them.
 func (w *Worker) Watch(ctx context.Context) {
-	every := max(w.cfg.ClaimTTL/2, 500*time.Millisecond)
+	every := w.sweepEvery()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -72,7 +72,10 @@ func (w *Worker) Sweep(ctx context.Context) error {
 				}
 			}
 		}
-		stolen, err := w.store.Steal(ctx, id, w.cfg.ClaimTTL)
+		// Besides expired claims, this process's own claims whose task has
+		// ended: their outcome was written and lost (a failover), and
+		// nobody will finish them before CLAIM_TTL runs out.
+		stolen, err := w.store.StealOrphans(ctx, id, w.cfg.ClaimTTL, w.proc, w.liveTokens()...)
 		if err != nil {
 			return err
 		}
@@ -100,22 +103,57 @@ func (w *Worker) Sweep(ctx context.Context) error {
 	return nil
 }
 
+// sweepEvery is how often the watchdog sweeps: every few seconds, so that
+// work nothing is doing is found in seconds (a sweep costs a few small
+// Redis calls per active campaign), and at least twice per ClaimTTL.
+func (w *Worker) sweepEvery() time.Duration {
+	return max(min(w.cfg.ClaimTTL/2, 2*time.Second), 100*time.Millisecond)
+}
+
+// leaseFresh is how recently a chunk lease must have been renewed to count
+// as worked on (see unstall); renewals come every renewEvery at most.
+func (w *Worker) leaseFresh() time.Duration {
+	return max(3*w.renewEvery(), min(w.cfg.ClaimTTL/2, 10*time.Second))
+}
+
+// renewEvery is how often a claim or lease is renewed while its message is
+// in flight or its chunk waits for the rate limit: often enough that a
+// claim lost in a failover is re-asserted within seconds, and that a lease
+// not renewed for leaseFresh is a leftover (renewals cost one call per
+// slow message or waiting chunk).
+func (w *Worker) renewEvery() time.Duration {
+	return min(w.cfg.ClaimTTL/3, 3*time.Second)
+}
+
+// stall is when a campaign was first seen stalled, and its open count then.
+type stall struct {
+	since time.Time
+	open  int64
+}
+
 // unstall re-enqueues the pending parts of a campaign that nothing works on.
 // A chunk task can be lost without ever taking its lease: Redis executed
 // asynq's dequeue but went down (a restart, a failover) before the reply
-// reached the worker. asynq recovers such a task only when its own lease
-// runs out, a minute or two later. A campaign is stalled when it has pending
-// recipients, no live claim or chunk lease, nothing waiting in the bulk
-// queue, and made no progress since the previous sweep; its pending chunks
-// are enqueued again (claims keep that idempotent).
+// reached the worker, or a failover lost the task, its lease and its
+// recipients' claims (asynq recovers such a task only when its own lease
+// runs out, a minute or two later, if at all). A campaign is stalled when it
+// has pending recipients, no live chunk lease, nothing waiting in the bulk
+// queue, and has made no progress for stallAfter (a few seconds: two sweeps
+// at least). Recipients being sent (claims) do not make it busy: a claim
+// is one recipient's, and may itself be a failover's leftover. Its pending
+// chunks are enqueued again (claims keep that idempotent).
 func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState) error {
 	c, err := w.store.Campaign(ctx, id)
 	if err != nil {
 		return err
 	}
-	stalled := c.Counts.Pending > 0 && c.Counts.Sending == 0
+	stalled := c.Counts.Pending > 0
 	if stalled {
-		live, err := w.store.LiveLeases(ctx, id)
+		// A lease counts only if renewed lately: a running chunk renews
+		// its lease with each message and every few seconds while it
+		// waits (hold, take), but a failover can leave behind the lease
+		// of a task that finished on the old primary, alive for CLAIM_TTL.
+		live, err := w.store.LeasesRenewedSince(ctx, id, time.Now().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
 		if err != nil {
 			return err
 		}
@@ -126,17 +164,24 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		q, err := w.inspector.GetQueueInfo(notice.QueueBulk)
 		stalled = err == nil && q.Pending == 0
 	}
+	now := time.Now()
 	w.mu.Lock()
 	prev, seen := w.stalls[id]
-	if stalled {
-		w.stalls[id] = c.Counts.Open()
-	} else {
+	if stalled && (!seen || prev.open != c.Counts.Open()) {
+		w.stalls[id] = stall{since: now, open: c.Counts.Open()}
+	} else if !stalled {
 		delete(w.stalls, id)
 	}
 	w.mu.Unlock()
-	if !stalled || !seen || prev != c.Counts.Open() {
+	// Two sweeps at least, a few seconds apart: a chunk task between its
+	// dequeue and its lease, or being re-enqueued, is not a stall.
+	stallAfter := max(2*w.sweepEvery(), min(w.cfg.ClaimTTL/2, 5*time.Second))
+	if !stalled || !seen || prev.open != c.Counts.Open() || now.Sub(prev.since) < stallAfter {
 		return nil
 	}
+	w.mu.Lock()
+	delete(w.stalls, id) // the chunks queued below are work: start over
+	w.mu.Unlock()
 	chunks, err := w.store.PendingChunks(ctx, id, int64(w.cfg.ChunkSize))
 	if err != nil {
 		return err
@@ -149,7 +194,8 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 			return err
 		}
 	}
-	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending)
+	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending,
+		"stalled_for", now.Sub(prev.since).Round(time.Millisecond).String())
 	return nil
 }
 

@@ -87,12 +87,22 @@ type Worker struct {
 
 	mu        sync.Mutex
 	campaigns map[string]*notice.Campaign // definitions never change after creation
-	stalls    map[string]int64            // campaign → open count when last seen stalled
+	stalls    map[string]stall            // campaign → when first seen stalled, and its open count then
 
 	notices map[preparedKey]*templates.Prepared // under mu: campaigns' notices, prepared for deliver
 
 	stopping chan struct{} // closed when the process is asked to stop
 	stopOnce sync.Once
+
+	// proc prefixes every claim token this process hands out, and live
+	// holds the tokens of its tasks still running (under mu): a claim
+	// under proc whose token is not live belongs to a task that ended, so
+	// its outcome was written and lost (a failover), and the watchdog
+	// hands it over at once instead of after CLAIM_TTL.
+	proc string
+	live map[string]int
+
+	warned map[string]time.Time // under mu: log lines said at most once per interval
 }
 
 // New returns a Worker.
@@ -106,7 +116,10 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sen
 		limiter:   redis_rate.NewLimiter(st.Redis()),
 		campaigns: map[string]*notice.Campaign{},
 		notices:   map[preparedKey]*templates.Prepared{},
-		stalls:    map[string]int64{},
+		stalls:    map[string]stall{},
+		proc:      "p" + newToken()[:8] + ".",
+		live:      map[string]int{},
+		warned:    map[string]time.Time{},
 		inspector: asynq.NewInspectorFromRedisClient(st.Redis()),
 		stopping:  make(chan struct{}),
 	}
@@ -191,6 +204,50 @@ func newToken() string {
 	var b [8]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// begin returns a claim token for a task of this process, live until end.
+func (w *Worker) begin() string {
+	t := w.proc + newToken()
+	w.mu.Lock()
+	w.live[t]++
+	w.mu.Unlock()
+	return t
+}
+
+// end marks a task's token as no longer working.
+func (w *Worker) end(token string) {
+	w.mu.Lock()
+	if w.live[token]--; w.live[token] <= 0 {
+		delete(w.live, token)
+	}
+	w.mu.Unlock()
+}
+
+// liveTokens lists the tokens of this process's running tasks.
+func (w *Worker) liveTokens() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.live))
+	for t := range w.live {
+		out = append(out, t)
+	}
+	return out
+}
+
+// warnEvery logs msg at most once per interval per key: a Redis outage
+// makes every handler retry every write, and one line says it as well as
+// thousands.
+func (w *Worker) warnEvery(key string, interval time.Duration, msg string, args ...any) {
+	now := time.Now()
+	w.mu.Lock()
+	if now.Sub(w.warned[key]) < interval {
+		w.mu.Unlock()
+		return
+	}
+	w.warned[key] = now
+	w.mu.Unlock()
+	w.log.Warn(msg, args...)
 }
 
 // retryError asks asynq to run a task again after Delay. Failure false means

@@ -1,0 +1,146 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// watchdogFixture is a sending campaign of n recipients whose fan-out is
+// done, on the worker package's test Redis, and a Worker with the default
+// CLAIM_TTL (2 minutes) that only sweeps (it runs no tasks).
+func watchdogFixture(t *testing.T, n int) (*Worker, *store.Store, *asynq.Inspector, string, store.CampaignState) {
+	t.Helper()
+	rdb, _ := testenv.Redis(t, testenv.DBWorker)
+	st := store.New(rdb, "wd")
+	q := asynq.NewClientFromRedisClient(rdb)
+	ctx := context.Background()
+	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
+	if err := st.CreateCampaign(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	var rs []notice.Recipient
+	for i := 1; i <= n; i++ {
+		rs = append(rs, notice.Recipient{Email: fmt.Sprintf("u%d@example.jp", i)})
+	}
+	if _, err := st.AddRecipients(ctx, c.ID, rs); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := st.Start(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := st.State(ctx, c.ID)
+	if err := st.SetFanoutCursor(ctx, c.ID, tr.Gen, cs.Seq+1); err != nil {
+		t.Fatal(err)
+	}
+	// The bulk queue exists (asynq knows it) and is empty: the fan-out's
+	// chunk tasks ran, or were lost with a primary.
+	if err := tasks.Chunk(ctx, q, notice.ChunkPayload{CampaignID: c.ID, Gen: 0, From: 1, To: 2}, "old"); err != nil {
+		t.Fatal(err)
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	if _, err := insp.DeleteAllPendingTasks(notice.QueueBulk); err != nil {
+		t.Fatal(err)
+	}
+	w := New(Config{ChunkSize: 5}, st, q, nil, nil, slog.New(slog.DiscardHandler))
+	return w, st, insp, c.ID, cs
+}
+
+func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
+	t.Helper()
+	var out []string
+	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){insp.ListPendingTasks, insp.ListScheduledTasks} {
+		ts, err := list(notice.QueueBulk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ti := range ts {
+			if strings.HasPrefix(ti.ID, prefix) {
+				out = append(out, ti.ID)
+			}
+		}
+	}
+	return out
+}
+
+// TestWatchdogFindsStallInSeconds: after a failover that lost the chunk
+// tasks, their leases and their claims, recipients sit pending with nothing
+// working on them, while another recipient is still "sending" (a claim of
+// another process, live) and a chunk lease left from before the failover
+// has not expired. The watchdog re-enqueues the pending chunks within
+// seconds, with the default CLAIM_TTL of 2 minutes (it used to take two
+// sweeps a minute apart, and never while anything was "sending").
+func TestWatchdogFindsStallInSeconds(t *testing.T) {
+	w, st, insp, cid, cs := watchdogFixture(t, 12)
+	ctx := context.Background()
+	for rid := int64(1); rid <= 4; rid++ {
+		tok := "other." + fmt.Sprint(rid)
+		st.Do(ctx, cid, store.Step{Token: tok, ClaimID: rid, ClaimTTL: time.Minute, Gen: cs.Gen})
+		if rid < 4 {
+			at := time.Now()
+			st.Do(ctx, cid, store.Step{Token: tok, FinishID: rid, Finish: notice.StatusSent, Delivery: &notice.Delivery{Attempts: 1, SentAt: &at}})
+		}
+	}
+	// The lease of a chunk task that finished on the old primary: its
+	// deadline is still 100 s away, but nobody has renewed it for 20 s.
+	if err := st.SetChunkLease(ctx, cid, 6, time.Now().Add(100*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go w.Watch(wctx)
+	start := time.Now()
+	for len(bulkTasks(t, insp, "chunk:"+cid)) == 0 {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no chunk re-enqueued after %s", time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := bulkTasks(t, insp, "chunk:"+cid)
+	t.Logf("stalled campaign found in %s: %v", time.Since(start).Round(time.Millisecond), got)
+	if len(got) != 3 {
+		t.Errorf("re-enqueued %v, want the 3 chunks holding pending recipients (1-5, 6-10, 11-12)", got)
+	}
+}
+
+// TestWatchdogTakesOverOrphanedClaims: a claim this process took for a task
+// that has since ended — its outcome was written, then lost with the
+// primary — is handed over at the next sweep, not when CLAIM_TTL (2 min)
+// runs out; a claim of a task still running is left alone.
+func TestWatchdogTakesOverOrphanedClaims(t *testing.T) {
+	w, st, insp, cid, cs := watchdogFixture(t, 3)
+	ctx := context.Background()
+	ended := w.begin()
+	w.end(ended)
+	running := w.begin()
+	defer w.end(running)
+	for rid, tok := range map[int64]string{1: ended, 2: running} {
+		if r, _ := st.Do(ctx, cid, store.Step{Token: tok, ClaimID: rid, ClaimTTL: 2 * time.Minute, Gen: cs.Gen}); !r.Claimed {
+			t.Fatalf("claim %d", rid)
+		}
+	}
+	if err := w.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := bulkTasks(t, insp, "rc:"+cid); len(got) != 1 || !strings.HasPrefix(got[0], fmt.Sprintf("rc:%s:1:", cid)) {
+		t.Fatalf("deliver tasks after one sweep: %v, want one for recipient 1", got)
+	}
+	// The task that takes it over marks the possible duplicate.
+	if r, _ := st.Do(ctx, cid, store.Step{Token: "next", ClaimID: 1, ClaimTTL: time.Minute, ClaimRetrying: true}); !r.Claimed || !r.Doubted {
+		t.Fatalf("takeover of the orphan: %+v", r)
+	}
+	if r, _ := st.Do(ctx, cid, store.Step{Token: "next", ClaimID: 2, ClaimTTL: time.Minute, ClaimRetrying: true}); r.Claimed || !r.Busy {
+		t.Fatalf("the running task's claim was handed over: %+v", r)
+	}
+}
