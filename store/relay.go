@@ -57,7 +57,7 @@ func (s *Store) RelayStreak(ctx context.Context, cid, sig string, rid int64) (he
 
 // relayPauseScript pauses a campaign because the relay refuses everything.
 //
-// KEYS: 1-9 as luaPrelude, 10 relay (the run). ARGV: 1 now (ms), 2 reason.
+// KEYS: 1-11 as luaPrelude, 12 relay (the run). ARGV: 1 now (ms), 2 reason.
 // Returns {changed, reverted rids...}: changed is 1 when this call paused
 // it (0: already paused for the relay, or not sending, done or paused).
 // The recipients of the run whose refusal was recorded as "failed" before
@@ -71,7 +71,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'paused', 'paused_reason', ARGV[2], 'paused_at', ARGV[1])
 if status == 'done' then redis.call('HDEL', KEYS[1], 'finished_at') end
 local out = {1}
-local run = redis.call('HKEYS', KEYS[10])
+local run = redis.call('HKEYS', KEYS[12])
 for _, f in ipairs(run) do
   if string.sub(f, 1, 2) == 'r:' then
     local rid = tonumber(string.sub(f, 3))
@@ -104,7 +104,7 @@ func (s *Store) PauseForRelay(ctx context.Context, cid, reason string) (changed 
 
 // relayClearScript ends a pause for the relay, before a resume or a cancel.
 //
-// KEYS: 1-9 as luaPrelude, 10 relay (the run). ARGV: 1 now (ms).
+// KEYS: 1-11 as luaPrelude, 12 relay (the run). ARGV: 1 now (ms).
 // Returns how many recipients went back from failed to pending: those of
 // the run that were recorded failed after the pause (a chunk that got the
 // refusal just before the pause, and recorded it just after).
@@ -112,7 +112,7 @@ var relayClearScript = redis.NewScript(luaPrelude + `
 local st = redis.call('HMGET', KEYS[1], 'status', 'paused_reason')
 local n = 0
 if st[1] == 'paused' and st[2] then
-  for _, f in ipairs(redis.call('HKEYS', KEYS[10])) do
+  for _, f in ipairs(redis.call('HKEYS', KEYS[12])) do
     if string.sub(f, 1, 2) == 'r:' then
       local rid = tonumber(string.sub(f, 3))
       if getst(rid) == 4 then
@@ -122,7 +122,7 @@ if st[1] == 'paused' and st[2] then
     end
   end
 end
-redis.call('DEL', KEYS[10])
+redis.call('DEL', KEYS[12])
 redis.call('HDEL', KEYS[1], 'paused_reason', 'paused_at')
 return n
 `)
@@ -170,7 +170,7 @@ func (s *Store) RelayPaused(ctx context.Context) ([]string, error) {
 
 // retryFailedScript sends failed recipients again.
 //
-// KEYS: 1-9 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
+// KEYS: 1-11 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
 // Returns {status, moved rids...}: the recipients that were failed are now
 // retrying (their retry tasks are the caller's to enqueue); a done campaign
 // they belong to is sending again (finished_at cleared) until they finish.
