@@ -2,9 +2,9 @@ package templates
 
 import (
 	"encoding/json"
-	"html"
 	"errors"
 	"flag"
+	"html"
 	"io/fs"
 	"os"
 	"path/filepath"
