@@ -90,6 +90,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		mopts.DKIM = &mailer.DKIMOptions{Domain: cfg.DKIMDomain, Selector: cfg.DKIMSelector, KeyFile: cfg.DKIMKeyFile}
 	}
+	if mopts.DKIMKeys, err = mailer.ParseDKIMKeys(cfg.DKIMKeys); err != nil {
+		return nil, err
+	}
+	if err := mailer.CheckDKIM(&mopts); err != nil {
+		return nil, err
+	}
 	pool, err := mailer.NewPool(mopts)
 	if err != nil {
 		return nil, fmt.Errorf("smtp: %w", err)
@@ -146,7 +152,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		if len(keys) == 0 {
 			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
 		}
-		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, DKIMDomains: mopts.DKIMDomains()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}
