@@ -29,6 +29,10 @@ type Pinger interface {
 // Config is what the API needs besides its parts.
 type Config struct {
 	MaxUploadBytes int64 // 413 past this (default 2 GiB)
+	// DKIMDomains are the domains notices are signed for (DKIM_DOMAIN and
+	// DKIM_KEYS). A campaign whose From domain aligns with none is refused:
+	// DMARC would fail. Empty: signing is off and nothing is checked.
+	DKIMDomains []string
 }
 
 // Server serves the API.

@@ -103,6 +103,20 @@ type Campaign struct {
 	PurgedAt      *time.Time     `json:"purged_at,omitempty"`    // recipients' personal data removed
 	ScheduledAt   *time.Time     `json:"scheduled_at,omitempty"` // a draft that starts by itself then
 	Counts        Counts         `json:"counts"`
+
+	// FromLocales is the sender per locale when the campaign gave one
+	// ({"ja": "株式会社サンプル <n@example.jp>", "en": "Sample Co. <n@example.jp>"}):
+	// an English reader sees an English display name. The address is the
+	// same in every locale; From is then the ja one.
+	FromLocales map[string]string `json:"from_locales,omitempty"`
+}
+
+// FromFor is the sender of the campaign's notices in locale.
+func (c *Campaign) FromFor(locale string) string {
+	if f := c.FromLocales[locale]; f != "" {
+		return f
+	}
+	return c.From
 }
 
 // Counts is the number of a campaign's recipients in each state.

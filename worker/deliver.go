@@ -389,7 +389,7 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	}
 	start := time.Now()
 	acc, err := w.sender.Deliver(ctx, &mailer.Message{
-		From: c.From, ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
+		From: c.FromFor(locale), ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
 		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
 	})
 	metrics.SendSeconds.Observe(time.Since(start).Seconds())
