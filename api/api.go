@@ -40,6 +40,10 @@ type Config struct {
 	// Checks are /readyz's checks beyond Redis answering and SMTP.
 	Checks []Check
 	Limits Limits
+	// DKIMDomains are the domains notices are signed for (DKIM_DOMAIN and
+	// DKIM_KEYS). A campaign whose From domain aligns with none is refused:
+	// DMARC would fail. Empty: signing is off and nothing is checked.
+	DKIMDomains []string
 }
 
 // Check is a readiness check beyond "it answers": Run returns the word

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/mail"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -26,7 +28,7 @@ type campaignRequest struct {
 	Name          string         `json:"name"`
 	Template      string         `json:"template"`
 	DefaultLocale string         `json:"default_locale"`
-	From          string         `json:"from"`
+	From          senderField    `json:"from"`
 	ReplyTo       string         `json:"reply_to"`
 	Charset       string         `json:"charset"`
 	Rate          float64        `json:"rate"`
@@ -35,15 +37,57 @@ type campaignRequest struct {
 	Data          map[string]any `json:"data"`
 }
 
+// senderField is "from": an address with its display name
+// ("株式会社サンプル <notice@example.jp>"), or one per locale
+// ({"ja": "株式会社サンプル <notice@example.jp>", "en": "Sample Co., Ltd. <notice@example.jp>"})
+// so that English readers see an English name. The address must be the
+// same in every locale: it is the envelope sender and DKIM's d= for all.
+type senderField struct {
+	one      string
+	byLocale map[string]string
+}
+
+func (f *senderField) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, &f.one); err == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, &f.byLocale); err != nil {
+		return errors.New(`"from" must be an address or one per locale: {"ja": "…", "en": "…"}`)
+	}
+	return nil
+}
+
 // fieldError is one problem with a request field.
 type fieldError struct {
 	Field string `json:"field"`
 	Error string `json:"error"`
 }
 
-func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
+// namedValue is a request value with the name errors give it.
+type namedValue struct{ name, v string }
+
+// froms lists the sender addresses given, named as errors name them.
+func (req *campaignRequest) froms() []namedValue {
+	if req.From.byLocale == nil {
+		return []namedValue{{"from", req.From.one}}
+	}
+	var out []namedValue
+	for _, loc := range templates.Locales {
+		out = append(out, namedValue{"from." + loc, req.From.byLocale[loc]})
+	}
+	return out
+}
+
+// validate checks a campaign request; dkimDomains are the domains the
+// service signs for (none: signing is off and alignment is not checked).
+func (req *campaignRequest) validate(ts *templates.Set, dkimDomains []string) []fieldError {
 	var errs []fieldError
 	bad := func(f, msg string, a ...any) { errs = append(errs, fieldError{f, fmt.Sprintf(msg, a...)}) }
+	for k := range req.From.byLocale {
+		if !notice.ValidLocale(k) {
+			bad("from."+k, "unknown locale (a sender per locale is keyed ja and en)")
+		}
+	}
 	req.Name = strings.TrimSpace(req.Name)
 	if req.Name == "" {
 		bad("name", "required")
@@ -64,10 +108,32 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 	if !notice.ValidLocale(req.DefaultLocale) {
 		bad("default_locale", "must be ja or en")
 	}
-	if err := checkAddress(req.From); err != nil {
-		bad("from", "%v", err)
-	} else if ingest.LooksLikeCardNumber(req.From) {
-		bad("from", "looks like a full card number")
+	froms := req.froms()
+	var fromAddr string
+	for _, f := range froms {
+		if err := checkAddress(f.v); err != nil {
+			bad(f.name, "%v", err)
+			continue
+		} else if ingest.LooksLikeCardNumber(f.v) {
+			bad(f.name, "looks like a full card number")
+			continue
+		}
+		a, _ := mail.ParseAddress(f.v)
+		if fromAddr == "" {
+			fromAddr = a.Address
+		} else if !strings.EqualFold(a.Address, fromAddr) {
+			bad(f.name, "address %s differs from %s: only the display name may change with the locale", a.Address, fromAddr)
+		}
+	}
+	if fromAddr != "" && len(dkimDomains) > 0 {
+		// DMARC passes on DKIM only when d= is the From domain (or a
+		// parent of it): a notice signed for another domain fails DMARC
+		// at Gmail and Yahoo, and lands in spam or is rejected.
+		domain := fromAddr[strings.LastIndexByte(fromAddr, '@')+1:]
+		if !slices.ContainsFunc(dkimDomains, func(d string) bool { return mailer.Aligned(domain, d) }) {
+			bad("from", "domain %s has no DKIM key (signing domains: %s): a notice signed with d=%s fails DMARC alignment at Gmail and Yahoo; send from an address at a signing domain, or add a key for %s to DKIM_KEYS",
+				domain, strings.Join(dkimDomains, ", "), dkimDomains[0], domain)
+		}
 	}
 	if req.ReplyTo != "" {
 		if err := checkAddress(req.ReplyTo); err != nil {
@@ -87,7 +153,7 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 	if req.Charset == notice.CharsetISO2022JP {
 		// The sender's display name goes in every message's header: a
 		// character ISO-2022-JP cannot carry would fail every send.
-		for _, f := range []struct{ name, v string }{{"from", req.From}, {"reply_to", req.ReplyTo}} {
+		for _, f := range append(froms, namedValue{"reply_to", req.ReplyTo}) {
 			if a, err := mail.ParseAddress(f.v); err == nil {
 				if c, i := templates.Uncarried(a.Name, req.Charset); i > 0 {
 					bad(f.name, "display name: %s", templates.CharsetMessage(c, i))
@@ -115,9 +181,7 @@ func (req *campaignRequest) validate(ts *templates.Set) []fieldError {
 		checkCardNumbers("data", req.Data, bad)
 		if ts.Has(req.Template) && len(errs) == 0 {
 			c := req.campaign()
-			if err := ts.ValidateCampaign(&c); err != nil {
-				bad("data", "%v", err)
-			}
+			errs = append(errs, dataErrors(ts.ValidateCampaign(&c))...)
 		}
 	}
 	return errs
@@ -142,11 +206,33 @@ func checkCardNumbers(path string, v any, bad func(string, string, ...any)) {
 	}
 }
 
+// dataErrors turns a template's verdict on campaign data into field
+// errors: one per data field ("data.cause": "is required: APPI …"), so
+// that a 422 names every missing or bad item.
+func dataErrors(err error) []fieldError {
+	if err == nil {
+		return nil
+	}
+	var de *templates.DataError
+	if errors.As(err, &de) {
+		out := make([]fieldError, 0, len(de.Fields))
+		for _, f := range de.Fields {
+			out = append(out, fieldError{"data." + f.Field, f.Reason})
+		}
+		return out
+	}
+	return []fieldError{{"data", err.Error()}}
+}
+
 func (req *campaignRequest) campaign() notice.Campaign {
-	return notice.Campaign{
-		Name: req.Name, Template: req.Template, DefaultLocale: req.DefaultLocale, From: req.From,
+	c := notice.Campaign{
+		Name: req.Name, Template: req.Template, DefaultLocale: req.DefaultLocale, From: req.From.one,
 		ReplyTo: req.ReplyTo, Charset: req.Charset, Rate: req.Rate, TimeZone: req.TimeZone, Paragraphs: req.Paragraphs, Data: req.Data,
 	}
+	if req.From.byLocale != nil {
+		c.From, c.FromLocales = req.From.byLocale[notice.LocaleJA], req.From.byLocale
+	}
+	return c
 }
 
 // checkAddress checks a sender (from, reply_to): one mailbox, with or
@@ -160,6 +246,9 @@ func checkAddress(s string) error {
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil {
+		if name, _, ok := strings.Cut(s, "<"); ok && strings.ContainsAny(name, ",.;:@") && !strings.Contains(name, `"`) {
+			return fmt.Errorf("not an address: %v (a display name with , . ; : or @ goes in double quotes: \"Sample Co., Ltd.\" <notice@example.jp>)", err)
+		}
 		return fmt.Errorf("not an address: %v", err)
 	}
 	domain := a.Address[strings.LastIndexByte(a.Address, '@')+1:]
@@ -195,7 +284,7 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	if errs := req.validate(s.templates); len(errs) > 0 {
+	if errs := req.validate(s.templates, s.cfg.DKIMDomains); len(errs) > 0 {
 		s.noteCards(r.Context(), errs)
 		writeError(w, http.StatusUnprocessableEntity, "invalid_campaign", "the campaign has invalid fields", errs)
 		return
@@ -343,6 +432,14 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnprocessableEntity, "no_recipients",
 			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting", nil)
 		return
+	}
+	if c.Status == notice.CampaignDraft {
+		// A draft made before a template required more (cause and
+		// secondary_harm, which APPI requires) must not go out without it.
+		if errs := dataErrors(s.templates.Validate(c.Template, c.Data)); errs != nil {
+			writeError(w, http.StatusUnprocessableEntity, "invalid_campaign", "the campaign's data lacks what the notice must state; fix it in a new campaign", errs)
+			return
+		}
 	}
 	if c.Charset == notice.CharsetISO2022JP {
 		if problems := s.charsetProblems(c); problems != nil {

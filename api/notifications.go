@@ -75,9 +75,9 @@ func (s *Server) Notify(ctx context.Context, req NotificationRequest) (*Notifica
 func (s *Server) sendOne(ctx context.Context, name, kind string, req NotificationRequest) (*NotificationAnswer, error) {
 	creq := campaignRequest{
 		Name: name, Template: req.Template, DefaultLocale: req.Locale,
-		From: req.From, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
+		From: senderField{one: req.From}, ReplyTo: req.ReplyTo, Charset: req.Charset, Paragraphs: req.Paragraphs, Data: req.Data,
 	}
-	errs := creq.validate(s.templates)
+	errs := creq.validate(s.templates, s.cfg.DKIMDomains)
 	for i := range errs {
 		if errs[i].Field == "default_locale" {
 			errs[i].Field = "locale"

@@ -42,7 +42,7 @@ func uploadServer(t *testing.T, max int64) *httptest.Server {
 }
 
 const campaignJSON = `{"name":"upload test","template":"card-reissue","default_locale":"ja","from":"Example <notice@example.jp>",
-"data":{"company":"Example","service":"Store","discovered_on":"2019-05-28","period_start":"2009-05-01","period_end":"2019-05-27",
+"data":{"company":"Example","service":"Store","discovered_on":"2019-05-28","cause":"Unauthorized access.","secondary_harm":"None reported.","period_start":"2009-05-01","period_end":"2019-05-27",
 "leaked_items":["Card number"],"actions_taken":["Stopped card payments"],"hotline":"0120-000-000","hotline_hours":"9-18","contact_email":"support@example.jp"}}`
 
 func call(t *testing.T, hs *httptest.Server, method, path string, hdr map[string]string, body io.Reader, out any) int {

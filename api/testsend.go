@@ -54,7 +54,7 @@ func (s *Server) testSend(w http.ResponseWriter, r *http.Request) {
 	}
 	rc.Email, rc.Locale = req.Email, locale
 	ans, err := s.sendOne(r.Context(), TestPrefix+c.Name, notice.KindTest, NotificationRequest{
-		Template: c.Template, Locale: locale, From: c.From, ReplyTo: c.ReplyTo, Charset: c.Charset,
+		Template: c.Template, Locale: locale, From: c.FromFor(locale), ReplyTo: c.ReplyTo, Charset: c.Charset,
 		Paragraphs: c.Paragraphs, Data: c.Data, Recipient: rc,
 	})
 	if err != nil {

@@ -51,6 +51,7 @@ type Config struct {
 	DKIMDomain             string
 	DKIMSelector           string
 	DKIMKeyFile            string
+	DKIMKeys               string
 	ListUnsubscribe        string
 	LogFormat              string
 	LogLevel               string
@@ -193,6 +194,7 @@ var settings = []setting{
 	{"DKIM_DOMAIN", "", "DKIM signing domain (d=); signing is on when DKIM_KEY_FILE is set", str(func(c *Config) *string { return &c.DKIMDomain })},
 	{"DKIM_SELECTOR", "", "DKIM selector (s=)", str(func(c *Config) *string { return &c.DKIMSelector })},
 	{"DKIM_KEY_FILE", "", "PEM file with the DKIM private key (RSA or Ed25519)", str(func(c *Config) *string { return &c.DKIMKeyFile })},
+	{"DKIM_KEYS", "", "more DKIM keys, one per From domain: domain:selector:file,… A notice is signed with the key of its From domain (or a parent of it); with any key set, a campaign whose From domain has none is refused (DMARC would fail)", str(func(c *Config) *string { return &c.DKIMKeys })},
 	{"LIST_UNSUBSCRIBE", "", "List-Unsubscribe header value; empty = none (breach notices are not marketing)", str(func(c *Config) *string { return &c.ListUnsubscribe })},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},

@@ -1,6 +1,8 @@
 package mailer
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -8,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"mime/multipart"
 	netmail "net/mail"
+	"net/textproto"
 	"os"
 	"regexp"
 	"slices"
@@ -17,6 +21,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/emersion/go-msgauth/dkim"
 	"github.com/wneessen/go-mail"
 	"golang.org/x/text/encoding/japanese"
 
@@ -31,8 +36,8 @@ type envelope struct{ from, to string }
 
 // Build makes the go-mail message: multipart/alternative, text first then
 // HTML, in UTF-8 (quoted-printable, or base64 for a mostly non-ASCII —
-// Japanese — part, whichever is smaller) or ISO-2022-JP (base64, headers as
-// ISO-2022-JP encoded-words).
+// Japanese — part, whichever is smaller) or ISO-2022-JP (7bit as RFC 1468
+// has it, headers as ISO-2022-JP encoded-words where they are not ASCII).
 //
 // For ISO-2022-JP, every character of the subject, the display names and
 // both bodies must be one the charset carries (ASCII and JIS X 0208, as
@@ -77,9 +82,11 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 	subject := cleanName(m.Subject)
 	env = envelope{from: from.Address, to: m.To}
 
-	opts := []mail.MsgOption{mail.WithNoDefaultUserAgent()}
+	// A boundary of our own: a DKIM signature is made over the message
+	// written once, and go-mail would pick another boundary each time.
+	opts := []mail.MsgOption{mail.WithNoDefaultUserAgent(), mail.WithBoundary(newBoundary())}
 	if iso {
-		opts = append(opts, mail.WithCharset(mail.CharsetISO2022JP), mail.WithEncoding(mail.EncodingB64))
+		opts = append(opts, mail.WithCharset(mail.CharsetISO2022JP), mail.WithEncoding(mail.NoEncoding))
 	} else {
 		opts = append(opts, mail.WithCharset(mail.CharsetUTF8), mail.WithEncoding(mail.EncodingQP))
 	}
@@ -88,13 +95,14 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 	// Text in MIME is CRLF-delimited (RFC 2045 canonical form); base64
 	// would otherwise carry bare LFs that quoted-printable turns into CRLF.
 	text := crlf(m.Text)
-	html := crlf(m.HTML)
+	html := m.HTML
 	if html != "" {
 		cs := notice.CharsetUTF8
 		if iso {
 			cs = notice.CharsetISO2022JP
 		}
-		html = setHTMLCharset(html, cs)
+		// Before crlf: the declaration it may add is on a line of its own.
+		html = crlf(setHTMLCharset(html, cs))
 	}
 
 	if iso {
@@ -103,20 +111,25 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 		if err := checkISO2022JP(m, from, to, replyTo, subject, text, html); err != nil {
 			return nil, env, err
 		}
-		enc, err := encodeWords(subject, true, subjectWordRaw)
-		if err != nil {
-			return nil, env, fmt.Errorf("subject: %w", err)
+		if isASCII(subject) {
+			// An encoded-word where none is needed is what spam looks
+			// like (rspamd: SUBJ_EXCESS_BASE64).
+			msg.Subject(subject)
+		} else {
+			enc, err := encodeWords(subject, true, subjectWordRaw)
+			if err != nil {
+				return nil, env, fmt.Errorf("subject: %w", err)
+			}
+			msg.SetGenHeaderPreformatted(mail.HeaderSubject, enc)
 		}
-		msg.SetGenHeaderPreformatted(mail.HeaderSubject, enc)
 		if text, err = toISO2022JP(text); err != nil {
 			return nil, env, fmt.Errorf("text: %w", err)
 		}
 		if html, err = toISO2022JP(html); err != nil {
 			return nil, env, fmt.Errorf("html: %w", err)
 		}
-		msg.SetBodyString(mail.TypeTextPlain, text)
-		if html != "" {
-			msg.AddAlternativeString(mail.TypeTextHTML, html)
+		if err := setISO2022JPBody(msg, text, html); err != nil {
+			return nil, env, err
 		}
 	} else {
 		if isASCII(subject) {
@@ -160,12 +173,14 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 		// opt out of being told their card leaked.
 		msg.SetGenHeader(mail.Header("List-Unsubscribe"), cleanName(o.ListUnsubscribe))
 	}
-	if o != nil && o.DKIM != nil {
-		signer, err := loadDKIM(o.DKIM)
+	if key := o.signingKey(from.Address[strings.LastIndexByte(from.Address, '@')+1:]); key != nil {
+		so, err := loadDKIM(key)
 		if err != nil {
 			return nil, env, err
 		}
-		msg.SetDKIM(signer)
+		if err := signDKIM(msg, so); err != nil {
+			return nil, env, err
+		}
 	}
 	return msg, env, nil
 }
@@ -348,6 +363,13 @@ func checkMessageID(id string) error {
 		return errors.New("want left@right")
 	}
 	return nil
+}
+
+// newBoundary is a random MIME boundary.
+func newBoundary() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // newMessageID makes a random Message-ID in the sender's domain, for
@@ -552,27 +574,29 @@ func nameWordRaw(iso bool) int {
 	return 45 // 60 base64 + 12 = 72
 }
 
-var dkimCache sync.Map // DKIMOptions → *mail.DKIMSigner
+var dkimCache sync.Map // DKIMOptions → *dkim.SignOptions
 
-// dkimHeaders are signed, and dkimOversigned once more than they occur,
-// so a second From, Subject or Reply-To added on the way — above ours,
-// where most clients read it — breaks the signature.
+// dkimHeaders are signed, and those in dkimOversigned once more than they
+// occur, so a second From, Subject or Reply-To added on the way — above
+// ours, where most clients read it — breaks the signature. Date is signed
+// as RFC 6376 5.4 recommends (a replayed notice cannot be re-dated),
+// MIME-Version and Auto-Submitted because both change how the message is
+// read.
 //
-// The list is kept short on purpose: go-mail v0.8.1 folds the h= tag at a
-// fixed width, even inside a header name ("Auto-S<CRLF> ubmitted"), and a
-// verifier then reads a different list than was signed. Everything must
-// fit on one folded line (loadDKIM checks). Date and MIME-Version are left
-// out for that room: the signature's own t= dates it.
+// The signature is made with go-msgauth, not go-mail's signer: go-mail
+// v0.8.1 folds the h= tag at a fixed width, even inside a header name
+// ("Auto-S<CRLF> ubmitted"), and signs it unfolded, so with more than a
+// line of header names its signatures do not verify.
 var (
-	dkimHeaders    = []string{"From", "To", "Subject", "Message-ID", "Reply-To", "Content-Type"}
+	dkimHeaders    = []string{"From", "To", "Subject", "Date", "Message-ID", "Reply-To", "MIME-Version", "Content-Type", "Auto-Submitted"}
 	dkimOversigned = []string{"From", "Subject", "Reply-To"}
 )
 
 // loadDKIM reads the key once per setting (RSA in PKCS #1 or PKCS #8, or
-// Ed25519 in PKCS #8) and returns a signer shared by every message.
-func loadDKIM(o *DKIMOptions) (*mail.DKIMSigner, error) {
+// Ed25519 in PKCS #8) and returns signing options shared by every message.
+func loadDKIM(o *DKIMOptions) (*dkim.SignOptions, error) {
 	if v, ok := dkimCache.Load(*o); ok {
-		return v.(*mail.DKIMSigner), nil
+		return v.(*dkim.SignOptions), nil
 	}
 	if o.Domain == "" || o.Selector == "" || o.KeyFile == "" {
 		return nil, errors.New("DKIM: DKIM_DOMAIN, DKIM_SELECTOR and DKIM_KEY_FILE are all required")
@@ -585,18 +609,122 @@ func loadDKIM(o *DKIMOptions) (*mail.DKIMSigner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("DKIM_KEY_FILE %s: %w", o.KeyFile, err)
 	}
-	s := mail.NewDKIMSigner(o.Domain, o.Selector, key)
-	s.SignHeaders(dkimHeaders...)
-	s.OversignHeaders(dkimOversigned...)
-	// See dkimHeaders: 75 is what go-mail's folding leaves on a line.
-	if h := "h=" + strings.Join(append(slices.Clone(dkimHeaders), dkimOversigned...), ":") + "; "; len(h) > 75 {
-		return nil, fmt.Errorf("DKIM: signed header list too long for go-mail's folding (%d > 75)", len(h))
+	so := &dkim.SignOptions{
+		Domain: o.Domain, Selector: o.Selector, Signer: key, Hash: crypto.SHA256,
+		HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed,
+		HeaderKeys: append(slices.Clone(dkimHeaders), dkimOversigned...),
 	}
-	if err := s.ValidateConfig(); err != nil {
+	// Fail on a bad key now, not on the first message.
+	if _, err := dkim.NewSigner(so); err != nil {
 		return nil, fmt.Errorf("DKIM: %w", err)
 	}
-	v, _ := dkimCache.LoadOrStore(*o, s)
-	return v.(*mail.DKIMSigner), nil
+	v, _ := dkimCache.LoadOrStore(*o, so)
+	return v.(*dkim.SignOptions), nil
+}
+
+// signDKIM adds a DKIM-Signature to msg, made over msg as it is written:
+// everything that goes into the message (Date, Message-ID, the multipart
+// boundary) is fixed before, so that the pool's WriteTo writes the same.
+func signDKIM(msg *mail.Msg, so *dkim.SignOptions) error {
+	var b bytes.Buffer
+	if _, err := msg.WriteTo(&b); err != nil {
+		return fmt.Errorf("DKIM: %w", err)
+	}
+	s, err := dkim.NewSigner(so)
+	if err != nil {
+		return fmt.Errorf("DKIM: %w", err)
+	}
+	if _, err := b.WriteTo(s); err != nil {
+		s.Close()
+		return fmt.Errorf("DKIM: %w", err)
+	}
+	if err := s.Close(); err != nil {
+		return fmt.Errorf("DKIM: %w", err)
+	}
+	// "DKIM-Signature: v=1; …\r\n", folded by go-msgauth with CRLF SP.
+	v, ok := strings.CutPrefix(s.Signature(), "DKIM-Signature: ")
+	if !ok {
+		return errors.New("DKIM: unexpected signature header")
+	}
+	msg.SetGenHeaderPreformatted(mail.Header("DKIM-Signature"), strings.TrimSuffix(v, "\r\n"))
+	return nil
+}
+
+// maxLine7bit is the longest line a 7bit part may have (RFC 5322 2.1.1,
+// RFC 2045 2.7), not counting CRLF.
+const maxLine7bit = 998
+
+// setISO2022JPBody makes the message's body multipart/alternative with the
+// text and (if any) the HTML in ISO-2022-JP, each part 7bit — as RFC 1468
+// sends Japanese mail and Japanese carriers' filters expect — unless it has
+// a line past 998 octets, which only base64 can carry. go-mail cannot write
+// a 7bit part (it quoted-printables one, turning every ESC into =1B), so
+// the parts are written here, and go-mail writes the whole as one part.
+// text and html are in ISO-2022-JP with CRLF line ends.
+func setISO2022JPBody(msg *mail.Msg, text, html string) error {
+	var b strings.Builder
+	mw := multipart.NewWriter(&b)
+	for _, p := range []struct{ ctype, body string }{{"text/plain", text}, {"text/html", html}} {
+		if p.body == "" && p.ctype == "text/html" {
+			continue
+		}
+		enc := "7bit"
+		if !fits7bit(p.body) {
+			enc = "base64"
+		}
+		w, err := mw.CreatePart(textproto.MIMEHeader{
+			"Content-Type":              {p.ctype + "; charset=ISO-2022-JP"},
+			"Content-Transfer-Encoding": {enc},
+		})
+		if err != nil {
+			return fmt.Errorf("body: %w", err)
+		}
+		if enc == "7bit" {
+			io.WriteString(w, p.body)
+			continue
+		}
+		all := base64.StdEncoding.EncodeToString([]byte(p.body))
+		for len(all) > 76 {
+			io.WriteString(w, all[:76]+"\r\n")
+			all = all[76:]
+		}
+		io.WriteString(w, all+"\r\n")
+	}
+	if err := mw.Close(); err != nil {
+		return fmt.Errorf("body: %w", err)
+	}
+	body := b.String()
+	// The whole is labelled 8bit: go-mail writes a Content-Transfer-Encoding
+	// for it, and only 8bit is written as it is (every byte of it is 7-bit
+	// all the same), and a charset parameter, which multipart ignores.
+	msg.SetBodyWriter(mail.ContentType(`multipart/alternative; boundary="`+mw.Boundary()+`"`), func(w io.Writer) (int64, error) {
+		n, err := io.WriteString(w, body)
+		return int64(n), err
+	}, mail.WithPartEncoding(mail.NoEncoding))
+	return nil
+}
+
+// fits7bit reports whether s (CRLF line ends) can go in a 7bit part as it
+// is: ASCII without NUL or a bare CR or LF, no line past maxLine7bit octets.
+func fits7bit(s string) bool {
+	line := 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\r':
+			if i+1 >= len(s) || s[i+1] != '\n' {
+				return false
+			}
+			i++
+			line = 0
+			continue
+		case c == '\n' || c == 0 || c >= 0x80:
+			return false
+		}
+		if line++; line > maxLine7bit {
+			return false
+		}
+	}
+	return true
 }
 
 // WriteEML writes the message as it would be sent.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,8 +45,96 @@ type Message struct {
 // was not sent.
 var ErrAborted = errors.New("message not sent: the sender's guard stopped it")
 
-// DKIMOptions signs every message.
+// DKIMOptions is one signing key: d=Domain, s=Selector, the private key
+// in KeyFile.
 type DKIMOptions struct{ Domain, Selector, KeyFile string }
+
+// ParseDKIMKeys reads DKIM_KEYS: "domain:selector:file" entries separated
+// by commas, at most one per domain. The file may itself hold a colon
+// (C:\keys\a.pem); the domain and the selector cannot.
+func ParseDKIMKeys(s string) ([]DKIMOptions, error) {
+	var out []DKIMOptions
+	for _, e := range strings.Split(s, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		parts := strings.SplitN(e, ":", 3)
+		if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+			return nil, fmt.Errorf("DKIM_KEYS: %q is not domain:selector:file", e)
+		}
+		k := DKIMOptions{Domain: strings.ToLower(strings.TrimSuffix(parts[0], ".")), Selector: parts[1], KeyFile: parts[2]}
+		for _, o := range out {
+			if o.Domain == k.Domain {
+				return nil, fmt.Errorf("DKIM_KEYS: two keys for %s: give one per domain", k.Domain)
+			}
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// Aligned reports whether a message From fromDomain and signed d=dkimDomain
+// passes DMARC's relaxed alignment as far as we judge it without the
+// public suffix list: the same domain, or From at a subdomain of d=
+// (notice.example.jp signed by example.jp).
+func Aligned(fromDomain, dkimDomain string) bool {
+	f := strings.ToLower(strings.TrimSuffix(fromDomain, "."))
+	d := strings.ToLower(strings.TrimSuffix(dkimDomain, "."))
+	return d != "" && (f == d || strings.HasSuffix(f, "."+d))
+}
+
+// signingKey is the key a message From fromDomain is signed with: the
+// DKIM_KEYS entry aligned with it (the longest domain, should several be),
+// else the DKIM_DOMAIN key aligned with it, else — for a campaign made
+// before the API refused unaligned senders — the DKIM_DOMAIN key as before.
+// nil: signing is off.
+func (o *Options) signingKey(fromDomain string) *DKIMOptions {
+	if o == nil {
+		return nil
+	}
+	var best *DKIMOptions
+	for i := range o.DKIMKeys {
+		k := &o.DKIMKeys[i]
+		if Aligned(fromDomain, k.Domain) && (best == nil || len(k.Domain) > len(best.Domain)) {
+			best = k
+		}
+	}
+	if best != nil {
+		return best
+	}
+	return o.DKIM
+}
+
+// DKIMDomains lists the domains o signs for.
+func (o *Options) DKIMDomains() []string {
+	var out []string
+	if o.DKIM != nil {
+		out = append(out, o.DKIM.Domain)
+	}
+	for _, k := range o.DKIMKeys {
+		if !slices.Contains(out, k.Domain) {
+			out = append(out, k.Domain)
+		}
+	}
+	return out
+}
+
+// CheckDKIM loads every key of o, so that a missing or bad key file stops
+// the service at start rather than failing every message.
+func CheckDKIM(o *Options) error {
+	if o.DKIM != nil {
+		if _, err := loadDKIM(o.DKIM); err != nil {
+			return err
+		}
+	}
+	for i := range o.DKIMKeys {
+		if _, err := loadDKIM(&o.DKIMKeys[i]); err != nil {
+			return fmt.Errorf("DKIM_KEYS %s: %w", o.DKIMKeys[i].Domain, err)
+		}
+	}
+	return nil
+}
 
 // Options configures building and sending.
 type Options struct {
@@ -59,7 +148,8 @@ type Options struct {
 	DataTimeout     time.Duration
 	IdleTimeout     time.Duration
 	MaxPerConn      int
-	DKIM            *DKIMOptions
+	DKIM            *DKIMOptions  // DKIM_DOMAIN, DKIM_SELECTOR, DKIM_KEY_FILE
+	DKIMKeys        []DKIMOptions // DKIM_KEYS: one key per From domain
 	ListUnsubscribe string
 
 	noPipelining bool // tests: take the command-by-command path

@@ -108,6 +108,20 @@ type Campaign struct {
 	PausedAt     *time.Time `json:"paused_at,omitempty"`
 	Counts       Counts     `json:"counts"`
 	LastUpload   *Upload    `json:"last_upload,omitempty"` // the latest recipients upload, as far as it got
+
+	// FromLocales is the sender per locale when the campaign gave one
+	// ({"ja": "株式会社サンプル <n@example.jp>", "en": "Sample Co. <n@example.jp>"}):
+	// an English reader sees an English display name. The address is the
+	// same in every locale; From is then the ja one.
+	FromLocales map[string]string `json:"from_locales,omitempty"`
+}
+
+// FromFor is the sender of the campaign's notices in locale.
+func (c *Campaign) FromFor(locale string) string {
+	if f := c.FromLocales[locale]; f != "" {
+		return f
+	}
+	return c.From
 }
 
 // Upload states.

@@ -2,7 +2,9 @@
 # Runs oshirase's whole test suite on this machine. It needs a real Redis at
 # 127.0.0.1:6379 (started here if nothing answers), Redis' own binaries for
 # the tests that start private servers, Postfix's smtp-sink for the benchmark
-# tests, and Chromium with its driver for the support console's browser test.
+# tests, Chromium with its driver for the support console's browser test and
+# the notices' phone-width screenshots, and SpamAssassin (run offline, -L)
+# and python3 for the notices' independent checks.
 # Missing Debian packages are installed with apt-get when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,9 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v spamassassin >/dev/null || need+=(spamassassin)
+[ -d /usr/share/fonts/opentype/ipafont-gothic ] || need+=(fonts-ipafont-gothic) # Japanese in the screenshots
+command -v python3 >/dev/null || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]}"

@@ -62,7 +62,9 @@ func TestCampaignEndToEnd(t *testing.T) {
 	st, sink := startServiceStack(t, map[string]string{"WORKER_CONCURRENCY": "8", "CHUNK_SIZE": "25", "KEY_PREFIX": "e2e"})
 
 	var c notice.Campaign
-	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &c)
+	// A sender per locale: English readers see an English name.
+	from := map[string]string{"ja": "株式会社テスト <notice@example.jp>", "en": "Test Co. <notice@example.jp>"}
+	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(map[string]any{"from": from}), &c)
 	if code != 201 || c.ID == "" {
 		t.Fatalf("create campaign: %d %s", code, body)
 	}
@@ -122,9 +124,15 @@ func TestCampaignEndToEnd(t *testing.T) {
 			if !strings.Contains(p.Text, "再発行") || !strings.Contains(p.Text, last4) {
 				t.Errorf("%s: ja text lacks 再発行 or %s", addr, last4)
 			}
+			if p.From != from["ja"] {
+				t.Errorf("%s: from %q, want %q", addr, p.From, from["ja"])
+			}
 		case "en":
 			if !strings.HasPrefix(p.Subject, "[Important]") || !strings.Contains(strings.ToLower(p.Text), "reissue") {
 				t.Errorf("%s: en subject %q / text lacks reissue", addr, p.Subject)
+			}
+			if !strings.HasPrefix(p.From, `"Test Co." <notice@example.jp>`) && p.From != from["en"] {
+				t.Errorf("%s: from %q, want %q", addr, p.From, from["en"])
 			}
 		default:
 			t.Errorf("unexpected recipient %s", addr)

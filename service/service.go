@@ -110,6 +110,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		mopts.DKIM = &mailer.DKIMOptions{Domain: cfg.DKIMDomain, Selector: cfg.DKIMSelector, KeyFile: cfg.DKIMKeyFile}
 	}
+	if mopts.DKIMKeys, err = mailer.ParseDKIMKeys(cfg.DKIMKeys); err != nil {
+		return nil, err
+	}
+	if err := mailer.CheckDKIM(&mopts); err != nil {
+		return nil, err
+	}
 	pool, err := mailer.NewPool(mopts)
 	if err != nil {
 		return nil, fmt.Errorf("smtp: %w", err)
@@ -170,7 +176,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Checks: s.guard.readyChecks(), Limits: api.Limits{
 				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
-			}}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+			}, DKIMDomains: mopts.DKIMDomains()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}

@@ -3,10 +3,13 @@ package templates
 import (
 	"fmt"
 	"maps"
+	"net/mail"
+	"net/url"
 	"slices"
 	"strings"
 	"text/template/parse"
 	"time"
+	"unicode"
 )
 
 // dateLayout is how campaign data writes dates.
@@ -48,7 +51,7 @@ func (t *tmpl) check(data map[string]any) error {
 		v, ok := data[f.Name]
 		if !ok || v == nil {
 			if f.Required {
-				probs = append(probs, FieldError{f.Name, "is required"})
+				probs = append(probs, FieldError{f.Name, withWhy("is required", f)})
 			}
 			continue
 		}
@@ -79,6 +82,7 @@ func (t *tmpl) check(data map[string]any) error {
 			probs = append(probs, FieldError{k, "is not a field of this template"})
 		}
 	}
+	probs = append(probs, t.checkPeriods(data)...)
 	if len(probs) == 0 {
 		return nil
 	}
@@ -95,7 +99,23 @@ func checkValue(f Field, v any) string {
 			return fmt.Sprintf("must be a string, not %s", jsonType(v))
 		}
 		if f.Required && strings.TrimSpace(s) == "" {
-			return "must not be empty"
+			return withWhy("must not be empty", f)
+		}
+	case KindURL:
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Sprintf("must be a URL string, not %s", jsonType(v))
+		}
+		if f.Required || s != "" {
+			return checkURL(s)
+		}
+	case KindEmail:
+		s, ok := v.(string)
+		if !ok {
+			return fmt.Sprintf("must be an email address string, not %s", jsonType(v))
+		}
+		if f.Required || s != "" {
+			return checkEmail(s)
 		}
 	case KindList:
 		l, ok := asList(v)
@@ -120,6 +140,90 @@ func checkValue(f Field, v any) string {
 		}
 	}
 	return ""
+}
+
+// withWhy adds to reason why f is required, when its meta.json says.
+func withWhy(reason string, f Field) string {
+	if f.Why == "" {
+		return reason
+	}
+	return reason + ": " + f.Why
+}
+
+// checkURL returns why s is no link a notice may show, or "". A reader
+// told to beware of phishing must see an address that is plainly the
+// company's: https, a host, no user:password@ (which can make
+// https://www.example.co.jp@evil.example/ look like the company's), no
+// white space or control characters. javascript:, data: and http: are
+// refused by the scheme.
+func checkURL(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "must not be empty"
+	}
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return fmt.Sprintf("must be one https URL without spaces or control characters, not %q", s)
+		}
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Sprintf("is not a URL: %q", s)
+	}
+	switch {
+	case !strings.EqualFold(u.Scheme, "https"):
+		return fmt.Sprintf("must start with https:// (not %q): a notice links only to the company's own https pages", u.Scheme+":")
+	case u.User != nil:
+		return "must not hold a user name or password (user:password@): phishing hides the real host that way"
+	case u.Host == "" || u.Hostname() == "":
+		return fmt.Sprintf("has no host: %q", s)
+	}
+	return ""
+}
+
+// checkEmail returns why s is not a bare address customers can write to,
+// or "": no display name, no ?query (mailto:a@b?bcc=… would add
+// recipients or a body to the reader's reply), nothing but printable ASCII.
+func checkEmail(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "must not be empty"
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("?&<>()[],;:\\\"%/", c) >= 0 {
+			return fmt.Sprintf("must be a bare address like support@example.co.jp, without %q", string(c))
+		}
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil || a.Address != s || a.Name != "" || !strings.Contains(s[strings.LastIndexByte(s, '@')+1:], ".") {
+		return fmt.Sprintf("must be an address like support@example.co.jp, not %q", s)
+	}
+	return ""
+}
+
+// checkPeriods refuses a period that ends before it starts: for every pair
+// of date fields x_start and x_end given, x_start must not be after x_end.
+func (t *tmpl) checkPeriods(data map[string]any) []FieldError {
+	var probs []FieldError
+	for _, f := range t.info.Fields {
+		base, ok := strings.CutSuffix(f.Name, "_start")
+		if !ok || f.Kind != KindDate {
+			continue
+		}
+		end := base + "_end"
+		if !slices.ContainsFunc(t.info.Fields, func(g Field) bool { return g.Name == end && g.Kind == KindDate }) {
+			continue
+		}
+		s, _ := data[f.Name].(string)
+		e, _ := data[end].(string)
+		ts, err1 := time.Parse(dateLayout, s)
+		te, err2 := time.Parse(dateLayout, e)
+		if err1 != nil || err2 != nil {
+			continue // absent or malformed: reported by checkValue
+		}
+		if ts.After(te) {
+			probs = append(probs, FieldError{f.Name, fmt.Sprintf("%s is after %s %s: the period must not end before it starts", s, end, e)})
+		}
+	}
+	return probs
 }
 
 func jsonType(v any) string {

@@ -49,6 +49,8 @@ const (
 	KindString = "string" // a string, or {"ja": "...", "en": "..."}
 	KindList   = "list"   // a list of strings, or {"ja": [...], "en": [...]}
 	KindDate   = "date"   // "2019-05-28"
+	KindURL    = "url"    // a string (or one per locale) that is an https URL without user:password@
+	KindEmail  = "email"  // a string (or one per locale) that is a bare address: no name, no ?query
 )
 
 // ErrUnknownTemplate is returned (wrapped) for a template name the Set lacks.
@@ -81,8 +83,11 @@ type Info struct {
 type Field struct {
 	Name        string `json:"name"`
 	Required    bool   `json:"required"`
-	Kind        string `json:"kind"` // KindString, KindList or KindDate
+	Kind        string `json:"kind"` // KindString, KindList, KindDate, KindURL or KindEmail
 	Description string `json:"description"`
+	// Why a required field is required, added to the error when it is
+	// missing: "APPI … requires a notice to state the cause".
+	Why string `json:"why,omitempty"`
 }
 
 // meta is the content of meta.json.
@@ -304,9 +309,9 @@ func (m *meta) check() error {
 		}
 		seen[f.Name] = true
 		switch f.Kind {
-		case KindString, KindList, KindDate:
+		case KindString, KindList, KindDate, KindURL, KindEmail:
 		default:
-			return fmt.Errorf("field %q: unknown kind %q (want %s, %s or %s)", f.Name, f.Kind, KindString, KindList, KindDate)
+			return fmt.Errorf("field %q: unknown kind %q (want %s, %s, %s, %s or %s)", f.Name, f.Kind, KindString, KindList, KindDate, KindURL, KindEmail)
 		}
 	}
 	if m.Sample == nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"html"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oshirase/oshirase/notice"
 )
@@ -68,19 +70,19 @@ func TestRenderEveryTemplateAndLocale(t *testing.T) {
 	s := mustLoad(t, "")
 	want := map[string]map[string][]string{
 		"card-reissue": {
-			"ja": {"山田 太郎 様", "お詫び", "再発行", "末尾 1234", "2019年5月28日", "2009年7月10日", "一切ございません", "0120-000-000", "support@example.co.jp", "2019年6月1日"},
-			"en": {"Dear Taro Yamada,", "apologize", "reissue", "ending in 1234", "28 May 2019", "10 July 2009", "ask for your", "0120-000-000", "support@example.co.jp", "1 June 2019"},
+			"ja": {"山田 太郎 様", "お詫び", "再発行", "末尾 1234", "2019年5月28日", "2009年7月10日", "一切ございません", "0120-000-000", "support@example.co.jp", "2019年6月1日", "原因", "二次被害の有無", "再発行手数料はお客様のご負担となりません", "最大460,795件", "クレジットカード会社からの連絡を受けて", "不正利用の監視"},
+			"en": {"Dear Taro Yamada,", "apologize", "reissue", "ending in 1234", "28 May 2019", "10 July 2009", "ask for your", "+81-3-0000-0000", "support@example.co.jp", "1 June 2019", "altered the payment page", "no reports", "at no cost to you", "up to 460,795 cards", "after a card company alerted us", "monitor the affected cards"},
 		},
 		"password-reset": {
-			"ja": {"山田 太郎 様", "お詫び", "パスワード", "https://www.example.co.jp/password/reset", "2019年6月30日", "一切ございません"},
-			"en": {"Dear Taro Yamada,", "apologize", "new password", "https://www.example.co.jp/password/reset", "30 June 2019", "ask for your"},
+			"ja": {"山田 太郎 様", "お詫び", "パスワード", "公式アプリ", "ブックマーク", "https://www.example.co.jp/members/password/reset", "2019年6月30日", "一切ございません", "原因", "二次被害の有無"},
+			"en": {"Dear Taro Yamada,", "apologize", "new password", "official app", "bookmark", "https://www.example.co.jp/members/password/reset", "30 June 2019", "ask for your", "WHY IT HAPPENED", "HAS MY ACCOUNT BEEN MISUSED?"},
 		},
 		"incident-update": {
-			"ja": {"山田 太郎 様", "その後の調査", "お詫び", "2019年7月15日", "セキュリティコード", "一切ございません"},
-			"en": {"Dear Taro Yamada,", "Update", "sorry", "15 July 2019", "Security codes", "ask for your"},
+			"ja": {"山田 太郎 様", "その後の調査", "お詫び", "2019年7月15日", "セキュリティコード", "一切ございません", "原因", "二次被害の有無", "お願い申し上げます"},
+			"en": {"Dear Taro Yamada,", "Update", "sorry", "15 July 2019", "Security codes", "ask for your", "WHY IT HAPPENED", "HAS THE INFORMATION BEEN MISUSED?"},
 		},
 	}
-	subjectPrefix := map[string]string{"ja": "【重要】", "en": "[Important] "}
+	subjectPrefix := map[string]string{"ja": "【重要", "en": "[Important] "}
 	for _, name := range names {
 		for _, loc := range Locales {
 			t.Run(name+"/"+loc, func(t *testing.T) {
@@ -91,12 +93,24 @@ func TestRenderEveryTemplateAndLocale(t *testing.T) {
 				if strings.ContainsAny(r.Subject, "\r\n") {
 					t.Errorf("subject has a line break: %q", r.Subject)
 				}
+				// A phone shows about 30 full-width characters of a
+				// subject: the gist comes first, the service name last.
+				svc := s.byName[name].info.Sample["service"].(map[string]any)[loc].(string)
+				open, closing := map[string]string{"ja": "（", "en": " ("}[loc], map[string]string{"ja": "）", "en": ")"}[loc]
+				gist, ok := strings.CutSuffix(r.Subject, open+svc+closing)
+				if !ok {
+					t.Errorf("subject %q does not end with the service name %q", r.Subject, open+svc+closing)
+				}
+				if n := utf8.RuneCountInString(gist); loc == "ja" && n > 32 || loc == "en" && n > 64 {
+					t.Errorf("subject's gist %q is %d characters: a phone cuts it off", gist, n)
+				}
 				text := unwrap(r.Text, loc)
+				page := html.UnescapeString(r.HTML)
 				for _, w := range want[name][loc] {
 					if !strings.Contains(text, w) {
 						t.Errorf("text lacks %q", w)
 					}
-					if !strings.Contains(r.HTML, w) {
+					if !strings.Contains(page, w) && !(loc == "en" && strings.Contains(strings.ToUpper(page), w)) {
 						t.Errorf("html lacks %q", w)
 					}
 				}
@@ -127,8 +141,8 @@ func TestRenderEveryTemplateAndLocale(t *testing.T) {
 func TestCardReissueOrder(t *testing.T) {
 	s := mustLoad(t, "")
 	order := map[string][]string{
-		"ja": {"山田 太郎 様", "お詫び", "■ 経緯", "2019年5月28日", "■ 対象期間", "■ 流出した可能性のある情報", "クレジットカード番号", "有効期限", "カード名義人名", "末尾 1234", "■ お客様へのお願い", "ご利用明細", "再発行", "■ 当社の対応", "クレジットカード決済を停止", "■ 不審なメール・電話", "追加のお知らせ", "■ お問い合わせ窓口", "0120-000-000", "受付時間", "support@example.co.jp", "2019年6月1日", "株式会社サンプル"},
-		"en": {"Dear Taro Yamada,", "apologize", "WHAT HAPPENED", "28 May 2019", "WHO IS AFFECTED", "WHAT INFORMATION", "Card number", "Expiry date", "Cardholder name", "ending in 1234", "WHAT YOU SHOULD DO", "statements", "reissue", "WHAT WE HAVE DONE", "Suspended", "BEWARE", "Extra notice", "CONTACT US", "0120-000-000", "Hours:", "support@example.co.jp", "Sample Co., Ltd. 1 June 2019"},
+		"ja": {"山田 太郎 様", "お詫び", "■ 経緯", "2019年5月28日", "■ 原因", "改ざん", "■ 対象となるお客様", "対象件数：最大460,795件", "■ 流出したおそれのある情報", "クレジットカード番号", "有効期限", "カード名義人名", "末尾 1234", "■ 二次被害の有無", "不正利用の報告", "監視", "■ お客様へのお願い", "ご利用明細", "再発行", "再発行手数料はお客様のご負担となりません。", "■ 当社の対応", "クレジットカード決済を停止", "■ 不審なメール・電話", "追加のお知らせ", "■ お問い合わせ窓口", "0120-000-000", "受付時間", "support@example.co.jp", "2019年6月1日", "株式会社サンプル"},
+		"en": {"Dear Taro Yamada,", "apologize", "WHAT HAPPENED", "28 May 2019", "WHY IT HAPPENED", "altered", "WHO IS AFFECTED", "Number affected: up to 460,795 cards", "WHAT INFORMATION", "Card number", "Expiry date", "Cardholder name", "ending in 1234", "HAS MY CARD BEEN MISUSED?", "no reports", "monitor", "WHAT YOU SHOULD DO", "statements", "reissue", "at no cost to you", "WHAT WE HAVE DONE", "Suspended", "BEWARE", "Extra notice", "CONTACT US", "+81-3-0000-0000", "Hours:", "support@example.co.jp", "Sample Co., Ltd.", "1 June 2019"},
 	}
 	for _, loc := range Locales {
 		t.Run(loc, func(t *testing.T) {
@@ -200,16 +214,16 @@ func TestPasswordResetPeriod(t *testing.T) {
 		want       map[string][]string // per locale, the heading then a phrase, in the text (unwrapped) and the HTML
 	}{
 		{"both", "2015-04-01", "2019-05-28", map[string][]string{
-			"ja": {"対象期間", "2015年4月1日から2019年5月28日までの間に「サンプル会員サービス」にご登録いただいていたお客様が対象です。"},
-			"en": {"Period affected", "at any time between 1 April 2015 and 28 May 2019."},
+			"ja": {"対象となるお客様", "2015年4月1日から2019年5月28日までの間に「サンプル会員サービス」にご登録いただいていたお客様が対象です。"},
+			"en": {"Who is affected", "at any time between 1 April 2015 and 28 May 2019."},
 		}},
 		{"start only", "2015-04-01", "", map[string][]string{
-			"ja": {"対象期間", "2015年4月1日以降、「サンプル会員サービス」に"},
-			"en": {"Period affected", "at any time since 1 April 2015."},
+			"ja": {"対象となるお客様", "2015年4月1日以降、「サンプル会員サービス」に"},
+			"en": {"Who is affected", "at any time since 1 April 2015."},
 		}},
 		{"end only", "", "2019-05-28", map[string][]string{
-			"ja": {"対象期間", "2019年5月28日までに「サンプル会員サービス」に"},
-			"en": {"Period affected", "at any time up to 28 May 2019."},
+			"ja": {"対象となるお客様", "2019年5月28日までに「サンプル会員サービス」に"},
+			"en": {"Who is affected", "at any time up to 28 May 2019."},
 		}},
 		{"neither", "", "", map[string][]string{"ja": nil, "en": nil}},
 	}
@@ -223,6 +237,7 @@ func TestPasswordResetPeriod(t *testing.T) {
 				}
 				delete(data, "period_start")
 				delete(data, "period_end")
+				delete(data, "affected_count")
 				if tt.start != "" {
 					data["period_start"] = tt.start
 				}
@@ -248,7 +263,7 @@ func TestPasswordResetPeriod(t *testing.T) {
 					}
 				}
 				if tt.want[loc] == nil {
-					for _, a := range []string{"対象期間", "PERIOD AFFECTED", "Period affected", "までの間", "at any time"} {
+					for _, a := range []string{"対象となるお客様", "WHO IS AFFECTED", "Who is affected", "までの間", "at any time"} {
 						if strings.Contains(r.Text, a) || strings.Contains(r.HTML, a) {
 							t.Errorf("no period given, but the notice has %q", a)
 						}
@@ -256,7 +271,7 @@ func TestPasswordResetPeriod(t *testing.T) {
 				}
 				// The period comes after what happened and before what leaked.
 				if tt.want[loc] != nil {
-					heads := map[string][]string{"ja": {"経緯", "対象期間", "流出した可能性のある情報"}, "en": {"What happened", "Period affected", "What information was involved"}}[loc]
+					heads := map[string][]string{"ja": {"経緯", "原因", "対象となるお客様", "流出したおそれのある情報"}, "en": {"What happened", "Why it happened", "Who is affected", "What information was involved"}}[loc]
 					for _, body := range []string{strings.ToUpper(text), strings.ToUpper(r.HTML)} {
 						at := 0
 						for _, h := range heads {
@@ -316,7 +331,7 @@ func TestHTMLEscapes(t *testing.T) {
 				if strings.Contains(r.HTML, "<script") || strings.Contains(r.HTML, "<b>") {
 					t.Error("html has unescaped markup from data")
 				}
-				for _, w := range []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "<br>second line &amp; more", "Evil &#34;Co&#34; &lt;b&gt;"} {
+				for _, w := range []string{"&lt;script&gt;alert(1)&lt;/script&gt;", "<br>\nsecond line &amp; more", "Evil &#34;Co&#34; &lt;b&gt;"} {
 					if !strings.Contains(r.HTML, w) {
 						t.Errorf("html lacks %q", w)
 					}
@@ -408,8 +423,21 @@ func TestValidate(t *testing.T) {
 			m["company"] = "株式会社サンプル"
 			m["leaked_items"] = []any{"カード番号"}
 			delete(m, "url")
-			delete(m, "cause")
+			delete(m, "reissue_fee")
+			delete(m, "card_monitoring")
 		}, nil},
+		// APPI: the cause and the secondary harm are what a notice must state.
+		{"missing cause and secondary harm", func(m map[string]any) { delete(m, "cause"); delete(m, "secondary_harm") }, []string{"cause", "secondary_harm"}},
+		{"empty cause", func(m map[string]any) { m["cause"] = map[string]any{"ja": "調査中です。", "en": " "} }, []string{"cause"}},
+		{"javascript url", func(m map[string]any) { m["url"] = "javascript:alert(document.cookie)" }, []string{"url"}},
+		{"http url", func(m map[string]any) { m["url"] = "http://www.example.co.jp/info" }, []string{"url"}},
+		{"url with credentials", func(m map[string]any) { m["url"] = "https://www.example.co.jp@evil.example/info" }, []string{"url"}},
+		{"url with a space", func(m map[string]any) { m["url"] = "https://www.example.co.jp/a b" }, []string{"url"}},
+		{"email with a query", func(m map[string]any) { m["contact_email"] = "support@example.co.jp?bcc=all@example.com" }, []string{"contact_email"}},
+		{"email with a name", func(m map[string]any) { m["contact_email"] = "Support <support@example.co.jp>" }, []string{"contact_email"}},
+		{"email not an address", func(m map[string]any) { m["contact_email"] = "support" }, []string{"contact_email"}},
+		{"period ends before it starts", func(m map[string]any) { m["period_start"] = "2019-05-28"; m["period_end"] = "2019-05-27" }, []string{"period_start"}},
+		{"one-day period", func(m map[string]any) { m["period_start"] = "2019-05-28"; m["period_end"] = "2019-05-28" }, nil},
 		{"missing required", func(m map[string]any) { delete(m, "hotline") }, []string{"hotline"}},
 		{"empty required", func(m map[string]any) { m["contact_email"] = " " }, []string{"contact_email"}},
 		{"null required", func(m map[string]any) { m["company"] = nil }, []string{"company"}},

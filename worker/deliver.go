@@ -555,7 +555,7 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	}
 	start := time.Now()
 	m := &mailer.Message{
-		From: c.From, ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
+		From: c.FromFor(locale), ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
 		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
 	}
 	if cl != nil {

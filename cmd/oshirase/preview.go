@@ -87,13 +87,17 @@ func preview(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if to == "" {
 			to = "customer@example.jp"
 		}
+		keys, err := mailer.ParseDKIMKeys(cfg.DKIMKeys)
+		if err != nil {
+			return err
+		}
 		f, err := os.Create(*eml)
 		if err != nil {
 			return err
 		}
 		m := &mailer.Message{From: *from, To: to, ToName: in.Recipient.Name, Subject: out.Subject, Text: out.Text,
 			HTML: out.HTML, MessageID: fmt.Sprintf("preview.%d@example.invalid", time.Now().UnixNano()), Charset: *charset}
-		werr := mailer.WriteEML(f, m, &mailer.Options{ListUnsubscribe: cfg.ListUnsubscribe, DKIM: dkimOptions(cfg)})
+		werr := mailer.WriteEML(f, m, &mailer.Options{ListUnsubscribe: cfg.ListUnsubscribe, DKIM: dkimOptions(cfg), DKIMKeys: keys})
 		if err := errors.Join(werr, f.Close()); err != nil {
 			return fmt.Errorf("write %s: %w", *eml, err)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/oshirase/oshirase/internal/testenv"
 )
 
-const incidentJSON = `{"company":{"ja":"株式会社テスト","en":"Test Co."},"service":"テスト通販","discovered_on":"2019-05-28",
+const incidentJSON = `{"company":{"ja":"株式会社テスト","en":"Test Co."},"service":"テスト通販","discovered_on":"2019-05-28","cause":"第三者による不正アクセスが原因です。","secondary_harm":"不正利用の報告は受けておりません。",
 "period_start":"2009-05-01","period_end":"2019-05-27","leaked_items":["カード番号","有効期限"],
 "actions_taken":["カード決済を停止"],"hotline":"0120-000-000","hotline_hours":"9時から18時","contact_email":"support@example.jp"}`
 

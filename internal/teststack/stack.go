@@ -120,9 +120,11 @@ func CampaignJSON(extra map[string]any) []byte {
 			"company":       map[string]string{"ja": "株式会社テスト", "en": "Test Co., Ltd."},
 			"service":       map[string]string{"ja": "テストストア", "en": "Test Store"},
 			"discovered_on": "2019-05-28", "period_start": "2009-05-01", "period_end": "2019-05-27",
-			"leaked_items":  map[string][]string{"ja": {"カード番号", "有効期限", "名義人名"}, "en": {"Card number", "Expiry date", "Cardholder name"}},
-			"actions_taken": map[string][]string{"ja": {"カード決済を停止いたしました"}, "en": {"Suspended card payments"}},
-			"hotline":       "0120-000-000", "hotline_hours": "9:00-18:00", "contact_email": "support@example.jp",
+			"cause":          map[string]string{"ja": "第三者による不正アクセスが原因です。", "en": "Unauthorized access by a third party."},
+			"secondary_harm": map[string]string{"ja": "不正利用の報告は受けておりません。", "en": "No misuse has been reported."},
+			"leaked_items":   map[string][]string{"ja": {"カード番号", "有効期限", "名義人名"}, "en": {"Card number", "Expiry date", "Cardholder name"}},
+			"actions_taken":  map[string][]string{"ja": {"カード決済を停止いたしました"}, "en": {"Suspended card payments"}},
+			"hotline":        "0120-000-000", "hotline_hours": "9:00-18:00", "contact_email": "support@example.jp",
 		},
 	}
 	for k, v := range extra {
