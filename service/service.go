@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		s.Worker = worker.New(worker.Config{
 			ChunkSize: cfg.ChunkSize, ClaimTTL: cfg.ClaimTTL, RetryBase: cfg.RetryBase,
-			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge,
+			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge, Concurrency: cfg.WorkerConcurrency,
 			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain,
 		}, s.Store, s.Queue, ts, sender, log)
 		s.server = asynq.NewServerFromRedisClient(rdb, asynq.Config{

@@ -40,6 +40,7 @@ type Config struct {
 	RetryBase     time.Duration // first retry delay (default 30s)
 	RetryMaxDelay time.Duration // cap on retry delay (default 1h)
 	RetryMaxAge   time.Duration // give up this long after the first attempt (default 72h)
+	Concurrency   int           // WORKER_CONCURRENCY: bulk tasks this process runs at once (default 1)
 	Rate          float64       // SMTP_RATE: messages per second across all workers; 0 = unlimited
 	Burst         int           // SMTP_BURST (default: rate/10, at least 1)
 	MessageIDHost string        // right-hand side of Message-IDs (default: the From address's domain)
@@ -71,6 +72,9 @@ func (c *Config) defaults() {
 	if c.ClockNow == nil {
 		c.ClockNow = time.Now
 	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 1
+	}
 }
 
 // Worker holds what the handlers share.
@@ -91,6 +95,13 @@ type Worker struct {
 
 	notices map[preparedKey]*templates.Prepared // under mu: campaigns' notices, prepared for deliver
 
+	nslots  int                        // under mu: bulk slots of all workers (see slots)
+	slotsAt time.Time                  // under mu: when nslots was read
+	trouble map[string]*limiterTrouble // under mu: rate limiter keys failing in a row
+
+	alarmMu sync.Mutex
+	alarms  map[*alarm]struct{} // rests of chunks waiting for their rate here; nil once stopping
+
 	stopping chan struct{} // closed when the process is asked to stop
 	stopOnce sync.Once
 }
@@ -107,14 +118,22 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sen
 		campaigns: map[string]*notice.Campaign{},
 		notices:   map[preparedKey]*templates.Prepared{},
 		stalls:    map[string]int64{},
+		trouble:   map[string]*limiterTrouble{},
+		alarms:    map[*alarm]struct{}{},
 		inspector: asynq.NewInspectorFromRedisClient(st.Redis()),
 		stopping:  make(chan struct{}),
 	}
 }
 
 // Stop asks running handlers to hand their remaining work back at the next
-// message boundary, so a shutdown is quick and loses nothing.
-func (w *Worker) Stop() { w.stopOnce.Do(func() { close(w.stopping) }) }
+// message boundary, so a shutdown is quick and loses nothing, and enqueues
+// the chunks waiting here for their rate.
+func (w *Worker) Stop() {
+	w.stopOnce.Do(func() {
+		close(w.stopping)
+		w.stopAlarms()
+	})
+}
 
 func (w *Worker) stopped() bool {
 	select {
