@@ -280,6 +280,11 @@ func CheckRate(r float64) error {
 const (
 	QueueUrgent = "urgent"
 	QueueBulk   = "bulk"
+	// QueuePaced holds the rest of a chunk that gave its slot back while it
+	// waited for its campaign's rate: its turn has come, so the bulk
+	// servers take it before the bulk queue's backlog (it can hold nobody
+	// up for long: its rate bounds it).
+	QueuePaced = "paced"
 )
 
 // StartPayload asks a worker to start a campaign scheduled for At (Unix

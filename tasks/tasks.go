@@ -73,17 +73,22 @@ func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
 // Chunk delivers recipients [from, to). suffix distinguishes a re-enqueued
 // chunk (watchdog, hand-back) from the fan-out's own.
 func Chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string) error {
-	return ChunkAt(ctx, q, p, suffix, time.Time{})
+	return chunk(ctx, q, p, suffix, notice.QueueBulk, time.Time{})
 }
 
-// ChunkAt is Chunk to run at at (zero: at once). asynq keeps scheduled tasks
-// by the whole second: the task may run up to a second early.
-func ChunkAt(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string, at time.Time) error {
+// ChunkPaced is Chunk for the rest of a chunk that waited for its rate, on
+// the paced queue, to run at at (zero: at once). asynq keeps scheduled
+// tasks by the whole second: the task may run up to a second early.
+func ChunkPaced(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string, at time.Time) error {
+	return chunk(ctx, q, p, suffix, notice.QueuePaced, at)
+}
+
+func chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix, queue string, at time.Time) error {
 	id := fmt.Sprintf("chunk:%s:%d:%d", p.CampaignID, p.Gen, p.From)
 	if suffix != "" {
 		id += ":" + suffix
 	}
-	opts := []asynq.Option{asynq.Queue(notice.QueueBulk), asynq.TaskID(id), asynq.MaxRetry(1000)}
+	opts := []asynq.Option{asynq.Queue(queue), asynq.TaskID(id), asynq.MaxRetry(1000)}
 	if !at.IsZero() {
 		opts = append(opts, asynq.ProcessAt(at))
 	}

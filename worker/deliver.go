@@ -147,7 +147,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if w.stopped() || ctx.Err() != nil {
 			return handBack(r.ID, time.Time{})
 		}
-		if d := w.turn(ctx, c, inlineWait); d > 0 {
+		if d := w.turn(ctx, c, inlineWait, inlineTotal); d > 0 {
 			// Not this message's turn for more than a moment: give the slot
 			// back, and come back when the rate allows.
 			return handBack(r.ID, time.Now().Add(d))

@@ -54,11 +54,11 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	// does: longer, it gives its slot back and asynq brings it back when
 	// the rate allows. A single notice (urgent queue, a server of its own)
 	// waits in place a while first.
-	budget := inlineWait
+	each, total := inlineWait, inlineTotal
 	if q, _ := asynq.GetQueueName(ctx); q == notice.QueueUrgent {
-		budget = urgentWait
+		each, total = urgentWait, urgentWait
 	}
-	if d := w.turn(ctx, c, budget); d > 0 {
+	if d := w.turn(ctx, c, each, total); d > 0 {
 		return &retryError{Delay: d, Err: fmt.Errorf("waiting %s for the rate limit", d.Round(time.Millisecond))}
 	}
 	token := newToken()

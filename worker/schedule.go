@@ -18,11 +18,15 @@ import (
 // The package doc has the overview.
 
 const (
-	// inlineWait is the longest a bulk handler waits in place for the rate
-	// limit: a moment, about what a send's own round trips take. A longer
-	// wait gives the slot back (handBack) and comes back when the limit
-	// allows.
-	inlineWait = 50 * time.Millisecond
+	// inlineWait is the longest a bulk handler waits in place for its turn
+	// under the rate limit: a moment, about what a send's own round trips
+	// take. A longer wait gives the slot back (handBack) and comes back when
+	// the limit allows. Only a rate of 20/s or more has turns that close,
+	// and then the chunks of the campaign's window (see window) take turns
+	// with each other: a chunk that lost one may wait for the next, up to
+	// inlineTotal, rather than leave turns unused while it is away.
+	inlineWait  = 50 * time.Millisecond
+	inlineTotal = 10 * inlineWait
 	// urgentWait is the same for the urgent queue (single notices, test
 	// sends), which has a server of its own: they wait in place as they
 	// always did, up to this, and only then go to asynq's retry set.
@@ -33,11 +37,11 @@ const (
 	// scheduled task, which survives a restart.
 	localWake = 2 * time.Second
 	// perChunkRate is the rate one chunk of a rate-limited campaign is
-	// counted on: a chunk sends one message at a time, and a relay may take
-	// 50 ms to answer one. A rate-limited campaign's window is
-	// rate/perChunkRate chunks, at least one: enough to reach its rate,
+	// counted on: a chunk sends one message at a time, and a relay (or a
+	// busy CPU) may take 100 ms over one. A rate-limited campaign's window
+	// is rate/perChunkRate chunks, at least one: enough to reach its rate,
 	// too few to keep dozens of chunks spinning on the limiter.
-	perChunkRate = 20.0
+	perChunkRate = 10.0
 	// slotsEvery is how often the count of bulk slots is read again.
 	slotsEvery = 10 * time.Second
 	// Limiter failures back off from limiterBackoff, doubling, up to
@@ -124,16 +128,16 @@ func (w *Worker) topUp(ctx context.Context, c *notice.Campaign) (int, error) {
 }
 
 // turn waits for one message's turn under the campaign's and the global
-// rate limits, in place for at most budget in all. When they make it wait
-// longer, or the worker is stopping, it returns how long until they may
-// allow it; 0 means send now.
-func (w *Worker) turn(ctx context.Context, c *notice.Campaign, budget time.Duration) (wait time.Duration) {
+// rate limits, in place for at most each at a time and total in all. When
+// they make it wait longer, or the worker is stopping, it returns how long
+// until they may allow it; 0 means send now.
+func (w *Worker) turn(ctx context.Context, c *notice.Campaign, each, total time.Duration) (wait time.Duration) {
 	var waited time.Duration
 	defer func() { metrics.RateWaitSeconds.Observe((waited + wait).Seconds()) }()
 	take := func(key string, lim redis_rate.Limit) time.Duration {
 		for {
 			d := w.ask(ctx, key, lim)
-			if d == 0 || waited+d > budget {
+			if d == 0 || d > each || waited+d > total {
 				return d
 			}
 			select {
@@ -233,14 +237,18 @@ func (w *Worker) wakesLocally(wake time.Time) bool {
 	return d > 0 && d <= localWake && !w.stopped()
 }
 
-// later enqueues p, the rest of a chunk, to run at wake (at once if wake has
-// passed). A wait that wakesLocally is a timer here; if the process dies
-// first, the rest's lease runs out and the watchdog hands it out again. A
-// longer one is an asynq scheduled task, set a second early because asynq
-// may otherwise run it up to a second late; the early run waits out the
-// rest on a timer.
+// later enqueues p, the rest of a chunk, to run at wake; a zero wake (a
+// stop) is at once, on the bulk queue. A rate wait goes to the paced queue,
+// which the bulk servers take first: a wait that wakesLocally is a timer
+// here (if the process dies first, the rest's lease runs out and the
+// watchdog hands it out again); a longer one is an asynq scheduled task, set
+// a second early because asynq may otherwise run it up to a second late;
+// the early run waits out the rest on a timer.
 func (w *Worker) later(ctx context.Context, p notice.ChunkPayload, wake time.Time) error {
 	suffix := "h" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if wake.IsZero() {
+		return tasks.Chunk(ctx, w.queue, p, suffix)
+	}
 	if w.wakesLocally(wake) && w.alarm(p, suffix, wake) {
 		return nil
 	}
@@ -248,7 +256,7 @@ func (w *Worker) later(ctx context.Context, p notice.ChunkPayload, wake time.Tim
 	if time.Until(wake) > time.Second {
 		at = wake.Add(-time.Second)
 	}
-	return tasks.ChunkAt(ctx, w.queue, p, suffix, at)
+	return tasks.ChunkPaced(ctx, w.queue, p, suffix, at)
 }
 
 // alarm enqueues p at wake from a timer; false once the worker is stopping.
@@ -276,7 +284,7 @@ func (w *Worker) alarm(p notice.ChunkPayload, suffix string, wake time.Time) boo
 func (w *Worker) ring(a *alarm) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := tasks.Chunk(ctx, w.queue, a.p, a.suffix); err != nil {
+	if err := tasks.ChunkPaced(ctx, w.queue, a.p, a.suffix, time.Time{}); err != nil {
 		w.log.Warn("enqueue a chunk after its rate wait; its lease brings it back", "campaign", a.p.CampaignID, "from", a.p.From, "err", err)
 	}
 }

@@ -3,6 +3,42 @@
 // pooled SMTP connections and records the outcome. Per-recipient status in
 // Redis (package store) is the truth: a recipient already sent is never sent
 // again, whatever asynq redelivers.
+//
+// # Sharing the workers between campaigns
+//
+// The bulk queue is first in, first out, so a campaign does not enqueue all
+// its chunks at once: it has a window of chunks handed out at a time
+// (queued, running, or waiting for their rate), twice the bulk slots of all
+// worker processes together (from asynq's server records). The fan-out
+// opens the window; a chunk that ends hands out the campaign's next one from
+// a cursor in Redis, which queues behind whatever other campaigns queued
+// meanwhile. A campaign alone keeps every slot busy; a campaign started
+// later waits behind one window of chunks, not behind the whole of the
+// first, and campaigns sending at once then take turns chunk by chunk. Each
+// chunk handed out holds a lease (store.HandOut moves the cursor and takes
+// it in one step), so a chunk whose task is lost is handed out again by the
+// watchdog, which also tops up a window that lost chunks.
+//
+// # Waiting for a rate without holding a slot
+//
+// A handler waits in place for the rate limit only for a moment
+// (inlineWait, 50 ms). Longer, the chunk records the outcome it holds and
+// hands the rest of its range back, to run when the limiter allows: on a
+// timer here for a wait of up to 2 s (asynq schedules by the whole second,
+// too coarse for a rate of a few messages a second), else as an asynq task
+// scheduled a second early; either way on the paced queue, which the bulk
+// server takes before the bulk backlog, so the campaign keeps near its rate
+// behind a big one. Meanwhile the rest keeps a chunk lease that
+// outlives its wake-up, so the watchdog neither takes the campaign for
+// stalled nor steals the rest, and the window still counts it. A
+// rate-limited campaign's window is what its rate needs (rate/10 chunks, at
+// least one), so it never has dozens of chunks asking the limiter. A retry
+// on the bulk queue that must wait goes back to asynq's retry set the same
+// way; a single notice or test send (urgent queue, a server of its own)
+// waits in place for up to 2 s first. A failing limiter answers "later",
+// later each time (100 ms doubling to 15 s), with one warning a minute; the
+// chunk that comes back reads the campaign's state first, so a pause or
+// cancel ends it.
 package worker
 
 import (
