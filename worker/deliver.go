@@ -147,7 +147,9 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if w.stopped() || ctx.Err() != nil {
 			return handBack(r.ID, time.Time{})
 		}
-		if d := w.turn(ctx, c, inlineWait, inlineTotal); d > 0 {
+		// prev's outcome is held while we wait in place: never long enough
+		// for its claim to expire, even with a short CLAIM_TTL.
+		if d := w.turn(ctx, c, inlineWait, min(inlineTotal, w.cfg.ClaimTTL/4)); d > 0 {
 			// Not this message's turn for more than a moment: give the slot
 			// back, and come back when the rate allows.
 			return handBack(r.ID, time.Now().Add(d))
