@@ -167,8 +167,8 @@ func (req *campaignRequest) validate(ts *templates.Set, dkimDomains []string) []
 	if _, err := time.LoadLocation(req.TimeZone); err != nil || req.TimeZone == "Local" {
 		bad("time_zone", "not an IANA time zone like Asia/Tokyo: %s", quoted(req.TimeZone))
 	}
-	if req.Rate < 0 {
-		bad("rate", "must not be negative")
+	if err := notice.CheckRate(req.Rate); err != nil {
+		bad("rate", "%v", err)
 	}
 	for i, p := range req.Paragraphs {
 		if ingest.LooksLikeCardNumber(p) {

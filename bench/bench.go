@@ -91,7 +91,7 @@ type Ingest struct {
 	PeakRSS        int64 // the API process
 	CPU            time.Duration
 	RedisBytes     int64         // used_memory growth
-	Fanout         time.Duration // from start until every recipient is in a chunk task
+	Fanout         time.Duration // from start until the first chunk tasks are queued
 }
 
 // Report is everything measured in one run.

@@ -16,7 +16,7 @@ const (
 	TargetCeilingShare = 0.45  // of smtp-source → smtp-sink
 	TargetIngestRate   = 50000 // rows/s
 	TargetIngestRSS    = 150 << 20
-	TargetFanout       = 10 * time.Second // "a campaign of a million is fully enqueued in seconds"
+	TargetFanout       = 10 * time.Second // "a campaign of a million starts sending in seconds"
 )
 
 // Print writes the report as a table.
@@ -73,7 +73,7 @@ func (r *Report) Print(w io.Writer, o Options) {
 	}
 	if in := r.Ingest; in != nil && in.Accepted > 0 {
 		fmt.Fprintf(w, "Redis memory per recipient (uploaded, not sent):    %.0f bytes\n", float64(in.RedisBytes)/float64(in.Accepted))
-		fmt.Fprintf(w, "Fan-out of the %d uploaded recipients into chunk tasks: %s after start\n", in.Accepted, in.Fanout.Round(time.Millisecond))
+		fmt.Fprintf(w, "Fan-out of the %d uploaded recipients: first chunk tasks queued %s after start\n", in.Accepted, in.Fanout.Round(time.Millisecond))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Targets (the median run of each size):")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/oshirase/oshirase/notice"
 )
 
 // Config is every setting.
@@ -154,10 +156,13 @@ var settings = []setting{
 	{"SMTP_POOL", "0", "persistent SMTP connections per process (0 = WORKER_CONCURRENCY, at most 32)", integer(func(c *Config) *int { return &c.SMTPPool })},
 	{"SMTP_TIMEOUT", "30s", "dial and per-command SMTP timeout", dur(func(c *Config) *time.Duration { return &c.SMTPTimeout })},
 	{"SMTP_DATA_TIMEOUT", "10m", "how long to wait for the server's reply to the end of a message (RFC 5321 §4.5.3.2.6: 10 minutes); past SMTP_TIMEOUT the rest of the chunk goes on in another slot meanwhile", dur(func(c *Config) *time.Duration { return &c.SMTPDataTimeout })},
-	{"SMTP_RATE", "0", "messages per second across all workers (shared through Redis); 0 = unlimited", func(c *Config, v string) error {
+	{"SMTP_RATE", "0", "messages per second across all workers (shared through Redis); 0 = unlimited, else 0.001 (one every 1,000 s) to 1000000", func(c *Config, v string) error {
 		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f < 0 {
-			return fmt.Errorf("not a non-negative number: %q", v)
+		if err != nil {
+			return fmt.Errorf("not a number: %q", v)
+		}
+		if err := notice.CheckRate(f); err != nil {
+			return err
 		}
 		c.SMTPRate = f
 		return nil

@@ -309,15 +309,17 @@ func TestCancelAfterWorkerCrash(t *testing.T) {
 }
 
 // TestWorkerKilledDuringFanout: the worker that splits a campaign into
-// chunk tasks is SIGKILLed half-way through. Its fan-out task stays asynq's
-// "active" task until asynq's lease recovery (a minute or more); the
-// watchdog of a new worker sees the fan-out's heartbeat stop and goes on
-// from its cursor, so every recipient is sent, each once (but for the
-// crash window of the messages in flight).
+// chunk tasks is SIGKILLed as soon as the fan-out has handed out its first
+// window of chunks, with chunks queued, chunks running and the rest still
+// behind the cursor. The tasks it was running stay asynq's "active" tasks
+// until asynq's lease recovery (a minute or more); the watchdog of a new
+// worker takes their expired chunk leases over, the queued chunks run, and
+// each chunk that ends hands out the next, so every recipient is sent, each
+// once (but for the crash window of the messages in flight).
 func TestWorkerKilledDuringFanout(t *testing.T) {
 	const n, concurrency = 6000, 8
-	// One recipient per chunk: 6,000 chunk tasks make a fan-out long enough
-	// to be caught in the middle.
+	// One recipient per chunk: 6,000 chunks, most of them still behind the
+	// cursor when the worker dies.
 	h := newHarness(t, setup{Env: env{"WORKER_CONCURRENCY": fmt.Sprint(concurrency), "CHUNK_SIZE": "1", "CLAIM_TTL": "2s"}})
 	id, addrs := h.createCampaign(n, nil)
 	first := h.startWorker(nil)

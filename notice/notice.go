@@ -6,6 +6,7 @@ package notice
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -321,11 +322,36 @@ const (
 	TypeDeliver = "recipient:deliver" // payload DeliverPayload
 )
 
+// Rates (messages per second) a campaign's "rate" and SMTP_RATE may take,
+// besides 0 for "no limit of its own". The shared limiter keeps messages
+// 1/rate apart: the slowest, 0.001, is one message every 1,000 s (16 min 40 s)
+// and the fastest one every microsecond. A rate outside these the limiter
+// cannot honour (below, its period would not fit; above, its arithmetic).
+const (
+	MinRate = 0.001
+	MaxRate = 1_000_000
+)
+
+// CheckRate says what is wrong with a rate, or returns nil.
+func CheckRate(r float64) error {
+	if r == 0 || (r >= MinRate && r <= MaxRate) {
+		return nil
+	}
+	f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
+	return fmt.Errorf("must be 0 (no limit of its own) or between %s and %s messages per second; the smallest allowed is %s (one message every %s s), got %s",
+		f(MinRate), f(MaxRate), f(MinRate), f(1/MinRate), f(r))
+}
+
 // Queue names. Resends and single notices go through QueueUrgent so that they
 // do not wait behind a bulk campaign.
 const (
 	QueueUrgent = "urgent"
 	QueueBulk   = "bulk"
+	// QueuePaced holds the rest of a chunk that gave its slot back while it
+	// waited for its campaign's rate: its turn has come, so the bulk
+	// servers take it before the bulk queue's backlog (it can hold nobody
+	// up for long: its rate bounds it).
+	QueuePaced = "paced"
 )
 
 // StartPayload asks a worker to start a campaign scheduled for At (Unix

@@ -129,7 +129,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 		s.Worker = worker.New(worker.Config{
 			ChunkSize: cfg.ChunkSize, ClaimTTL: cfg.ClaimTTL, RetryBase: cfg.RetryBase,
-			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge,
+			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge, Concurrency: cfg.WorkerConcurrency,
 			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain,
 		}, s.Store, s.Queue, ts, sender, log)
 		s.server = asynq.NewServerFromRedisClient(rdb, asynq.Config{
@@ -137,7 +137,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			// Resends and single notices never wait behind a bulk campaign:
 			// they come first here, and a small server of their own (below)
 			// takes them even while every bulk slot is busy with a chunk.
-			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueueBulk: 1},
+			// A chunk whose rate turn has come (paced) goes before the
+			// bulk backlog, or a rate-limited campaign would fall short of
+			// its rate behind a big one.
+			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueBulk: 1},
 			StrictPriority:  true,
 			RetryDelayFunc:  worker.RetryDelay,
 			IsFailure:       worker.IsFailure,

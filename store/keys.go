@@ -9,7 +9,7 @@ import "strconv"
 //	<p>:campaigns            ZSET  campaign id → created (unix ms)
 //	<p>:active               SET   campaigns in the sending state (watchdog)
 //	<p>:{c:ID}:def           STRING campaign definition (JSON, immutable after create)
-//	<p>:{c:ID}:state         HASH  status, gen, seq, started_at, finished_at, fanout cursors
+//	<p>:{c:ID}:state         HASH  status, gen, seq, started_at, finished_at, fanout:<gen> cursors (next chunk to hand out)
 //	<p>:{c:ID}:counts        HASH  total and one counter per recipient status
 //	<p>:{c:ID}:rcpt          HASH  recipient id → profile (JSON)
 //	<p>:{c:ID}:st            STRING one byte per recipient id: its status (0 = pending)
@@ -17,7 +17,7 @@ import "strconv"
 //	<p>:{c:ID}:rs            HASH  recipient id → resends (JSON list)
 //	<p>:{c:ID}:emails        HASH  lower-cased address → recipient id (no duplicates)
 //	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
-//	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk runs
+//	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk is handed out (queued, running, waiting for its rate)
 //	<p>:{c:ID}:att           HASH  recipient id → start (unix ms) of the attempt in flight
 //	                               (set with a claim, removed with its outcome; a
 //	                               steal keeps it: the evidence of an unknown outcome)

@@ -623,33 +623,51 @@ func (s *Store) SetFanoutCursor(ctx context.Context, cid string, gen, next int64
 	return s.rdb.HSet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen), next).Err()
 }
 
-// FanoutProgress records a running fan-out's cursor and that it was alive
-// at at: the watchdog takes over a fan-out that stops showing progress.
-func (s *Store) FanoutProgress(ctx context.Context, cid string, gen, next int64, at time.Time) error {
-	return s.rdb.HSet(ctx, s.k.campaign(cid).state, "fanout:"+itoa(gen), next, "fanout_at:"+itoa(gen), at.UnixMilli()).Err()
-}
-
-// takeOverScript: KEYS[1] state; ARGV: field, stalled-before (ms), now (ms).
-// A fan-out that ran (its field is set) but has shown no progress since
-// ARGV[2] is marked as taken over at ARGV[3]; only one caller wins.
-var takeOverScript = redis.NewScript(`
-local at = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if at == 0 or at >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+// handOutScript opens a campaign's window of chunk tasks: while fewer than
+// ARGV[2] chunk leases are live, it hands out the next chunk from the
+// current generation's cursor, moving the cursor and taking the chunk's
+// lease in the same step, so a chunk handed out is never forgotten: if its
+// task is lost, the lease expires and the watchdog hands it out again.
+// KEYS: 1 state, 2 chunks. ARGV: 1 chunk size, 2 window, 3 now (ms),
+// 4 lease deadline (ms).
+// Returns {gen, seq, from...}: the first id of each chunk handed out (none
+// when the campaign is not sending, its cursor is past the end or its
+// window is full).
+var handOutScript = redis.NewScript(`
+local st = redis.call('HMGET', KEYS[1], 'status', 'gen', 'seq')
+local gen, seq = tonumber(st[2]) or 0, tonumber(st[3]) or 0
+local out = {gen, seq}
+if st[1] ~= 'sending' then return out end
+local field = 'fanout:' .. gen
+local cur = tonumber(redis.call('HGET', KEYS[1], field) or '1')
+local size, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local live = redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf')
+while cur <= seq and live < window do
+  redis.call('ZADD', KEYS[2], ARGV[4], cur)
+  out[#out+1] = cur
+  cur = cur + size
+  live = live + 1
+end
+if #out > 2 then redis.call('HSET', KEYS[1], field, cur) end
+return out
 `)
 
-// TakeOverFanout reports whether gen's fan-out started but has shown no
-// progress since stalledBefore — its worker died mid-way — and if so marks
-// it as taken over at now, so that of several watchdogs one re-enqueues it.
-// A fan-out that never started is not stalled: its task is still queued.
-func (s *Store) TakeOverFanout(ctx context.Context, cid string, gen int64, stalledBefore, now time.Time) (bool, error) {
-	n, err := takeOverScript.Run(ctx, s.rdb, []string{s.k.campaign(cid).state},
-		"fanout_at:"+itoa(gen), stalledBefore.UnixMilli(), now.UnixMilli()).Int()
+// HandOut is what HandOut handed out.
+type HandOut struct {
+	Gen, Seq int64   // the campaign's generation and highest recipient id
+	Froms    []int64 // first ids of the chunks handed out, each size long (the last may be shorter)
+}
+
+// HandOut hands out a campaign's next chunks, as many as its window of
+// window live chunk leases has room for, each with a lease of leaseTTL.
+func (s *Store) HandOut(ctx context.Context, cid string, size, window int64, leaseTTL time.Duration) (HandOut, error) {
+	ck := s.k.campaign(cid)
+	now := time.Now()
+	v, err := handOutScript.Run(ctx, s.rdb, []string{ck.state, ck.chunks}, size, window, ms(now), ms(now.Add(leaseTTL))).Int64Slice()
 	if err != nil {
-		return false, fmt.Errorf("take over fan-out of %s: %w", cid, err)
+		return HandOut{}, fmt.Errorf("hand out chunks of %s: %w", cid, err)
 	}
-	return n == 1, nil
+	return HandOut{Gen: v[0], Seq: v[1], Froms: v[2:]}, nil
 }
 
 // AddResend appends a resend to a recipient's resends and returns its number.

@@ -322,45 +322,79 @@ func TestSuppressionAndAudit(t *testing.T) {
 	}
 }
 
-// TestTakeOverFanout: a fan-out that never started is not stalled (its task
-// is still queued); one whose heartbeat stopped is taken over by exactly one
-// watchdog; one that shows progress is left alone.
-func TestTakeOverFanout(t *testing.T) {
+// TestHandOutWindow: chunks are handed out from the cursor only while the
+// campaign's window of live chunk leases has room, each with its lease; a
+// chunk finishing makes room for one more; expired leases do not count; a
+// paused campaign gets none, and a resumed one starts its generation's own
+// cursor from the first recipient.
+func TestHandOutWindow(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
-	const cid, gen = "fan", int64(1)
-	t0 := time.UnixMilli(1_700_000_000_000)
-	take := func(now time.Time) bool {
+	c := newCampaign(t, s, 45) // chunks of 10: 1, 11, 21, 31, 41 (41-45)
+	hand := func(window int64, ttl time.Duration) []int64 {
 		t.Helper()
-		ok, err := s.TakeOverFanout(ctx, cid, gen, now.Add(-2*time.Second), now)
+		h, err := s.HandOut(ctx, c.ID, 10, window, ttl)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return ok
+		if h.Seq != 45 {
+			t.Errorf("seq %d, want 45", h.Seq)
+		}
+		return h.Froms
 	}
-	if take(t0) {
-		t.Error("a fan-out that never started was taken over")
+	if got := hand(3, time.Minute); len(got) != 0 {
+		t.Fatalf("a draft handed out %v", got)
 	}
-	if err := s.FanoutProgress(ctx, cid, gen, 51, t0); err != nil {
+	if _, err := s.Start(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if cur, _ := s.FanoutCursor(ctx, cid, gen); cur != 51 {
+	if got := hand(3, time.Minute); fmt.Sprint(got) != "[1 11 21]" {
+		t.Fatalf("first window %v, want [1 11 21]", got)
+	}
+	if n, _ := s.LiveLeases(ctx, c.ID); n != 3 {
+		t.Errorf("%d live leases, want 3: each chunk handed out holds one", n)
+	}
+	if got := hand(3, time.Minute); len(got) != 0 {
+		t.Fatalf("a full window handed out %v", got)
+	}
+	if err := s.DropChunkLease(ctx, c.ID, 11); err != nil {
+		t.Fatal(err)
+	}
+	if got := hand(3, time.Minute); fmt.Sprint(got) != "[31]" {
+		t.Fatalf("after one chunk finished: %v, want [31]", got)
+	}
+	// An expired lease (a dead worker's, for the watchdog) is not live.
+	if err := s.SetChunkLease(ctx, c.ID, 1, time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := hand(3, time.Minute); fmt.Sprint(got) != "[41]" {
+		t.Fatalf("after a lease expired: %v, want [41]", got)
+	}
+	if got := hand(100, time.Minute); len(got) != 0 {
+		t.Fatalf("past the last recipient: %v", got)
+	}
+	if cur, _ := s.FanoutCursor(ctx, c.ID, 1); cur != 51 {
 		t.Errorf("cursor %d, want 51", cur)
 	}
-	if take(t0.Add(time.Second)) {
-		t.Error("a fan-out alive a second ago was taken over")
-	}
-	if !take(t0.Add(3 * time.Second)) {
-		t.Error("a fan-out silent for 3 s (CLAIM_TTL 2 s) was not taken over")
-	}
-	if take(t0.Add(3*time.Second + time.Millisecond)) {
-		t.Error("a second watchdog took over the same fan-out")
-	}
-	if err := s.FanoutProgress(ctx, cid, gen, 101, t0.Add(4*time.Second)); err != nil {
+	if _, err := s.Pause(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if take(t0.Add(5 * time.Second)) {
-		t.Error("the new fan-out, alive a second ago, was taken over")
+	if err := s.DropChunkLease(ctx, c.ID, 21); err != nil {
+		t.Fatal(err)
+	}
+	if got := hand(100, time.Minute); len(got) != 0 {
+		t.Fatalf("a paused campaign handed out %v", got)
+	}
+	tr, err := s.Resume(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.HandOut(ctx, c.ID, 10, 4, time.Minute) // 31, 41 still live
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Gen != tr.Gen || fmt.Sprint(h.Froms) != "[1 11]" {
+		t.Fatalf("resumed: gen %d froms %v, want gen %d [1 11]", h.Gen, h.Froms, tr.Gen)
 	}
 }
 

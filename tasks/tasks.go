@@ -63,28 +63,36 @@ func StartID(cid string, at time.Time) string {
 	return fmt.Sprintf("start:%s:%d", cid, at.UnixMilli())
 }
 
-// Fanout splits a campaign into chunks, once per start/resume generation.
+// Fanout opens a campaign's window of chunk tasks, once per start/resume
+// generation (the watchdog tops the window up should this task be lost).
 func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
 	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),
 		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d", cid, gen)), asynq.MaxRetry(1000))
 }
 
-// FanoutAgain enqueues a fan-out once more under a new id, to go on from the
-// cursor of one whose worker died (its own task id is taken until asynq
-// recovers it).
-func FanoutAgain(ctx context.Context, q Enqueuer, cid string, gen int64, suffix string) error {
-	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),
-		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d:%s", cid, gen, suffix)), asynq.MaxRetry(1000))
-}
-
 // Chunk delivers recipients [from, to). suffix distinguishes a re-enqueued
 // chunk (watchdog, hand-back) from the fan-out's own.
 func Chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string) error {
+	return chunk(ctx, q, p, suffix, notice.QueueBulk, time.Time{})
+}
+
+// ChunkPaced is Chunk for the rest of a chunk that waited for its rate, on
+// the paced queue, to run at at (zero: at once). asynq keeps scheduled
+// tasks by the whole second: the task may run up to a second early.
+func ChunkPaced(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string, at time.Time) error {
+	return chunk(ctx, q, p, suffix, notice.QueuePaced, at)
+}
+
+func chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix, queue string, at time.Time) error {
 	id := fmt.Sprintf("chunk:%s:%d:%d", p.CampaignID, p.Gen, p.From)
 	if suffix != "" {
 		id += ":" + suffix
 	}
-	return Enqueue(ctx, q, task(notice.TypeChunk, p), asynq.Queue(notice.QueueBulk), asynq.TaskID(id), asynq.MaxRetry(1000))
+	opts := []asynq.Option{asynq.Queue(queue), asynq.TaskID(id), asynq.MaxRetry(1000)}
+	if !at.IsZero() {
+		opts = append(opts, asynq.ProcessAt(at))
+	}
+	return Enqueue(ctx, q, task(notice.TypeChunk, p), opts...)
 }
 
 // Deliver sends to one recipient after delay: a retry (queue bulk) or a

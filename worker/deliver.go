@@ -22,8 +22,9 @@ import (
 	"github.com/oshirase/oshirase/templates"
 )
 
-// handleFanout enqueues one chunk task per ChunkSize recipients. It records
-// its progress, so a fan-out interrupted by a crash resumes where it was.
+// handleFanout opens a campaign's window of chunk tasks (see window): it
+// hands out its first chunks, and each chunk that ends hands out the next.
+// Running it again is harmless: it only fills what room the window has.
 func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 	var p notice.FanoutPayload
 	if err := tasks.Decode(t, &p); err != nil {
@@ -39,39 +40,15 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 	if st.Status != notice.CampaignSending || st.Gen != p.Gen {
 		return nil // paused, cancelled, or superseded by a newer generation
 	}
-	next, err := w.store.FanoutCursor(ctx, p.CampaignID, p.Gen)
+	c, err := w.campaign(ctx, p.CampaignID)
 	if err != nil {
-		return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
-	}
-	// The cursor is written with a heartbeat every 50 chunks: if this
-	// process dies, the watchdog sees the heartbeat stop and another worker
-	// goes on from the cursor (chunk task ids make a repeat harmless).
-	progress := func(next int64) error {
-		if err := w.store.FanoutProgress(ctx, p.CampaignID, p.Gen, next, w.cfg.ClockNow()); err != nil {
-			return fmt.Errorf("fan-out cursor of %s: %w", p.CampaignID, err)
-		}
-		return nil
-	}
-	if err := progress(next); err != nil {
 		return err
 	}
-	size := int64(w.cfg.ChunkSize)
-	n := 0
-	for from := next; from <= st.Seq; from += size {
-		cp := notice.ChunkPayload{CampaignID: p.CampaignID, Gen: p.Gen, From: from, To: min(from+size, st.Seq+1)}
-		if err := tasks.Chunk(ctx, w.queue, cp, ""); err != nil {
-			return err
-		}
-		if n++; n%50 == 0 {
-			if err := progress(cp.To); err != nil {
-				return err
-			}
-		}
+	n, err := w.topUp(ctx, c)
+	if err != nil {
+		return fmt.Errorf("fan-out of %s: %w", p.CampaignID, err)
 	}
-	if err := progress(st.Seq + 1); err != nil {
-		return err
-	}
-	w.log.Info("fan-out done", "campaign", p.CampaignID, "gen", p.Gen, "chunks", n)
+	w.log.Info("fan-out: window open", "campaign", p.CampaignID, "gen", p.Gen, "chunks", n, "window", w.window(c))
 	return nil
 }
 
@@ -101,6 +78,11 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 	dropLease := func() { w.store.DropChunkLease(bg, p.CampaignID, p.From) }
 	if ch.State.Status != notice.CampaignSending || ch.State.Gen != p.Gen {
 		dropLease()
+		if ch.State.Status == notice.CampaignSending {
+			// Superseded by a resume: its place in the window is the new generation's.
+			_, err := w.topUp(bg, c)
+			return err
+		}
 		return nil
 	}
 	todo := make([]*notice.Recipient, 0, len(ch.Recipients))
@@ -137,43 +119,42 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		s.Token, s.Lease, s.LeaseTTL = token, p.From, w.cfg.ClaimTTL
 		return s
 	}
-	// flush records prev now and renews the chunk's lease. The rate limiter
-	// calls it before it makes us wait: an outcome held in memory while we
-	// sleep would let our claim expire, and the watchdog would send again a
-	// message that was already accepted.
-	flush := func() error {
-		res, err := w.record(bg, p.CampaignID, withLease(prev))
-		if err != nil {
-			return err
+	// handBack records the last outcome and hands the rest of the chunk, from
+	// id on, to a new task that runs at wake (zero: at once): another worker
+	// after a stop, or any worker once the rate limit allows. Nothing from id
+	// on is claimed yet. Meanwhile the rest holds the chunk's lease (under
+	// id): the watchdog neither takes the campaign for stalled nor steals
+	// the rest, the window still counts it, and should the new task be lost
+	// the lease runs out and the watchdog hands the rest out again.
+	handBack := func(id int64, wake time.Time) error {
+		ttl := w.queuedTTL()
+		if w.wakesLocally(wake) {
+			ttl = w.cfg.ClaimTTL // on a timer here: recovered soon if we die
 		}
-		w.finished(p.CampaignID, prev, res)
-		prev = store.Step{}
-		return nil
-	}
-	// handBack records the last outcome and re-enqueues the rest of the chunk
-	// from id on, so another worker (or this one after a restart) continues
-	// at once. Nothing from id on is claimed yet.
-	handBack := func(id int64) error {
 		step := withLease(prev)
-		step.DropLease = true
+		step.Lease, step.LeaseTTL = id, max(0, time.Until(wake))+ttl
 		res, err := w.record(bg, p.CampaignID, step)
 		if err != nil {
 			return err
 		}
 		w.finished(p.CampaignID, prev, res)
+		if id != p.From {
+			dropLease()
+		}
 		rest := p
 		rest.From = id
-		return tasks.Chunk(bg, w.queue, rest, "h"+strconv.FormatInt(w.cfg.ClockNow().UnixNano(), 36))
+		return w.later(bg, rest, wake)
 	}
 	for i, r := range todo {
 		if w.stopped() || ctx.Err() != nil {
-			return handBack(r.ID)
+			return handBack(r.ID, time.Time{})
 		}
-		if err := w.waitRate(ctx, c, flush); err != nil {
-			if errors.Is(err, errRecord) {
-				return err
-			}
-			return handBack(r.ID)
+		// prev's outcome is held while we wait in place: never long enough
+		// for its claim to expire, even with a short CLAIM_TTL.
+		if d := w.turn(ctx, c, inlineWait, min(inlineTotal, w.cfg.ClaimTTL/4)); d > 0 {
+			// Not this message's turn for more than a moment: give the slot
+			// back, and come back when the rate allows.
+			return handBack(r.ID, time.Now().Add(d))
 		}
 		step := withLease(prev)
 		step.ClaimID, step.ClaimTTL, step.Gen = r.ID, w.cfg.ClaimTTL, p.Gen
@@ -190,6 +171,10 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 			// Paused or cancelled: leave the rest pending for the next generation.
 			w.log.Info("chunk stopped", "campaign", p.CampaignID, "status", res.Campaign, "left", len(todo)-i)
 			dropLease()
+			if res.Campaign == notice.CampaignSending {
+				_, err := w.topUp(bg, c) // resumed meanwhile: the new generation's turn
+				return err
+			}
 			return nil
 		}
 		if !res.Claimed {
@@ -210,7 +195,10 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	w.finished(p.CampaignID, prev, res)
-	return nil
+	// The chunk's place in the window goes to the campaign's next one,
+	// queued behind what other campaigns have queued meanwhile.
+	_, err = w.topUp(bg, c)
+	return err
 }
 
 // errRecord marks a failure to record an outcome in Redis.
@@ -566,55 +554,6 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	return acc, err
 }
 
-// waitRate blocks until both the global and the campaign's rate limit allow
-// one more message. Waiting is not a failed attempt. keep (may be nil) is
-// called before the first wait and then every renewEvery while waiting, to
-// record what is pending and keep leases alive; its error ends the wait.
-func (w *Worker) waitRate(ctx context.Context, c *notice.Campaign, keep func() error) error {
-	start := time.Now()
-	defer func() { metrics.RateWaitSeconds.Observe(time.Since(start).Seconds()) }()
-	if w.cfg.Rate > 0 {
-		if err := w.take(ctx, w.store.RateKey(""), w.cfg.Rate, w.cfg.Burst, keep); err != nil {
-			return err
-		}
-	}
-	if c.Rate > 0 && (w.cfg.Rate == 0 || c.Rate < w.cfg.Rate) {
-		return w.take(ctx, w.store.RateKey(c.ID), c.Rate, 0, keep)
-	}
-	return nil
-}
-
-func (w *Worker) take(ctx context.Context, key string, rate float64, burst int, keep func() error) error {
-	lim := limitFor(rate, burst)
-	var kept time.Time
-	for {
-		res, err := w.limiter.Allow(ctx, key, lim)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// A limiter we cannot reach must not send unlimited: wait and retry.
-			w.log.Warn("rate limiter", "err", err)
-			res = &redis_rate.Result{RetryAfter: 100 * time.Millisecond}
-		} else if res.Allowed > 0 {
-			return nil
-		}
-		if keep != nil && time.Since(kept) >= w.renewEvery() {
-			if err := keep(); err != nil {
-				return err
-			}
-			kept = time.Now()
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-w.stopping:
-			return errors.New("stopping")
-		case <-time.After(res.RetryAfter):
-		}
-	}
-}
-
 // limitFor expresses a fractional rate per second as a GCRA limit.
 // jitterAllowance is how late after its turn a message may reach the SMTP
 // server without the rate limit's promise being broken.
@@ -630,13 +569,12 @@ func limitFor(rate float64, burst int) redis_rate.Limit {
 	// taken apart can arrive together. The messages of that jitter are kept
 	// back from the burst.
 	burst = max(1, burst-int(math.Ceil(rate*jitterAllowance.Seconds())))
-	// redis_rate wants an integer rate per period: use a longer period for
-	// fractional rates (0.5/s = 1 per 2s).
-	period := time.Second
-	r := rate
-	for r != float64(int(r)) && period < time.Hour {
-		r *= 10
-		period *= 10
+	// redis_rate wants a whole number of messages per period: n per 10^k s
+	// with the fewest decimals, so every rate written with up to 9 decimals
+	// (notice.MinRate has 3) is exact; beyond, within a part in 10^9.
+	period, n := time.Second, rate
+	for k := 0; k < 9 && math.Abs(n-math.Round(n)) > 1e-9*n; k++ {
+		period, n = period*10, n*10
 	}
-	return redis_rate.Limit{Rate: int(r), Burst: burst, Period: period}
+	return redis_rate.Limit{Rate: max(1, int(math.Round(n))), Burst: burst, Period: period}
 }

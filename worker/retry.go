@@ -56,8 +56,16 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	if w.stopped() {
 		return &retryError{Delay: 0, Err: errors.New("worker stopping; handed back")}
 	}
-	if err := w.waitRate(ctx, c, nil); err != nil {
-		return &retryError{Err: fmt.Errorf("waiting for rate limit: %w", err)}
+	// A retry on the bulk queue waits for its rate no more than a chunk
+	// does: longer, it gives its slot back and asynq brings it back when
+	// the rate allows. A single notice (urgent queue, a server of its own)
+	// waits in place a while first.
+	each, total := inlineWait, inlineTotal
+	if q, _ := asynq.GetQueueName(ctx); q == notice.QueueUrgent {
+		each, total = urgentWait, urgentWait
+	}
+	if d := w.turn(ctx, c, each, total); d > 0 {
+		return &retryError{Delay: d, Err: fmt.Errorf("waiting %s for the rate limit", d.Round(time.Millisecond))}
 	}
 	token := w.begin()
 	defer w.end(token)

@@ -53,23 +53,18 @@ func (w *Worker) Sweep(ctx context.Context) error {
 			}
 			continue
 		}
-		// A fan-out that was never enqueued (the API died after Start) or
-		// died: enqueueing it again is idempotent (task id, cursor).
+		// A window that lost chunks (a fan-out never enqueued because the
+		// API died after Start, a worker that died between handing a chunk
+		// out and enqueueing it): top it up. Harmless when it is full.
 		if cur, err := w.store.FanoutCursor(ctx, id, st.Gen); err == nil && cur <= st.Seq {
-			if err := tasks.Fanout(ctx, w.queue, id, st.Gen); err != nil {
+			c, err := w.campaign(ctx, id)
+			if err != nil {
 				return err
 			}
-			// A fan-out whose worker died mid-way is still asynq's active
-			// task (so the enqueue above is refused) until asynq's own
-			// lease recovery, a minute or more: go on from its cursor now.
-			now := w.cfg.ClockNow()
-			if ok, err := w.store.TakeOverFanout(ctx, id, st.Gen, now.Add(-w.cfg.ClaimTTL), now); err != nil {
+			if n, err := w.topUp(ctx, c); err != nil {
 				return err
-			} else if ok {
-				w.log.Warn("fan-out stalled; going on from its cursor", "campaign", id, "gen", st.Gen, "cursor", cur)
-				if err := tasks.FanoutAgain(ctx, w.queue, id, st.Gen, fmt.Sprintf("w%d", now.UnixMilli())); err != nil {
-					return err
-				}
+			} else if n > 0 {
+				w.log.Info("watchdog: chunks handed out to fill the campaign's window", "campaign", id, "chunks", n)
 			}
 		}
 		// Besides expired claims, this process's own claims whose task has
@@ -82,7 +77,10 @@ func (w *Worker) Sweep(ctx context.Context) error {
 		stamp := fmt.Sprintf("w%d", time.Now().UnixMilli())
 		size := int64(w.cfg.ChunkSize)
 		for _, from := range stolen.Chunks {
-			p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
+			// A lease's first id may be the rest of a chunk handed back:
+			// end it where that chunk ends, not a whole chunk further.
+			end := from + size - (from-1)%size
+			p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(end, st.Seq+1)}
 			if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
 				return err
 			}

@@ -3,6 +3,42 @@
 // pooled SMTP connections and records the outcome. Per-recipient status in
 // Redis (package store) is the truth: a recipient already sent is never sent
 // again, whatever asynq redelivers.
+//
+// # Sharing the workers between campaigns
+//
+// The bulk queue is first in, first out, so a campaign does not enqueue all
+// its chunks at once: it has a window of chunks handed out at a time
+// (queued, running, or waiting for their rate), twice the bulk slots of all
+// worker processes together (from asynq's server records). The fan-out
+// opens the window; a chunk that ends hands out the campaign's next one from
+// a cursor in Redis, which queues behind whatever other campaigns queued
+// meanwhile. A campaign alone keeps every slot busy; a campaign started
+// later waits behind one window of chunks, not behind the whole of the
+// first, and campaigns sending at once then take turns chunk by chunk. Each
+// chunk handed out holds a lease (store.HandOut moves the cursor and takes
+// it in one step), so a chunk whose task is lost is handed out again by the
+// watchdog, which also tops up a window that lost chunks.
+//
+// # Waiting for a rate without holding a slot
+//
+// A handler waits in place for the rate limit only for a moment
+// (inlineWait, 50 ms). Longer, the chunk records the outcome it holds and
+// hands the rest of its range back, to run when the limiter allows: on a
+// timer here for a wait of up to 2 s (asynq schedules by the whole second,
+// too coarse for a rate of a few messages a second), else as an asynq task
+// scheduled a second early; either way on the paced queue, which the bulk
+// server takes before the bulk backlog, so the campaign keeps near its rate
+// behind a big one. Meanwhile the rest keeps a chunk lease that
+// outlives its wake-up, so the watchdog neither takes the campaign for
+// stalled nor steals the rest, and the window still counts it. A
+// rate-limited campaign's window is what its rate needs (rate/10 chunks, at
+// least one), so it never has dozens of chunks asking the limiter. A retry
+// on the bulk queue that must wait goes back to asynq's retry set the same
+// way; a single notice or test send (urgent queue, a server of its own)
+// waits in place for up to 2 s first. A failing limiter answers "later",
+// later each time (100 ms doubling to 15 s), with one warning a minute; the
+// chunk that comes back reads the campaign's state first, so a pause or
+// cancel ends it.
 package worker
 
 import (
@@ -40,6 +76,7 @@ type Config struct {
 	RetryBase     time.Duration // first retry delay (default 30s)
 	RetryMaxDelay time.Duration // cap on retry delay (default 1h)
 	RetryMaxAge   time.Duration // give up this long after the first attempt (default 72h)
+	Concurrency   int           // WORKER_CONCURRENCY: bulk tasks this process runs at once (default 1)
 	Rate          float64       // SMTP_RATE: messages per second across all workers; 0 = unlimited
 	Burst         int           // SMTP_BURST (default: rate/10, at least 1)
 	MessageIDHost string        // right-hand side of Message-IDs (default: the From address's domain)
@@ -71,6 +108,9 @@ func (c *Config) defaults() {
 	if c.ClockNow == nil {
 		c.ClockNow = time.Now
 	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 1
+	}
 }
 
 // Worker holds what the handlers share.
@@ -90,6 +130,13 @@ type Worker struct {
 	stalls    map[string]stall            // campaign → when first seen stalled, and its open count then
 
 	notices map[preparedKey]*templates.Prepared // under mu: campaigns' notices, prepared for deliver
+
+	nslots  int                        // under mu: bulk slots of all workers (see slots)
+	slotsAt time.Time                  // under mu: when nslots was read
+	trouble map[string]*limiterTrouble // under mu: rate limiter keys failing in a row
+
+	alarmMu sync.Mutex
+	alarms  map[*alarm]struct{} // rests of chunks waiting for their rate here; nil once stopping
 
 	stopping chan struct{} // closed when the process is asked to stop
 	stopOnce sync.Once
@@ -120,14 +167,22 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sen
 		proc:      "p" + newToken()[:8] + ".",
 		live:      map[string]int{},
 		warned:    map[string]time.Time{},
+		trouble:   map[string]*limiterTrouble{},
+		alarms:    map[*alarm]struct{}{},
 		inspector: asynq.NewInspectorFromRedisClient(st.Redis()),
 		stopping:  make(chan struct{}),
 	}
 }
 
 // Stop asks running handlers to hand their remaining work back at the next
-// message boundary, so a shutdown is quick and loses nothing.
-func (w *Worker) Stop() { w.stopOnce.Do(func() { close(w.stopping) }) }
+// message boundary, so a shutdown is quick and loses nothing, and enqueues
+// the chunks waiting here for their rate.
+func (w *Worker) Stop() {
+	w.stopOnce.Do(func() {
+		close(w.stopping)
+		w.stopAlarms()
+	})
+}
 
 func (w *Worker) stopped() bool {
 	select {

@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -100,7 +101,10 @@ func TestMessageID(t *testing.T) {
 }
 
 // TestLimitFor: the burst the GCRA gets keeps back the messages 50 ms of
-// jitter could bunch together, never below one.
+// jitter could bunch together, never below one; and every allowed rate,
+// down to notice.MinRate, is a whole number of messages per period with the
+// messages exactly 1/rate apart (a rate of 0.00001 once became 0 per
+// 10,000 s, and the limiter failed on every call).
 func TestLimitFor(t *testing.T) {
 	for _, tt := range []struct {
 		rate              float64
@@ -113,10 +117,22 @@ func TestLimitFor(t *testing.T) {
 		{1000, 0, 1000, 50, time.Second}, // 100 less 50
 		{10, 1, 10, 1, time.Second},      // never below one
 		{0.5, 0, 5, 1, 10 * time.Second},
+		{2.5, 0, 25, 1, 10 * time.Second},
+		{notice.MinRate, 0, 1, 1, 1000 * time.Second},
+		{0.0015, 0, 15, 1, 10000 * time.Second},
+		{0.001234567, 0, 1234567, 1, 1000000000 * time.Second},
+		{notice.MaxRate, 0, notice.MaxRate, 50000, time.Second},
 	} {
 		l := limitFor(tt.rate, tt.burst)
 		if l.Rate != tt.wantRate || l.Burst != tt.wantBur || l.Period != tt.wantPeriod {
 			t.Errorf("limitFor(%v, %d) = %+v, want rate %d burst %d period %s", tt.rate, tt.burst, l, tt.wantRate, tt.wantBur, tt.wantPeriod)
+		}
+	}
+	for _, rate := range []float64{notice.MinRate, 0.001234, 0.001234567, 0.01, 1.0 / 3, 0.7, 2, 7.25, 333.333, notice.MaxRate} {
+		l := limitFor(rate, 0)
+		gap := l.Period.Seconds() / float64(l.Rate) // redis_rate's emission interval
+		if l.Rate < 1 || math.Abs(gap*rate-1) > 2e-9 {
+			t.Errorf("limitFor(%v) = %+v: messages %gs apart, want %gs", rate, l, gap, 1/rate)
 		}
 	}
 }

@@ -36,13 +36,19 @@ type Stack struct {
 // StartStack runs a service with cfg until the test ends.
 func StartStack(t testing.TB, cfg *config.Config, opts service.Options) *Stack {
 	t.Helper()
-	cfg.ListenAddr = "127.0.0.1:0"
-	if cfg.APIKeys == "" {
-		cfg.APIKeys = APIKeys
-	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	return StartStackLog(t, cfg, opts, log)
+}
+
+// StartStackLog is StartStack logging to log, for tests of what is logged.
+func StartStackLog(t testing.TB, cfg *config.Config, opts service.Options, log *slog.Logger) *Stack {
+	t.Helper()
+	cfg.ListenAddr = "127.0.0.1:0"
+	if cfg.APIKeys == "" {
+		cfg.APIKeys = APIKeys
 	}
 	svc, err := service.New(context.Background(), cfg, log, opts)
 	if err != nil {
