@@ -426,13 +426,6 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	if c.Status == notice.CampaignDraft && c.Counts.Total == 0 {
-		// Started, it would be done at once and for ever: an upload that
-		// failed or went to another campaign should be noticed now.
-		writeError(w, http.StatusUnprocessableEntity, "no_recipients",
-			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting", nil)
-		return
-	}
 	if c.Status == notice.CampaignDraft {
 		// A draft made before a template required more (cause and
 		// secondary_harm, which APPI requires) must not go out without it.
@@ -440,6 +433,13 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusUnprocessableEntity, "invalid_campaign", "the campaign's data lacks what the notice must state; fix it in a new campaign", errs)
 			return
 		}
+	}
+	if c.Status == notice.CampaignDraft && c.Counts.Total == 0 {
+		// Started, it would be done at once and for ever: an upload that
+		// failed or went to another campaign should be noticed now.
+		writeError(w, http.StatusUnprocessableEntity, "no_recipients",
+			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting", nil)
+		return
 	}
 	if c.Charset == notice.CharsetISO2022JP {
 		if problems := s.charsetProblems(c); problems != nil {

@@ -70,7 +70,9 @@ func (w *Worker) Sweep(ctx context.Context) error {
 		// Besides expired claims, this process's own claims whose task has
 		// ended: their outcome was written and lost (a failover), and
 		// nobody will finish them before CLAIM_TTL runs out.
+		w.orphans.Lock() // no token is born between the look at live and the steal
 		stolen, err := w.store.StealOrphans(ctx, id, w.cfg.ClaimTTL, w.proc, w.liveTokens()...)
+		w.orphans.Unlock()
 		if err != nil {
 			return err
 		}
@@ -135,8 +137,8 @@ type stall struct {
 // reached the worker, or a failover lost the task, its lease and its
 // recipients' claims (asynq recovers such a task only when its own lease
 // runs out, a minute or two later, if at all). A campaign is stalled when it
-// has pending recipients, no live chunk lease, nothing waiting in the bulk
-// queue, and has made no progress for stallAfter (a few seconds: two sweeps
+// has pending recipients, no chunk lease taken or renewed lately (a queued
+// chunk holds one too), and has made no progress for stallAfter (a few seconds: two sweeps
 // at least). Recipients being sent (claims) do not make it busy: a claim
 // is one recipient's, and may itself be a failover's leftover. Its pending
 // chunks are enqueued again (claims keep that idempotent).
@@ -157,11 +159,9 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		}
 		stalled = live == 0
 	}
-	if stalled {
-		// No answer (the queue does not exist yet, Redis away) is not a stall.
-		q, err := w.inspector.GetQueueInfo(notice.QueueBulk)
-		stalled = err == nil && q.Pending == 0
-	}
+	// Chunks waiting in a queue hold leases of their own (handed out with
+	// one, or given one below), so other campaigns' chunks in the shared
+	// queue say nothing about this one: no queue-wide look here.
 	now := time.Now()
 	w.mu.Lock()
 	prev, seen := w.stalls[id]
@@ -180,17 +180,34 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	w.mu.Lock()
 	delete(w.stalls, id) // the chunks queued below are work: start over
 	w.mu.Unlock()
-	chunks, err := w.store.PendingChunks(ctx, id, int64(w.cfg.ChunkSize))
+	all, err := w.store.PendingChunks(ctx, id, int64(w.cfg.ChunkSize))
+	if err != nil {
+		return err
+	}
+	// Only the ranges already handed out (below the fan-out cursor): the
+	// rest is the window's to hand out (topUp), a few at a time, so that a
+	// big campaign's recovery does not put its whole remainder ahead of
+	// every other campaign. Each goes out with a queued lease, as a hand-out
+	// would: the next sweep sees it as worked on, not as stalled again.
+	cursor, err := w.store.FanoutCursor(ctx, id, st.Gen)
 	if err != nil {
 		return err
 	}
 	stamp := fmt.Sprintf("s%d", time.Now().UnixMilli())
 	size := int64(w.cfg.ChunkSize)
-	for _, from := range chunks {
+	var chunks []int64
+	for _, from := range all {
+		if from >= cursor {
+			break
+		}
+		if err := w.store.SetChunkLease(ctx, id, from, time.Now().Add(w.queuedTTL())); err != nil {
+			return err
+		}
 		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
 		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
 			return err
 		}
+		chunks = append(chunks, from)
 	}
 	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending,
 		"stalled_for", now.Sub(prev.since).Round(time.Millisecond).String())

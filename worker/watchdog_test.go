@@ -144,3 +144,37 @@ func TestWatchdogTakesOverOrphanedClaims(t *testing.T) {
 		t.Fatalf("the running task's claim was handed over: %+v", r)
 	}
 }
+
+// TestStallFoundBesideAnotherCampaign: another campaign's chunk waiting in
+// the shared bulk queue says nothing about this one. A campaign that lost
+// its tasks, leases and claims (a failover) is found in seconds while others
+// send, not once they are through (the watchdog used to require the whole
+// bulk queue empty).
+func TestStallFoundBesideAnotherCampaign(t *testing.T) {
+	w, _, insp, cid, _ := watchdogFixture(t, 12)
+	ctx := context.Background()
+	if err := tasks.Chunk(ctx, w.queue, notice.ChunkPayload{CampaignID: "other", Gen: 1, From: 1, To: 2}, "x"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := w.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(bulkTasks(t, insp, "chunk:"+cid)); n > 0 {
+			// Enqueued again with leases: the next sweeps do not pile more on.
+			for range 3 {
+				time.Sleep(w.sweepEvery())
+				if err := w.Sweep(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if m := len(bulkTasks(t, insp, "chunk:"+cid)); m != n {
+				t.Errorf("%d chunk tasks after more sweeps, want the %d enqueued once", m, n)
+			}
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("stall not found in 15 s while another campaign has a chunk queued")
+}

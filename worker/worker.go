@@ -146,8 +146,9 @@ type Worker struct {
 	// under proc whose token is not live belongs to a task that ended, so
 	// its outcome was written and lost (a failover), and the watchdog
 	// hands it over at once instead of after CLAIM_TTL.
-	proc string
-	live map[string]int
+	proc    string
+	live    map[string]int
+	orphans sync.RWMutex // held by the watchdog from its look at live to its steal
 
 	warned map[string]time.Time // under mu: log lines said at most once per interval
 }
@@ -263,6 +264,11 @@ func newToken() string {
 
 // begin returns a claim token for a task of this process, live until end.
 func (w *Worker) begin() string {
+	// Not while the watchdog steals this process's orphans: a token born
+	// between its look at the live tokens and its script would have its
+	// first claim taken for an orphan's (see orphans).
+	w.orphans.RLock()
+	defer w.orphans.RUnlock()
 	t := w.proc + newToken()
 	w.mu.Lock()
 	w.live[t]++

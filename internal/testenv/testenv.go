@@ -84,13 +84,19 @@ const AcceptRisk = "eviction,no-persistence"
 // test Redis' risks are accepted (AcceptRisk).
 func Config(t testing.TB, env map[string]string) *config.Config {
 	t.Helper()
-	if _, ok := env["REDIS_ACCEPT_RISK"]; !ok {
-		e := map[string]string{"REDIS_ACCEPT_RISK": AcceptRisk}
-		for k, v := range env {
-			e[k] = v
-		}
-		env = e
+	// The shared test Redis has no persistence (accepted here), and the
+	// per-key quotas are off unless a test sets one: a test that starts
+	// more campaigns than an hour's quota tests something else.
+	defaults := map[string]string{"REDIS_ACCEPT_RISK": AcceptRisk, "RESENDS_PER_HOUR": "0",
+		"NOTIFICATIONS_PER_MINUTE": "0", "STARTS_PER_HOUR": "0", "AUTH_FAILURES_PER_MINUTE": "0"}
+	e := make(map[string]string, len(defaults)+len(env))
+	for k, v := range defaults {
+		e[k] = v
 	}
+	for k, v := range env {
+		e[k] = v
+	}
+	env = e
 	cfg, _, err := config.Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
