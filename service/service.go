@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/notice"
@@ -51,6 +52,7 @@ type Service struct {
 	Mailer    *mailer.Pool
 	API       *api.Server
 	Worker    *worker.Worker
+	Bounce    *bounce.Codec // BOUNCE_DOMAIN and BOUNCE_SECRET; nil when unset
 
 	opts   Options
 	guard  *redisGuard // what the guarantees rest on: Redis settings and state
@@ -122,6 +124,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	}
 	s.Mailer = pool
 
+	if cfg.BounceDomain != "" || cfg.BounceSecret != "" {
+		if s.Bounce, err = bounce.New(cfg.BounceDomain, cfg.BounceSecret); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Worker {
 		sender := opts.Sender
 		if sender == nil {
@@ -130,7 +137,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		s.Worker = worker.New(worker.Config{
 			ChunkSize: cfg.ChunkSize, ClaimTTL: cfg.ClaimTTL, RetryBase: cfg.RetryBase,
 			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge, Concurrency: cfg.WorkerConcurrency,
-			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain,
+			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain, Bounce: s.Bounce,
 		}, s.Store, s.Queue, ts, sender, log)
 		s.server = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 			Concurrency: cfg.WorkerConcurrency,
