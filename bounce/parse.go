@@ -33,8 +33,8 @@ type Report struct {
 	Kind Kind
 	// From the DSN's per-message and (first) per-recipient fields.
 	Action, Status, Diagnostic, ReportingMTA, EnvID string
-	FinalRecipient, OriginalRecipient          string // addresses without the "rfc822;" type
-	FeedbackType                               string // ARF Feedback-Type (abuse, fraud, …)
+	FinalRecipient, OriginalRecipient               string // addresses without the "rfc822;" type
+	FeedbackType                                    string // ARF Feedback-Type (abuse, fraud, …)
 	// HeaderToken is the X-Oshirase-Token of the returned notice, for
 	// bounces that lost the envelope.
 	HeaderToken string

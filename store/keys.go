@@ -23,6 +23,8 @@ import "strconv"
 //	                               steal keeps it: the evidence of an unknown outcome)
 //	<p>:{c:ID}:doubt         HASH  recipient id → "reason t1 t2;…": possible duplicates
 //	                               and the attempts involved (kept after a purge: no PII)
+//	<p>:{c:ID}:bnc           HASH  recipient id → what came back to its return path (JSON list, store/bounce.go)
+//	<p>:{c:ID}:raw           LIST  the raw messages that came back (JSON, newest last, capped; purged)
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), the first 1,000 of each upload
 //	<p>:{c:ID}:rejn          HASH  field "\t" error → rejections counted (bounded: at most 200 kinds, then "other")
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
@@ -55,13 +57,13 @@ func (k keys) campaign(id string) ckeys {
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
 		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
-		att: b + "att", doubt: b + "doubt",
+		att: b + "att", doubt: b + "doubt", bnc: b + "bnc", raw: b + "raw",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
-	relay, reported, att, doubt                                                       string
+	relay, reported, att, doubt, bnc, raw                                             string
 }
 
 // all lists the keys scripts get as KEYS[1..11].
@@ -70,7 +72,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.
