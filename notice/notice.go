@@ -255,7 +255,6 @@ type Returned struct {
 	Diagnostic   string    `json:"diagnostic,omitempty"` // DSN Diagnostic-Code, addresses masked
 	ReportingMTA string    `json:"reporting_mta,omitempty"`
 	FeedbackType string    `json:"feedback_type,omitempty"` // ARF Feedback-Type
-	Suppressed   bool      `json:"suppressed,omitempty"`    // the address went on the suppression list
 }
 
 // Delivery is where a recipient's notice stands.
