@@ -48,9 +48,17 @@ func postfixRecipe(t *testing.T) string {
 // own DSNs come back to oshirase's LMTP listener (serve with INBOUND_URL).
 // The rejected recipients end bounced and suppressed, by the token in the
 // return path; the others stay sent (the deferred ones are still in
-// Postfix's queue, whose life is 2 minutes).
+// Postfix's queue, whose life is 2 minutes). With a queue life of 0
+// (one attempt), Postfix gives the deferred ones up at once with "Action:
+// failed, Status: 4.2.0": final, so bounced too — but not suppressed, the
+// address itself is fine.
 func TestThroughRealPostfix(t *testing.T) {
 	recipe := postfixRecipe(t)
+	t.Run("queue 2m", func(t *testing.T) { throughPostfix(t, recipe, "2m") })
+	t.Run("queue expired", func(t *testing.T) { throughPostfix(t, recipe, "0") })
+}
+
+func throughPostfix(t *testing.T, recipe, queueLife string) {
 	// Ports of this worktree's spare range, so that other tests' servers
 	// never collide with the relay's.
 	ports := map[string]int{"RELAY_PORT": 6450, "BOUNCE_LMTP": 6451, "DEST_OK": 6452, "DEST_BAD": 6453, "DEST_SLOW": 6454}
@@ -90,7 +98,7 @@ func TestThroughRealPostfix(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755) // Postfix's daemons run as the postfix user
-	env := os.Environ()
+	env := append(os.Environ(), "QUEUE_LIFE="+queueLife)
 	for k, v := range ports {
 		env = append(env, fmt.Sprintf("%s=%d", k, v))
 	}
@@ -148,7 +156,11 @@ func TestThroughRealPostfix(t *testing.T) {
 	}
 	teststack.WaitCampaign(t, st.Base, c.ID, 60*time.Second, func(c *notice.Campaign) bool { return c.Status == notice.CampaignDone })
 	// The rejected ones come back as DSNs (Postfix bounces at once on a 5xx).
-	teststack.WaitCampaign(t, st.Base, c.ID, 90*time.Second, func(c *notice.Campaign) bool { return c.Counts.Bounced == 3 })
+	wantBounced := int64(3)
+	if queueLife == "0" {
+		wantBounced = 6
+	}
+	teststack.WaitCampaign(t, st.Base, c.ID, 90*time.Second, func(c *notice.Campaign) bool { return c.Counts.Bounced == wantBounced })
 	teststack.Eventually(t, "the accepted notices at the remote server", 30*time.Second, func() bool { return ok.Count() == 3 })
 	for _, m := range ok.Messages() {
 		if !strings.HasPrefix(m.From, "b-") || !strings.HasSuffix(m.From, "@bounces.oshirase.test") {
@@ -174,6 +186,19 @@ func TestThroughRealPostfix(t *testing.T) {
 			if supErr != nil {
 				t.Errorf("%s not suppressed: %v", addr, supErr)
 			}
+		case "slow":
+			if queueLife == "0" {
+				if r.Status != notice.StatusBounced || len(r.Returned) != 1 || r.Returned[0].Action != "failed" || !strings.HasPrefix(r.Returned[0].Status, "4.") {
+					t.Errorf("%s: %s %+v, want bounced by a DSN failed 4.x.x (queue expired)", addr, r.Status, r.Returned)
+				}
+				if supErr == nil {
+					t.Errorf("%s suppressed for a temporary failure", addr)
+				}
+				break
+			}
+			if r.Status != notice.StatusSent || supErr == nil {
+				t.Errorf("%s: %s (suppression err %v), want sent and not suppressed", addr, r.Status, supErr)
+			}
 		default:
 			if r.Status != notice.StatusSent || supErr == nil {
 				t.Errorf("%s: %s (suppression err %v), want sent and not suppressed", addr, r.Status, supErr)
@@ -182,17 +207,17 @@ func TestThroughRealPostfix(t *testing.T) {
 	}
 	// Postfix had DSN parameters from us: its DSNs carry our ENVID and ORCPT.
 	raw, err := st.Svc.Store.ReturnedRaw(ctx, c.ID)
-	if err != nil || len(raw) != 3 {
-		t.Fatalf("raw DSNs kept: %d %v, want 3", len(raw), err)
+	if err != nil || int64(len(raw)) != wantBounced {
+		t.Fatalf("raw DSNs kept: %d %v, want %d", len(raw), err, wantBounced)
 	}
 	for _, r := range raw {
-		if !strings.Contains(r, "Original-Envelope-Id: "+c.ID+"-") || !strings.Contains(r, "Original-Recipient: rfc822;bad") {
+		if !strings.Contains(r, "Original-Envelope-Id: "+c.ID+"-") || !strings.Contains(r, "Original-Recipient: rfc822;") {
 			t.Errorf("Postfix DSN without our ENVID or ORCPT:\n%.2000s", r)
 		}
 	}
 	final := teststack.WaitCampaign(t, st.Base, c.ID, time.Second, func(*notice.Campaign) bool { return true })
 	t.Logf("counts after the DSNs: sent %d bounced %d", final.Counts.Sent, final.Counts.Bounced)
-	if final.Counts.Sent != 6 || final.Counts.Bounced != 3 {
-		t.Errorf("counts %+v, want sent 6 bounced 3", final.Counts)
+	if final.Counts.Sent != 9-wantBounced || final.Counts.Bounced != wantBounced {
+		t.Errorf("counts %+v, want sent %d bounced %d", final.Counts, 9-wantBounced, wantBounced)
 	}
 }
