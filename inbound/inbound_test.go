@@ -54,6 +54,39 @@ X-Oshirase-Token: `+headerTok+`
 `, "\n", "\r\n")
 }
 
+// arf is an RFC 5965 complaint whose feedback loop redacted the recipient:
+// only the returned notice's header names it.
+func arf(tok string) string {
+	return strings.ReplaceAll(`From: fbl@isp.example
+Subject: complaint
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="A"
+
+--A
+Content-Type: text/plain
+
+This is an abuse report.
+
+--A
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: FBL/1.0
+Version: 1
+Original-Rcpt-To: redacted@isp.example
+
+--A
+Content-Type: message/rfc822
+
+From: notice@example.jp
+X-Oshirase-Token: `+tok+`
+Subject: notice
+
+body
+--A--
+`, "\n", "\r\n")
+}
+
 type fixture struct {
 	st    *store.Store
 	codec *bounce.Codec
@@ -86,7 +119,7 @@ func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
 		t.Fatal(err)
 	}
 	var rs []notice.Recipient
-	for i := 1; i <= 4; i++ {
+	for i := 1; i <= 5; i++ {
 		rs = append(rs, notice.Recipient{Email: fmt.Sprintf("u%d@dest.test", i), Locale: "ja"})
 	}
 	if _, err := st.AddRecipients(ctx, c.ID, rs); err != nil {
@@ -95,7 +128,7 @@ func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
 	if _, err := st.Start(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Mark(ctx, c.ID, []int64{1, 2, 3, 4}, []notice.Status{notice.StatusPending}, notice.StatusSent); err != nil {
+	if _, err := st.Mark(ctx, c.ID, []int64{1, 2, 3, 4, 5}, []notice.Status{notice.StatusPending}, notice.StatusSent); err != nil {
 		t.Fatal(err)
 	}
 	return &fixture{st: st, codec: codec, srv: srv, cid: c.ID}
@@ -175,6 +208,7 @@ func TestReceiver(t *testing.T) {
 			_, tok2 := f.rp(t, 2)
 			rp3, _ := f.rp(t, 3)
 			_, tok4 := f.rp(t, 4)
+			_, tok5 := f.rp(t, 5)
 			steps := []struct {
 				name, rcpt, msg string
 				code            int
@@ -185,6 +219,7 @@ func TestReceiver(t *testing.T) {
 				{"vacation", rp3, "From: u3@dest.test\r\nAuto-Submitted: auto-replied\r\nSubject: 不在\r\n\r\naway\r\n", 250},
 				{"forged token", "b-" + f.cid + "-4-0-aaaaaaaaaaaaaaaa@" + domain, dsn("", "failed", "5.1.1", ""), 250},
 				{"altered header token only", "postmaster@" + domain, dsn("", "failed", "5.1.1", tok4[:len(tok4)-1]+"x"), 250},
+				{"complaint, recipient redacted: by the returned header", "fbl@" + domain, arf(tok5), 250},
 				{"other domain", "someone@example.com", dsn(tok4, "failed", "5.1.1", tok4), 550},
 				{"oversized", rp3, dsn(tok4, "failed", "5.1.1", tok4) + strings.Repeat("0123456789abcdef\r\n", 600), 552},
 			}
@@ -196,7 +231,7 @@ func TestReceiver(t *testing.T) {
 			want := map[int64]struct {
 				st    notice.Status
 				kinds string
-			}{1: {notice.StatusBounced, "bounced"}, 2: {notice.StatusSent, "delayed"}, 3: {notice.StatusSent, "auto-reply"}, 4: {notice.StatusSent, ""}}
+			}{1: {notice.StatusBounced, "bounced"}, 2: {notice.StatusSent, "delayed"}, 3: {notice.StatusSent, "auto-reply"}, 4: {notice.StatusSent, ""}, 5: {notice.StatusComplained, "complained"}}
 			for rid, w := range want {
 				r, err := f.st.Recipient(ctx, f.cid, rid)
 				if err != nil {
@@ -213,11 +248,14 @@ func TestReceiver(t *testing.T) {
 			if sup, err := f.st.Suppression(ctx, "u1@dest.test"); err != nil || sup == nil || !strings.HasPrefix(sup.Reason, "bounced: 5.1.1") || strings.Contains(sup.Reason, "bad@dest.test") {
 				t.Errorf("u1 suppression: %+v %v", sup, err)
 			}
+			if sup, err := f.st.Suppression(ctx, "u5@dest.test"); err != nil || sup.Reason != "complained: abuse" {
+				t.Errorf("u5 suppression after a complaint: %+v %v", sup, err)
+			}
 			if sup, _ := f.st.Suppression(ctx, "u4@dest.test"); sup != nil {
 				t.Errorf("u4 suppressed by a forged bounce: %+v", sup)
 			}
 			cp, _ := f.st.Campaign(ctx, f.cid)
-			if cp.Counts.Bounced != 1 || cp.Counts.Sent != 3 {
+			if cp.Counts.Bounced != 1 || cp.Counts.Complained != 1 || cp.Counts.Sent != 3 {
 				t.Errorf("counts %+v", cp.Counts)
 			}
 		})
