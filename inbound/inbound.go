@@ -9,6 +9,7 @@ package inbound
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -227,7 +228,18 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 	metrics.Returned.WithLabelValues(kind, "recorded").Inc()
 	s.cfg.Log.Info("returned message recorded", "campaign", ref.Campaign, "recipient", ref.Recipient, "delivery", ref.Delivery,
 		"kind", kind, "status", rep.Status, "token_from", how, "before", out.Before, "after", out.After)
-	if out.After != out.Before && r != nil && (rep.Hard() || rep.Kind == bounce.KindComplaint) {
+	suppress := out.After != out.Before && r != nil && (rep.Hard() || rep.Kind == bounce.KindComplaint)
+	if out.After != out.Before {
+		// The proof of notification changed: audited like any other
+		// change of a recipient's outcome (no address: the ids say who).
+		details, _ := json.Marshal(map[string]any{"delivery": ref.Delivery, "action": rep.Action, "status": rep.Status,
+			"reporting_mta": rep.ReportingMTA, "feedback_type": rep.FeedbackType, "suppressed": suppress, "token_from": how})
+		if err := s.cfg.Store.Audit(ctx, store.AuditEntry{Actor: "inbound", Action: "recipient." + string(out.After),
+			CampaignID: ref.Campaign, Recipient: ref.Recipient, Details: details}); err != nil {
+			s.cfg.Log.Error("audit log write failed", "action", "recipient."+string(out.After), "err", err)
+		}
+	}
+	if suppress {
 		addr := r.Email
 		if ref.Delivery > 0 && ref.Delivery <= len(r.Resends) && r.Resends[ref.Delivery-1].Email != "" {
 			addr = r.Resends[ref.Delivery-1].Email

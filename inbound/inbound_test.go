@@ -254,6 +254,14 @@ func TestReceiver(t *testing.T) {
 			if sup, _ := f.st.Suppression(ctx, "u4@dest.test"); sup != nil {
 				t.Errorf("u4 suppressed by a forged bounce: %+v", sup)
 			}
+			audit, _, err := f.st.AuditLog(ctx, store.AuditQuery{CampaignID: f.cid})
+			var acts []string
+			for _, e := range audit {
+				acts = append(acts, fmt.Sprintf("%s %s %d", e.Actor, e.Action, e.Recipient))
+			}
+			if err != nil || strings.Join(acts, ",") != "inbound recipient.complained 5,inbound recipient.bounced 1" {
+				t.Errorf("audit log %v %v, want the bounce of 1 and the complaint of 5, once each", acts, err)
+			}
 			cp, _ := f.st.Campaign(ctx, f.cid)
 			if cp.Counts.Bounced != 1 || cp.Counts.Complained != 1 || cp.Counts.Sent != 3 {
 				t.Errorf("counts %+v", cp.Counts)
