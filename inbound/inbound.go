@@ -184,8 +184,12 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 			outcome = "bad_token"
 		}
 		metrics.Returned.WithLabelValues(kind, outcome).Inc()
-		s.cfg.Log.Warn("returned message tied to no notice: not recorded", "kind", kind, "outcome", outcome,
+		s.cfg.Log.Warn("returned message tied to no notice: kept aside, no recipient changed", "kind", kind, "outcome", outcome,
 			"token_from", how, "bytes", len(raw), "parse_err", errString(perr), "err", err)
+		if kerr := s.cfg.Store.KeepUnmatched(ctx, s.cfg.Now().UTC(), kind, outcome, raw); kerr != nil {
+			s.cfg.Log.Error("returned message tied to no notice: keep", "err", kerr)
+			return errTemp
+		}
 		return nil
 	}
 	ev := notice.Returned{

@@ -262,6 +262,9 @@ func TestReceiver(t *testing.T) {
 			if err != nil || strings.Join(acts, ",") != "inbound recipient.complained 5,inbound recipient.bounced 1" {
 				t.Errorf("audit log %v %v, want the bounce of 1 and the complaint of 5, once each", acts, err)
 			}
+			if um, err := f.st.Unmatched(ctx); err != nil || len(um) != 2 || !strings.Contains(um[0], `"why":"bad_token"`) {
+				t.Errorf("kept unmatched: %d %v, want the forged and the altered one", len(um), err)
+			}
 			cp, _ := f.st.Campaign(ctx, f.cid)
 			if cp.Counts.Bounced != 1 || cp.Counts.Complained != 1 || cp.Counts.Sent != 3 {
 				t.Errorf("counts %+v", cp.Counts)

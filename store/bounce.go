@@ -148,3 +148,43 @@ func (s *Store) RecordReturned(ctx context.Context, cid string, rid int64, ev no
 func (s *Store) ReturnedRaw(ctx context.Context, cid string) ([]string, error) {
 	return s.rdb.LRange(ctx, s.k.campaign(cid).raw, 0, -1).Result()
 }
+
+// Returned messages tied to no notice (no token, or one whose HMAC fails)
+// are kept for a person to look at: the newest unmatchedKeep, for
+// unmatchedTTL after the last one (they may name people, and no purge of
+// a campaign reaches them).
+const (
+	unmatchedKeep = 1000
+	unmatchedTTL  = 30 * 24 * time.Hour
+)
+
+// KeepUnmatched keeps the first RawMaxBytes of a returned message that no
+// notice could be found for, with why.
+func (s *Store) KeepUnmatched(ctx context.Context, at time.Time, kind, why string, raw []byte) error {
+	if len(raw) > RawMaxBytes {
+		raw = raw[:RawMaxBytes]
+	}
+	b, _ := json.Marshal(struct {
+		At   time.Time `json:"at"`
+		Kind string    `json:"kind"`
+		Why  string    `json:"why"`
+		Raw  string    `json:"raw"`
+	}{at, kind, why, string(raw)})
+	k := s.k.unmatched()
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.RPush(ctx, k, b)
+		p.LTrim(ctx, k, -unmatchedKeep, -1)
+		p.Expire(ctx, k, unmatchedTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keep unmatched returned message: %w", err)
+	}
+	return nil
+}
+
+// Unmatched lists the kept returned messages tied to no notice (JSON
+// entries, oldest first).
+func (s *Store) Unmatched(ctx context.Context) ([]string, error) {
+	return s.rdb.LRange(ctx, s.k.unmatched(), 0, -1).Result()
+}

@@ -35,6 +35,7 @@ import "strconv"
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
+//	<p>:unmatched            LIST  returned messages tied to no notice (JSON, newest 1,000, expire 30 days)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 
@@ -43,6 +44,7 @@ func (k keys) active() string      { return k.p + ":active" }
 func (k keys) emailIndex() string  { return k.p + ":idx:email" }
 func (k keys) suppressed() string  { return k.p + ":suppressed" }
 func (k keys) audit() string       { return k.p + ":audit" }
+func (k keys) unmatched() string   { return k.p + ":unmatched" }
 func (k keys) rateGlobal() string  { return k.p + ":rate:global" }
 func (k keys) relayPaused() string { return k.p + ":relaypaused" }
 func (k keys) rateCampaign(id string) string {
