@@ -360,7 +360,7 @@ func progressOf(c *notice.Campaign, now time.Time) *progress {
 		return nil
 	}
 	n := c.Counts
-	p := &progress{Done: n.Sent + n.Failed + n.Suppressed + n.Cancelled}
+	p := &progress{Done: n.Sent + n.Failed + n.Suppressed + n.Cancelled + n.Bounced + n.Complained}
 	if d := now.Sub(*c.StartedAt).Seconds(); d > 0 {
 		p.RatePerSecond = math.Round(float64(p.Done)/d*10) / 10
 	}

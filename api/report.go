@@ -22,7 +22,7 @@ const reportBatch = 500
 var reportColumns = []string{
 	"recipient_id", "email", "customer_id", "locale", "status", "attempts", "first_attempt_at", "sent_at",
 	"message_id", "last_code", "last_enhanced", "last_error", "resends", "last_resend_status", "last_resend_sent_at",
-	"accepted_reply", "possible_duplicate",
+	"accepted_reply", "possible_duplicate", "bounced_at", "dsn_action", "dsn_status", "dsn_diagnostic", "reporting_mta",
 }
 
 // campaignReport streams a campaign's delivery report as CSV, one row per
@@ -114,6 +114,7 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 	row := []string{
 		strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, locale, string(rc.Status), strconv.Itoa(rc.Attempts),
 		stamp(rc.FirstTryAt), stamp(rc.SentAt), rc.MessageID, "", rc.Enhanced, rc.LastError, strconv.Itoa(len(rc.Resends)), "", "", "", "",
+		"", "", "", "", "",
 	}
 	if rc.LastCode > 0 {
 		row[9] = strconv.Itoa(rc.LastCode)
@@ -143,10 +144,38 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 			row[16] = "yes" // the times were lost with the outcome
 		}
 	}
+	// What came back after the relay took it: the bounce or complaint
+	// that made the status final, else the latest report (a delay).
+	if ev := lastReturned(rc.Returned); ev != nil {
+		if ev.Kind == string(notice.StatusBounced) || ev.Kind == string(notice.StatusComplained) {
+			row[17] = stamp(&ev.At)
+		}
+		row[18], row[19], row[20], row[21] = ev.Action, ev.Status, ev.Diagnostic, ev.ReportingMTA
+		if ev.Kind == string(notice.StatusComplained) {
+			row[18] = "complaint:" + ev.FeedbackType
+		}
+	}
 	for i, v := range row {
 		row[i] = spreadsheetSafe(v)
 	}
 	return row
+}
+
+// lastReturned is the latest bounce or complaint in evs, else the latest
+// DSN of any kind (auto-replies say nothing about delivery), else nil.
+func lastReturned(evs []notice.Returned) *notice.Returned {
+	var last *notice.Returned
+	for i := len(evs) - 1; i >= 0; i-- {
+		switch evs[i].Kind {
+		case string(notice.StatusBounced), string(notice.StatusComplained):
+			return &evs[i]
+		case "delayed", "delivered":
+			if last == nil {
+				last = &evs[i]
+			}
+		}
+	}
+	return last
 }
 
 func stamp(t *time.Time) string {

@@ -63,7 +63,7 @@ func TestCampaignReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at,sent_at,message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at,accepted_reply,possible_duplicate" {
+	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at,sent_at,message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at,accepted_reply,possible_duplicate,bounced_at,dsn_action,dsn_status,dsn_diagnostic,reporting_mta" {
 		t.Fatalf("%d rows, header %v", len(rows), rows[0])
 	}
 	col := map[string]int{}

@@ -179,7 +179,7 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 		return nil, err
 	}
 	switch rc.Status {
-	case notice.StatusSent, notice.StatusFailed, notice.StatusSuppressed:
+	case notice.StatusSent, notice.StatusFailed, notice.StatusSuppressed, notice.StatusBounced, notice.StatusComplained:
 	case notice.StatusCancelled:
 		return nil, fmt.Errorf("recipient %d of campaign %s was cancelled with its campaign (%s): %w", rid, cid, c.Status, store.ErrConflict)
 	default:

@@ -55,6 +55,10 @@ type Config struct {
 	DKIMKeyFile            string
 	DKIMKeys               string
 	ListUnsubscribe        string
+	BounceDomain           string
+	BounceSecret           string
+	InboundURL             string
+	InboundMaxBytes        int
 	LogFormat              string
 	LogLevel               string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
@@ -201,6 +205,10 @@ var settings = []setting{
 	{"DKIM_KEY_FILE", "", "PEM file with the DKIM private key (RSA or Ed25519)", str(func(c *Config) *string { return &c.DKIMKeyFile })},
 	{"DKIM_KEYS", "", "more DKIM keys, one per From domain: domain:selector:file,… A notice is signed with the key of its From domain (or a parent of it); with any key set, a campaign whose From domain has none is refused (DMARC would fail)", str(func(c *Config) *string { return &c.DKIMKeys })},
 	{"LIST_UNSUBSCRIBE", "", "List-Unsubscribe header value; empty = none (breach notices are not marketing)", str(func(c *Config) *string { return &c.ListUnsubscribe })},
+	{"BOUNCE_DOMAIN", "", "domain of per-recipient return paths: each notice's envelope sender becomes b-<token>@BOUNCE_DOMAIN (the token names campaign, recipient and delivery, signed with BOUNCE_SECRET) and its bounces come back to `oshirase inbound`; route the domain's mail there (MX, or a Postfix transport_maps line); empty = the From address, as before", str(func(c *Config) *string { return &c.BounceDomain })},
+	{"BOUNCE_SECRET", "", "HMAC key of bounce tokens (at least 16 characters; required with BOUNCE_DOMAIN): a bounce whose token does not match marks nobody", str(func(c *Config) *string { return &c.BounceSecret })},
+	{"INBOUND_URL", "", "where the bounce receiver listens: lmtp://host:port or smtp://host:port; `oshirase inbound` needs it, `oshirase serve` runs the receiver too when it is set. Takes mail only for BOUNCE_DOMAIN (anything else 550: it never relays)", str(func(c *Config) *string { return &c.InboundURL })},
+	{"INBOUND_MAX_BYTES", "1048576", "largest message the bounce receiver takes (552 past it); a DSN with RET=HDRS is a few KB", integer(func(c *Config) *int { return &c.InboundMaxBytes })},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

@@ -32,7 +32,7 @@ import (
 // envelope is the SMTP envelope of a message: MAIL FROM and RCPT TO. It is
 // taken from Message, never from the written headers, so a display name can
 // never add a recipient.
-type envelope struct{ from, to string }
+type envelope struct{ from, to, token string }
 
 // Build makes the go-mail message: multipart/alternative, text first then
 // HTML, in UTF-8 (quoted-printable, or base64 for a mostly non-ASCII —
@@ -51,6 +51,23 @@ type envelope struct{ from, to string }
 func Build(m *Message, o *Options) (*mail.Msg, error) {
 	msg, _, err := build(m, o)
 	return msg, err
+}
+
+// TokenHeader carries a notice's bounce token (Message.Token).
+const TokenHeader = "X-Oshirase-Token"
+
+// isToken reports whether s is a bounce token as package bounce makes them:
+// it goes into MAIL FROM and a header as it is.
+func isToken(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !(s[i] >= 'a' && s[i] <= 'z' || s[i] >= '0' && s[i] <= '9' || s[i] == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
@@ -81,6 +98,15 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 	}
 	subject := cleanName(m.Subject)
 	env = envelope{from: from.Address, to: m.To}
+	if m.ReturnPath != "" || m.Token != "" {
+		if err := checkAddr(m.ReturnPath); err != nil {
+			return nil, env, fmt.Errorf("return path: %w", err)
+		}
+		if !isToken(m.Token) {
+			return nil, env, errors.New("bounce token: want lower-case [a-z0-9-], 1 to 64 characters")
+		}
+		env.from, env.token = m.ReturnPath, m.Token
+	}
 
 	// A boundary of our own: a DKIM signature is made over the message
 	// written once, and go-mail would pick another boundary each time.
@@ -168,6 +194,10 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 	msg.SetDate()
 	// RFC 3834: replies by auto-responders (vacation notices) are not wanted.
 	msg.SetGenHeader(mail.Header("Auto-Submitted"), "auto-generated")
+	if env.token != "" {
+		// For bounces that lose the envelope: many return our headers.
+		msg.SetGenHeader(mail.Header(TokenHeader), env.token)
+	}
 	if o != nil && o.ListUnsubscribe != "" {
 		// Off by default: a breach notice is not marketing, and nobody may
 		// opt out of being told their card leaked.

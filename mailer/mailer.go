@@ -26,6 +26,14 @@ type Message struct {
 	MessageID           string // left@right, without angle brackets; empty: random in From's domain
 	Charset             string // "utf-8" (default) or "iso-2022-jp"
 
+	// ReturnPath, when set, is the envelope sender (MAIL FROM) instead of
+	// From's address: the per-recipient b-<token>@BOUNCE_DOMAIN that
+	// brings this notice's bounces back to us. Token is that token; it
+	// also goes in the X-Oshirase-Token header (for bounces that lose the
+	// envelope) and, where the relay offers DSN (RFC 3461), in ENVID, with
+	// RET=HDRS and NOTIFY=FAILURE,DELAY ORCPT=rfc822;<To>.
+	ReturnPath, Token string
+
 	// Guard, when set, is asked right before MAIL FROM and right before the
 	// end of DATA whether the message may still go out (the worker checks
 	// that its claim on the recipient is still its own: a process frozen

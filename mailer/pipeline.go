@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/wneessen/go-mail/smtp"
+
+	"github.com/oshirase/oshirase/bounce"
 )
 
 // bufPool recycles message buffers: a notice is 10–20 KB and thousands
@@ -46,7 +50,8 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte, m *Message) (del
 		return false, true, err
 	}
 	t := sc.Text
-	if _, err := fmt.Fprintf(t.W, "MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n", env.from, env.to); err != nil {
+	mailParams, rcptParams := dsnParams(sc, env)
+	if _, err := fmt.Fprintf(t.W, "MAIL FROM:<%s>%s\r\nRCPT TO:<%s>%s\r\nDATA\r\n", env.from, mailParams, env.to, rcptParams); err != nil {
 		return false, true, errEarly{err}
 	}
 	if err := t.W.Flush(); err != nil {
@@ -105,6 +110,23 @@ func (p *Pool) sendPipelined(c *conn, env envelope, raw []byte, m *Message) (del
 	}
 	c.accepted = parseAccepted(msg)
 	return true, false, nil
+}
+
+// dsnParams are the RFC 3461 parameters of MAIL and RCPT for a notice with
+// a bounce token, when the server offers DSN: only the headers come back
+// (RET=HDRS: a bounce need not carry the notice again), ENVID is the token
+// (Postfix copies it into its DSNs as Original-Envelope-Id), and failures
+// and delays are reported with the address as we sent it (ORCPT). Without
+// a token or without DSN: none, as before. go-mail has no ENVID or ORCPT,
+// so both paths write them here.
+func dsnParams(sc *smtp.Client, env envelope) (mailParams, rcptParams string) {
+	if env.token == "" {
+		return "", ""
+	}
+	if ok, _ := sc.Extension("DSN"); !ok {
+		return "", ""
+	}
+	return " RET=HDRS ENVID=" + env.token, " NOTIFY=FAILURE,DELAY ORCPT=rfc822;" + bounce.XText(env.to)
 }
 
 func firstErr(errs ...error) error {

@@ -247,13 +247,14 @@ func (p *Pool) sendPlain(c *conn, env envelope, raw []byte, m *Message) (deliver
 		}
 		return false, false, atStage(stage, err)
 	}
-	if err := sc.Mail("<" + env.from + ">"); err != nil {
+	mailParams, rcptParams := dsnParams(sc, env)
+	if err := sc.Mail("<" + env.from + ">" + mailParams); err != nil {
 		if !isReply(err) {
 			return false, true, errEarly{err}
 		}
 		return fail(StageMail, err)
 	}
-	if err := sc.Rcpt("<" + env.to + ">"); err != nil {
+	if err := sc.Rcpt("<" + env.to + ">" + rcptParams); err != nil {
 		return fail(StageRcpt, err)
 	}
 	w, err := sc.Data()

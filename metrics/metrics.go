@@ -21,6 +21,13 @@ var (
 		Help: "SMTP outcomes by reply code (250 accepted; none = no SMTP code: network error or timeout).",
 	}, []string{"code"})
 
+	// Returned counts messages that came back to a return path, by what
+	// became of them.
+	Returned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "returned_messages_total",
+		Help: "Messages received by the bounce receiver, by kind (bounced, delayed, delivered, complained, auto-reply, unrecognised) and outcome (recorded, duplicate, no_token, bad_token, gone, error).",
+	}, []string{"kind", "outcome"})
+
 	// SendSeconds is the latency of one SMTP transaction.
 	SendSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "oshirase", Name: "smtp_send_seconds",
@@ -109,7 +116,7 @@ var (
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures,
-		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates} {
+		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates, Returned} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

@@ -116,7 +116,7 @@ func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
 		for status, v := range map[notice.Status]int64{
 			notice.StatusPending: n.Pending, notice.StatusSending: n.Sending, notice.StatusRetrying: n.Retrying,
 			notice.StatusSent: n.Sent, notice.StatusFailed: n.Failed, notice.StatusSuppressed: n.Suppressed,
-			notice.StatusCancelled: n.Cancelled,
+			notice.StatusCancelled: n.Cancelled, notice.StatusBounced: n.Bounced, notice.StatusComplained: n.Complained,
 		} {
 			ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.GaugeValue, float64(v), id, string(status))
 		}

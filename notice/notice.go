@@ -35,15 +35,18 @@ const (
 	StatusFailed     Status = "failed"     // permanent failure (5xx) or retries exhausted
 	StatusSuppressed Status = "suppressed" // address is on the suppression list; not sent
 	StatusCancelled  Status = "cancelled"  // campaign cancelled before it was sent
+	// After sent: what came back to the notice's return path (BOUNCE_DOMAIN).
+	StatusBounced    Status = "bounced"    // the relay accepted it, then a DSN said it failed (final)
+	StatusComplained Status = "complained" // the customer reported it as spam (ARF feedback report)
 )
 
 // Statuses lists every recipient status, in the order counts are reported.
-var Statuses = []Status{StatusPending, StatusSending, StatusRetrying, StatusSent, StatusFailed, StatusSuppressed, StatusCancelled}
+var Statuses = []Status{StatusPending, StatusSending, StatusRetrying, StatusSent, StatusFailed, StatusSuppressed, StatusCancelled, StatusBounced, StatusComplained}
 
 // Final reports whether s is a terminal state for a campaign's bulk run.
 func (s Status) Final() bool {
 	switch s {
-	case StatusSent, StatusFailed, StatusSuppressed, StatusCancelled:
+	case StatusSent, StatusFailed, StatusSuppressed, StatusCancelled, StatusBounced, StatusComplained:
 		return true
 	}
 	return false
@@ -160,6 +163,8 @@ type Counts struct {
 	Failed     int64 `json:"failed"`
 	Suppressed int64 `json:"suppressed"`
 	Cancelled  int64 `json:"cancelled"`
+	Bounced    int64 `json:"bounced"`
+	Complained int64 `json:"complained"`
 	// PossibleDuplicate counts recipients that may have been sent their
 	// notice twice: an attempt whose outcome was never recorded (a crash
 	// between DATA and the status write, a failover that lost the write, a
@@ -185,6 +190,10 @@ func (c Counts) Get(s Status) int64 {
 		return c.Suppressed
 	case StatusCancelled:
 		return c.Cancelled
+	case StatusBounced:
+		return c.Bounced
+	case StatusComplained:
+		return c.Complained
 	}
 	return 0
 }
@@ -206,6 +215,10 @@ func (c *Counts) Set(s Status, n int64) {
 		c.Suppressed = n
 	case StatusCancelled:
 		c.Cancelled = n
+	case StatusBounced:
+		c.Bounced = n
+	case StatusComplained:
+		c.Complained = n
 	}
 }
 
@@ -226,6 +239,22 @@ type Recipient struct {
 	Extra      map[string]string `json:"extra,omitempty"`
 
 	Delivery
+	// Returned is what came back to the notice's return path after the
+	// relay took it (DSNs, complaints, auto-replies), oldest first.
+	Returned []Returned `json:"returned,omitempty"`
+}
+
+// Returned is one message that came back for a recipient's notice: a DSN
+// (bounced, delayed, delivered), a complaint or an auto-reply.
+type Returned struct {
+	At           time.Time `json:"at"`
+	Kind         string    `json:"kind"`                 // bounced, delayed, delivered, complained, auto-reply
+	Delivery     int       `json:"delivery"`             // 0: the campaign's own; n: resend n
+	Action       string    `json:"action,omitempty"`     // DSN Action
+	Status       string    `json:"status,omitempty"`     // DSN Status (RFC 3463)
+	Diagnostic   string    `json:"diagnostic,omitempty"` // DSN Diagnostic-Code, addresses masked
+	ReportingMTA string    `json:"reporting_mta,omitempty"`
+	FeedbackType string    `json:"feedback_type,omitempty"` // ARF Feedback-Type
 }
 
 // Delivery is where a recipient's notice stands.

@@ -19,7 +19,9 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/config"
+	"github.com/oshirase/oshirase/inbound"
 	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -37,6 +39,9 @@ type Options struct {
 	// settings: the demo's in-process Redis lives and dies with the
 	// process, so there is nothing it could keep across a restart.
 	EmbeddedRedis bool
+	// Inbound runs the bounce receiver on INBOUND_URL (`oshirase
+	// inbound`); serve (API and Worker) runs it too when INBOUND_URL is set.
+	Inbound bool
 }
 
 // Service is a configured oshirase process.
@@ -51,6 +56,8 @@ type Service struct {
 	Mailer    *mailer.Pool
 	API       *api.Server
 	Worker    *worker.Worker
+	Bounce    *bounce.Codec // BOUNCE_DOMAIN and BOUNCE_SECRET; nil when unset
+	Inbound   *inbound.Server
 
 	opts   Options
 	guard  *redisGuard // what the guarantees rest on: Redis settings and state
@@ -122,6 +129,20 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	}
 	s.Mailer = pool
 
+	if cfg.BounceDomain != "" || cfg.BounceSecret != "" {
+		if s.Bounce, err = bounce.New(cfg.BounceDomain, cfg.BounceSecret); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Inbound || (opts.API && opts.Worker && cfg.InboundURL != "") {
+		if cfg.InboundURL == "" {
+			return nil, errors.New("INBOUND_URL is not set: give the receiver lmtp://host:port or smtp://host:port")
+		}
+		if s.Inbound, err = inbound.Listen(inbound.Config{URL: cfg.InboundURL, MaxBytes: cfg.InboundMaxBytes,
+			Codec: s.Bounce, Store: s.Store, Log: log}); err != nil {
+			return nil, err
+		}
+	}
 	if opts.Worker {
 		sender := opts.Sender
 		if sender == nil {
@@ -130,7 +151,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		s.Worker = worker.New(worker.Config{
 			ChunkSize: cfg.ChunkSize, ClaimTTL: cfg.ClaimTTL, RetryBase: cfg.RetryBase,
 			RetryMaxDelay: cfg.RetryMaxDelay, RetryMaxAge: cfg.RetryMaxAge, Concurrency: cfg.WorkerConcurrency,
-			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain,
+			Rate: cfg.SMTPRate, Burst: cfg.SMTPBurst, MessageIDHost: cfg.MessageIDDomain, Bounce: s.Bounce,
 		}, s.Store, s.Queue, ts, sender, log)
 		s.server = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 			Concurrency: cfg.WorkerConcurrency,
@@ -278,6 +299,16 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if s.Inbound != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Log.Info("bounce receiver listening", "addr", s.Inbound.Addr(), "url", s.Config.InboundURL)
+			if err := s.Inbound.Serve(); err != nil {
+				errc <- fmt.Errorf("inbound: %w", err)
+			}
+		}()
+	}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatch()
 	if s.server != nil {
@@ -310,6 +341,9 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 func (s *Service) stop() {
+	if s.Inbound != nil {
+		s.Inbound.Close()
+	}
 	if s.http != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		s.http.Shutdown(sctx)

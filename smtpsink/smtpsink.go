@@ -61,6 +61,9 @@ type Options struct {
 	// non-nil error is the server's answer (535, say). Clients must then
 	// log in before MAIL (530 otherwise), as a submission relay asks.
 	Auth func(user, pass string) *smtp.SMTPError
+	// DSN offers the DSN extension (RFC 3461); kept messages record the
+	// parameters MAIL and RCPT carried.
+	DSN bool
 }
 
 // Message is one received message.
@@ -70,6 +73,9 @@ type Message struct {
 	Data     []byte
 	Received time.Time
 	Helo     string // the name the client gave in HELO/EHLO: which sender it was
+	// With Options.DSN: MAIL's RET= and ENVID=, and the first RCPT's
+	// NOTIFY= (comma-joined) and ORCPT= (type;address, decoded).
+	Ret, EnvID, Notify, ORcpt string
 }
 
 // Sink is a running SMTP server.
@@ -125,6 +131,7 @@ func (s *Sink) listen(addr string) error {
 	srv.ErrorLog = log.New(io.Discard, "", 0)
 	srv.Domain = "sink.localhost"
 	srv.AllowInsecureAuth = true
+	srv.EnableDSN = s.opts.DSN
 	srv.MaxMessageBytes = 10 << 20
 	srv.MaxRecipients = 100
 	srv.ReadTimeout = time.Minute
@@ -253,6 +260,7 @@ type session struct {
 	from   string
 	to     []string
 	authed bool
+	dsn    Message // DSN parameters of the transaction
 }
 
 // authSession is a session of a sink with Options.Auth: it offers AUTH.
@@ -277,20 +285,33 @@ func (x *authSession) Mail(from string, o *smtp.MailOptions) error {
 	return x.session.Mail(from, o)
 }
 
-func (x *session) Reset()        { x.from, x.to = "", x.to[:0] }
+func (x *session) Reset()        { x.from, x.to, x.dsn = "", x.to[:0], Message{} }
 func (x *session) Logout() error { return nil }
 
-func (x *session) Mail(from string, _ *smtp.MailOptions) error {
+func (x *session) Mail(from string, o *smtp.MailOptions) error {
 	if err := x.fault(StageMail, from, ""); err != nil {
 		return err
 	}
 	x.from = from
+	if o != nil {
+		x.dsn.Ret, x.dsn.EnvID = string(o.Return), o.EnvelopeID
+	}
 	return nil
 }
 
-func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (x *session) Rcpt(to string, o *smtp.RcptOptions) error {
 	if err := x.fault(StageRcpt, x.from, to); err != nil {
 		return err
+	}
+	if o != nil && len(x.to) == 0 {
+		var n []string
+		for _, v := range o.Notify {
+			n = append(n, string(v))
+		}
+		x.dsn.Notify = strings.Join(n, ",")
+		if o.OriginalRecipientType != "" {
+			x.dsn.ORcpt = string(o.OriginalRecipientType) + ";" + o.OriginalRecipient
+		}
 	}
 	x.to = append(x.to, to)
 	return nil
@@ -322,7 +343,8 @@ func (x *session) Data(r io.Reader) error {
 		x.s.perRcpt[strings.ToLower(t)]++
 	}
 	if x.s.opts.Keep {
-		x.s.msgs = append(x.s.msgs, Message{From: x.from, To: append([]string(nil), x.to...), Data: buf.Bytes(), Received: time.Now(), Helo: x.conn.Hostname()})
+		x.s.msgs = append(x.s.msgs, Message{From: x.from, To: append([]string(nil), x.to...), Data: buf.Bytes(), Received: time.Now(), Helo: x.conn.Hostname(),
+			Ret: x.dsn.Ret, EnvID: x.dsn.EnvID, Notify: x.dsn.Notify, ORcpt: x.dsn.ORcpt})
 	}
 	x.s.mu.Unlock()
 	if x.s.opts.Dir != "" {

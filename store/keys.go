@@ -23,6 +23,8 @@ import "strconv"
 //	                               steal keeps it: the evidence of an unknown outcome)
 //	<p>:{c:ID}:doubt         HASH  recipient id → "reason t1 t2;…": possible duplicates
 //	                               and the attempts involved (kept after a purge: no PII)
+//	<p>:{c:ID}:bnc           HASH  recipient id → what came back to its return path (JSON list, store/bounce.go)
+//	<p>:{c:ID}:raw           LIST  the raw messages that came back (JSON, newest last, capped; purged)
 //	<p>:{c:ID}:rej           LIST  upload rejections (JSON), the first 1,000 of each upload
 //	<p>:{c:ID}:rejn          HASH  field "\t" error → rejections counted (bounded: at most 200 kinds, then "other")
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
@@ -33,6 +35,7 @@ import "strconv"
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
+//	<p>:unmatched            LIST  returned messages tied to no notice (JSON, newest 1,000, expire 30 days)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 
@@ -41,6 +44,7 @@ func (k keys) active() string      { return k.p + ":active" }
 func (k keys) emailIndex() string  { return k.p + ":idx:email" }
 func (k keys) suppressed() string  { return k.p + ":suppressed" }
 func (k keys) audit() string       { return k.p + ":audit" }
+func (k keys) unmatched() string   { return k.p + ":unmatched" }
 func (k keys) rateGlobal() string  { return k.p + ":rate:global" }
 func (k keys) relayPaused() string { return k.p + ":relaypaused" }
 func (k keys) rateCampaign(id string) string {
@@ -55,13 +59,13 @@ func (k keys) campaign(id string) ckeys {
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
 		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
-		att: b + "att", doubt: b + "doubt",
+		att: b + "att", doubt: b + "doubt", bnc: b + "bnc", raw: b + "raw",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
-	relay, reported, att, doubt                                                       string
+	relay, reported, att, doubt, bnc, raw                                             string
 }
 
 // all lists the keys scripts get as KEYS[1..11].
@@ -70,7 +74,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

@@ -216,7 +216,7 @@ func (s *Store) Rejections(ctx context.Context, cid string, offset, limit int64)
 var codeStatus = [...]notice.Status{
 	codePending: notice.StatusPending, codeSending: notice.StatusSending, codeRetrying: notice.StatusRetrying,
 	codeSent: notice.StatusSent, codeFailed: notice.StatusFailed, codeSuppressed: notice.StatusSuppressed,
-	codeCancelled: notice.StatusCancelled,
+	codeCancelled: notice.StatusCancelled, codeBounced: notice.StatusBounced, codeComplained: notice.StatusComplained,
 }
 
 func statusOf(b byte) notice.Status {
@@ -263,7 +263,7 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 	}
 	var st *redis.SliceCmd
 	var codes *redis.StringCmd
-	var profs, dlvs, rss, doubts *redis.SliceCmd
+	var profs, dlvs, rss, doubts, bncs *redis.SliceCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		st = p.HMGet(ctx, ck.state, "status", "gen", "seq")
 		codes = p.GetRange(ctx, ck.st, from, last)
@@ -271,6 +271,7 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 		dlvs = p.HMGet(ctx, ck.dlv, fields...)
 		rss = p.HMGet(ctx, ck.rs, fields...)
 		doubts = p.HMGet(ctx, ck.doubt, fields...)
+		bncs = p.HMGet(ctx, ck.bnc, fields...)
 		if !lease.IsZero() {
 			p.ZAdd(ctx, ck.chunks, redis.Z{Score: float64(ms(lease)), Member: itoa(from)})
 		}
@@ -312,6 +313,11 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 		}
 		if dv, ok := doubts.Val()[i].(string); ok {
 			applyDoubt(&r.Delivery, dv)
+		}
+		if bv, ok := bncs.Val()[i].(string); ok {
+			if err := decodeReturned(bv, &r.Returned); err != nil {
+				return nil, fmt.Errorf("decode returned %d of %s: %w", r.ID, cid, err)
+			}
 		}
 		r.Status = notice.StatusPending
 		if j := r.ID - from; j < int64(len(cs)) {
@@ -886,7 +892,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att, ck.bnc, ck.raw)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})

@@ -12,13 +12,15 @@ const (
 	codeFailed     = 4
 	codeSuppressed = 5
 	codeCancelled  = 6
+	codeBounced    = 7 // after sent: a DSN said it failed
+	codeComplained = 8 // after sent: an ARF complaint
 )
 
 // luaPrelude is shared by the scripts that move recipients between states.
 // KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
 // 10 att, 11 doubt.
 const luaPrelude = `
-local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled'}
+local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled','bounced','complained'}
 local function getst(rid)
   local cur = redis.call('GETRANGE', KEYS[3], rid, rid)
   if cur == '' then return 0 end

@@ -14,6 +14,7 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/hibiken/asynq"
 
+	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
@@ -490,7 +491,7 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 		a.To = addr
 	}
 	msgID := w.MessageID(c, r.ID, resend)
-	acc, err := w.deliver(ctx, c, r, addr, msgID, cl)
+	acc, err := w.deliver(ctx, c, r, addr, msgID, resend, cl)
 	if errors.Is(err, mailer.ErrAborted) {
 		w.log.Warn("not sent: the claim on the recipient was lost (this process was frozen or cut off longer than CLAIM_TTL)",
 			"campaign", c.ID, "recipient", r.ID, "err", err)
@@ -520,7 +521,7 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 }
 
 // deliver renders the notice and hands it to SMTP.
-func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string, cl *claim) (mailer.Accepted, error) {
+func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Recipient, addr, msgID string, resend int, cl *claim) (mailer.Accepted, error) {
 	locale := r.EffectiveLocale(c.DefaultLocale)
 	var out *templates.Rendered
 	var err error
@@ -545,6 +546,14 @@ func (w *Worker) deliver(ctx context.Context, c *notice.Campaign, r *notice.Reci
 	m := &mailer.Message{
 		From: c.FromFor(locale), ReplyTo: c.ReplyTo, To: addr, ToName: r.Name,
 		Subject: out.Subject, Text: out.Text, HTML: out.HTML, MessageID: msgID, Charset: c.Charset,
+	}
+	if w.cfg.Bounce != nil {
+		// A resend is its own delivery: its bounce names it, not the first.
+		rp, tok, err := w.cfg.Bounce.ReturnPath(bounce.Ref{Campaign: c.ID, Recipient: r.ID, Delivery: resend})
+		if err != nil {
+			return mailer.Accepted{}, &mailer.Error{Text: "return path: " + err.Error(), Stage: mailer.StageBuild, Err: err}
+		}
+		m.ReturnPath, m.Token = rp, tok
 	}
 	if cl != nil {
 		m.Guard, m.Slow = cl.check, cl.onSlow

@@ -56,6 +56,7 @@ import (
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/hibiken/asynq"
 
+	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -80,6 +81,9 @@ type Config struct {
 	Rate          float64       // SMTP_RATE: messages per second across all workers; 0 = unlimited
 	Burst         int           // SMTP_BURST (default: rate/10, at least 1)
 	MessageIDHost string        // right-hand side of Message-IDs (default: the From address's domain)
+	// Bounce, when set (BOUNCE_DOMAIN), gives every notice its own return
+	// path b-<token>@BOUNCE_DOMAIN naming campaign, recipient and delivery.
+	Bounce *bounce.Codec
 	// RecordTimeout is how long a handler keeps trying to record an
 	// outcome while Redis is unreachable (default 1m).
 	RecordTimeout time.Duration

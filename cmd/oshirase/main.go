@@ -30,6 +30,7 @@ Commands:
   serve     run the HTTP API and a worker in one process
   api       run the HTTP API only
   worker    run a worker only (run as many as you like against one Redis)
+  inbound   run the bounce receiver only (INBOUND_URL, BOUNCE_DOMAIN, BOUNCE_SECRET)
   demo      send a synthetic card-leak campaign end to end; needs nothing installed
   preview   render a template to the terminal or an .eml file
   bench     measure throughput end to end (see README)
@@ -88,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, rest, service.Options{API: true}, stderr)
 	case "worker":
 		err = serve(ctx, rest, service.Options{Worker: true}, stderr)
+	case "inbound":
+		err = serve(ctx, rest, service.Options{Inbound: true}, stderr)
 	case "demo":
 		err = demo(ctx, rest, stdout, stderr)
 	case "preview":

@@ -44,6 +44,7 @@ const (
 	DBSupport = 8
 	DBCmd     = 9
 	DBMisc    = 10
+	DBInbound = 11
 )
 
 // Addr is the shared test Redis (REDIS_TEST_ADDR overrides it).
