@@ -68,9 +68,9 @@ type ckeys struct {
 	relay, reported, att, doubt, bnc, raw                                             string
 }
 
-// all lists the keys scripts get as KEYS[1..11].
+// scriptKeys lists the keys scripts get as KEYS[1..12].
 func (c ckeys) scriptKeys() []string {
-	return []string{c.state, c.counts, c.st, c.claim, c.dlv, c.rcpt, c.emails, c.chunks, c.rs, c.att, c.doubt}
+	return []string{c.state, c.counts, c.st, c.claim, c.dlv, c.rcpt, c.emails, c.chunks, c.rs, c.att, c.doubt, c.relay}
 }
 
 func (c ckeys) everything() []string {

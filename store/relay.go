@@ -57,7 +57,7 @@ func (s *Store) RelayStreak(ctx context.Context, cid, sig string, rid int64) (he
 
 // relayPauseScript pauses a campaign because the relay refuses everything.
 //
-// KEYS: 1-11 as luaPrelude, 12 relay (the run). ARGV: 1 now (ms), 2 reason.
+// KEYS: 1-12 as luaPrelude (12: relay, the run). ARGV: 1 now (ms), 2 reason.
 // Returns {changed, reverted rids...}: changed is 1 when this call paused
 // it (0: already paused for the relay, or not sending, done or paused).
 // The recipients of the run whose refusal was recorded as "failed" before
@@ -95,7 +95,7 @@ func (s *Store) PauseForRelay(ctx context.Context, cid, reason string) (changed 
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
 	ck := s.k.campaign(cid)
-	v, err := relayPauseScript.Run(ctx, s.rdb, append(ck.scriptKeys(), ck.relay), ms(time.Now()), reason).Int64Slice()
+	v, err := relayPauseScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), reason).Int64Slice()
 	if err != nil {
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
@@ -104,7 +104,7 @@ func (s *Store) PauseForRelay(ctx context.Context, cid, reason string) (changed 
 
 // relayClearScript ends a pause for the relay, before a resume or a cancel.
 //
-// KEYS: 1-11 as luaPrelude, 12 relay (the run). ARGV: 1 now (ms).
+// KEYS: 1-12 as luaPrelude (12: relay, the run). ARGV: 1 now (ms).
 // Returns how many recipients went back from failed to pending: those of
 // the run that were recorded failed after the pause (a chunk that got the
 // refusal just before the pause, and recorded it just after).
@@ -130,7 +130,7 @@ return n
 // clearRelayPause forgets why the system paused cid, if it did.
 func (s *Store) clearRelayPause(ctx context.Context, cid string) error {
 	ck := s.k.campaign(cid)
-	if err := relayClearScript.Run(ctx, s.rdb, append(ck.scriptKeys(), ck.relay), ms(time.Now())).Err(); err != nil {
+	if err := relayClearScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now())).Err(); err != nil {
 		return fmt.Errorf("clear the relay pause of %s: %w", cid, err)
 	}
 	return s.rdb.SRem(ctx, s.k.relayPaused(), cid).Err()

@@ -18,7 +18,7 @@ const (
 
 // luaPrelude is shared by the scripts that move recipients between states.
 // KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
-// 10 att, 11 doubt.
+// 10 att, 11 doubt, 12 relay (the current run of one relay refusal, store/relay.go).
 const luaPrelude = `
 local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled','bounced','complained'}
 local function getst(rid)
@@ -136,6 +136,10 @@ if frid > 0 then
   local who = owner(frid)
   -- A retry of a cancelled campaign will never run: the recipient is cancelled.
   if code == 2 and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = 6 end
+  -- A refusal of the run that paused the campaign for the relay, recorded
+  -- after the pause (its send was in flight then): the relay refused it,
+  -- not the mailbox, so it is held (pending) like the others of the run.
+  if code == 4 and redis.call('HGET', KEYS[1], 'paused_reason') and redis.call('HEXISTS', KEYS[12], 'r:' .. frid) == 1 then code = 0 end
   if code == 3 then
     -- "sent" is a fact about the world: it wins even over a cancellation,
     -- and over a claim another worker took after ours expired.
