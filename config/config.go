@@ -49,6 +49,7 @@ type Config struct {
 	HTTPWriteTimeout       time.Duration
 	HTTPIdleTimeout        time.Duration
 	HTTPMaxConns           int
+	IdempotencyTTL         time.Duration
 	MessageIDDomain        string
 	DKIMDomain             string
 	DKIMSelector           string
@@ -195,6 +196,14 @@ var settings = []setting{
 	{"HTTP_WRITE_TIMEOUT", "2m", "longest an HTTP answer may take to go out; a report download may take longer while the client keeps reading, and is cut when a write waits this long", dur(func(c *Config) *time.Duration { return &c.HTTPWriteTimeout })},
 	{"HTTP_IDLE_TIMEOUT", "60s", "an idle keep-alive HTTP connection is closed after this long (0 = HTTP_READ_TIMEOUT)", dur(func(c *Config) *time.Duration { return &c.HTTPIdleTimeout })},
 	{"HTTP_MAX_CONNECTIONS", "1000", "open HTTP connections at most, per listener (LISTEN_ADDR, METRICS_ADDR); more wait to be accepted until one closes; 0 = no limit", integer(func(c *Config) *int { return &c.HTTPMaxConns })},
+	{"IDEMPOTENCY_TTL", "24h", "how long the first answer to a POST with an Idempotency-Key is kept and replayed to retries with the same key (at least 1h)", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Hour {
+			return fmt.Errorf("a duration of at least 1h, like 24h: %q", v)
+		}
+		c.IdempotencyTTL = d
+		return nil
+	}},
 	{"MESSAGE_ID_DOMAIN", "", "right-hand side of Message-IDs (default: the campaign's From domain)", str(func(c *Config) *string { return &c.MessageIDDomain })},
 	{"DKIM_DOMAIN", "", "DKIM signing domain (d=); signing is on when DKIM_KEY_FILE is set", str(func(c *Config) *string { return &c.DKIMDomain })},
 	{"DKIM_SELECTOR", "", "DKIM selector (s=)", str(func(c *Config) *string { return &c.DKIMSelector })},
