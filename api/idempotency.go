@@ -115,6 +115,10 @@ func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// IdempotencyTTL is how long first answers are kept (for the console's
+// forms, which use the same records).
+func (s *Server) IdempotencyTTL() time.Duration { return s.idemTTL() }
+
 func (s *Server) idemTTL() time.Duration {
 	if s.cfg.IdempotencyTTL > 0 {
 		return s.cfg.IdempotencyTTL

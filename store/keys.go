@@ -33,6 +33,7 @@ import "strconv"
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
 //	<p>:suppressed           HASH  lower-cased address → suppression record (JSON)
 //	<p>:audit                STREAM append-only audit log
+//	<p>:session:, <p>:flash:  STRING console sessions and their one-time page (support.go)
 //	<p>:idem:<sha256>        HASH  an Idempotency-Key's claim and first answer (idempotency.go)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
