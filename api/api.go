@@ -22,6 +22,7 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // Pinger checks a dependency for /readyz.
@@ -47,6 +48,12 @@ type Config struct {
 	// IdempotencyTTL is how long the first answer to a request with an
 	// Idempotency-Key is kept (IDEMPOTENCY_TTL; 0: 24 h).
 	IdempotencyTTL time.Duration
+	// WebhookAllowPrivate lets endpoints be registered on loopback and
+	// private addresses (WEBHOOK_ALLOW_PRIVATE).
+	WebhookAllowPrivate bool
+	// WebhookRotateOverlap is how long a rotated-out secret still signs
+	// (WEBHOOK_ROTATE_OVERLAP; 0: 24 h).
+	WebhookRotateOverlap time.Duration
 }
 
 // Check is a readiness check beyond "it answers": Run returns the word
@@ -70,6 +77,7 @@ type Server struct {
 	limiter   *redis_rate.Limiter // the keys' quotas
 	limitLog  logSampler          // "API key reached its limit", sampled
 	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
+	events    *webhooks.Emitter   // status webhooks (nil: off)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -145,6 +153,12 @@ func (s *Server) routes() {
 	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.idempotent(s.resend), RoleSupport)
 	h("GET /v1/audit", s.auditLog)
 	h("POST /v1/notifications", s.idempotent(s.notify))
+
+	h("POST /v1/webhooks", s.idempotent(s.createWebhook))
+	h("GET /v1/webhooks", s.listWebhooks)
+	h("GET /v1/webhooks/{id}", s.getWebhook)
+	h("DELETE /v1/webhooks/{id}", s.deleteWebhook)
+	h("POST /v1/webhooks/{id}/rotate", s.rotateWebhook)
 
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.
