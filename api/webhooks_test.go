@@ -202,6 +202,11 @@ func TestStatusWebhooks(t *testing.T) {
 		t.Errorf("last delivery: %+v", last)
 	}
 
+	for _, result := range []string{"ok", "retry", "gone"} {
+		if metric(t, st, "oshirase_webhook_deliveries_total", `result="`+result+`"`) < 1 {
+			t.Errorf("oshirase_webhook_deliveries_total{result=%q} not counted", result)
+		}
+	}
 	var list struct {
 		Webhooks []api.WebhookView `json:"webhooks"`
 	}

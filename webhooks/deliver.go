@@ -19,6 +19,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -162,17 +163,24 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 	resp, err := d.client.Do(req)
 	if err != nil {
 		if errors.Is(err, ErrPrivate) {
+			metrics.WebhookDeliveries.WithLabelValues("refused").Inc()
 			d.log.Warn("webhook refused: private target", "endpoint", wh.ID)
 			return fmt.Errorf("endpoint %s: %w: %w", wh.ID, err, asynq.SkipRetry)
 		}
+		metrics.WebhookDeliveries.WithLabelValues("retry").Inc()
 		return fmt.Errorf("endpoint %s: %w", wh.ID, err)
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	switch s := resp.StatusCode; {
 	case s >= 200 && s < 300:
+		metrics.WebhookDeliveries.WithLabelValues("ok").Inc()
+		if len(p.Events) > 0 {
+			metrics.WebhookLagSeconds.Observe(time.Since(p.Events[0].Timestamp).Seconds())
+		}
 		return nil
 	case s == http.StatusGone:
+		metrics.WebhookDeliveries.WithLabelValues("gone").Inc()
 		// The receiver says the endpoint is gone for good: stop.
 		_, err := d.store.UpdateWebhook(context.WithoutCancel(ctx), wh.ID, func(w *store.Webhook) error {
 			at := time.Now().UTC()
@@ -185,8 +193,10 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 		d.log.Warn("webhook endpoint disabled: 410 Gone", "endpoint", wh.ID)
 		return fmt.Errorf("endpoint %s answered 410: disabled: %w", wh.ID, asynq.SkipRetry)
 	case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
+		metrics.WebhookDeliveries.WithLabelValues("retry").Inc()
 		return &retryAfter{status: s, after: parseRetryAfter(resp.Header.Get("Retry-After"), now)}
 	default:
+		metrics.WebhookDeliveries.WithLabelValues("refused").Inc()
 		return fmt.Errorf("endpoint %s answered %d: %w", wh.ID, s, asynq.SkipRetry)
 	}
 }

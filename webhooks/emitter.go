@@ -15,6 +15,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 )
@@ -70,6 +71,7 @@ func (e *Emitter) Emit(ev Event) {
 	select {
 	case e.ch <- ev:
 	default:
+		metrics.WebhookEventsDropped.Inc()
 		if e.dropped.Add(1)%1000 == 1 {
 			e.log.Error("webhooks: event buffer full; events dropped", "dropped", e.dropped.Load())
 		}
@@ -166,6 +168,7 @@ func (e *Emitter) flush(ctx context.Context, evs []Event) []Event {
 				// (an endpoint before this one may get these again: at
 				// least once, as documented)
 				if len(evs) > cap(e.ch) {
+					metrics.WebhookEventsDropped.Add(float64(len(evs) - cap(e.ch)))
 					e.log.Error("webhooks: Redis refuses deliveries; oldest events dropped", "dropped", len(evs)-cap(e.ch))
 					return evs[len(evs)-cap(e.ch):]
 				}
