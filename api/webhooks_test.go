@@ -9,11 +9,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/service"
+	"github.com/oshirase/oshirase/smtpsink"
 	"github.com/oshirase/oshirase/webhooks"
 )
 
@@ -218,5 +222,97 @@ func TestStatusWebhooks(t *testing.T) {
 	}
 	if code, _ := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/webhooks/"+wh.ID, "", nil, nil); code != 404 {
 		t.Errorf("after delete: %d, want 404", code)
+	}
+}
+
+// TestStatusWebhookFailures: a 5.1.1 refusal is a recipient.failed event
+// with the SMTP and enhanced codes; the address then suppressed is a
+// recipient.suppressed event in the next campaign; a 429 with Retry-After
+// is retried under the same webhook-id; an endpoint scoped to a campaign
+// gets only its events.
+func TestStatusWebhookFailures(t *testing.T) {
+	const bad = "unknown@example.jp"
+	_, url := testenv.Redis(t, testenv.DBSupport)
+	sink, err := smtpsink.Start(smtpsink.Options{Keep: true, Reply: func(stage smtpsink.Stage, _, rcpt string, _ int) *smtp.SMTPError {
+		if stage == smtpsink.StageRcpt && rcpt == bad {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "User unknown"}
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	st := teststack.StartStack(t, testenv.Config(t, map[string]string{"REDIS_URL": url, "SMTP_URL": sink.URL(), "KEY_PREFIX": "whf",
+		"WEBHOOK_ALLOW_PRIVATE": "true", "CHUNK_SIZE": "10"}), service.Options{API: true, Worker: true})
+	rc := newReceiver(t)
+	var wh api.WebhookView
+	if code, b := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/webhooks", "application/json",
+		[]byte(`{"url":"`+rc.srv.URL+`","events":["recipient.failed","recipient.suppressed"]}`), &wh); code != 201 {
+		t.Fatalf("register: %d %s", code, b)
+	}
+	rc.mu.Lock()
+	rc.secret = []string{wh.Secret}
+	rc.answer = func(id string, n int) (int, string) {
+		if n == 1 {
+			return 429, "1"
+		}
+		return 200, ""
+	}
+	rc.mu.Unlock()
+
+	first, _ := sentCampaign(t, st, "first", []notice.Recipient{
+		{Email: bad, Locale: "ja", CardLast4: "1111", CustomerID: "C-bad"},
+		{Email: "fine@example.jp", Locale: "ja", CardLast4: "2222", CustomerID: "C-fine"},
+	})
+	second, _ := sentCampaign(t, st, "second", []notice.Recipient{{Email: bad, Locale: "ja", CardLast4: "1111", CustomerID: "C-bad"}})
+	teststack.Eventually(t, "recipient.failed and recipient.suppressed", 30*time.Second, func() bool {
+		evs := rc.accepted()
+		return count(evs, webhooks.RecipientFailed) >= 1 && count(evs, webhooks.RecipientSuppressed) >= 1
+	})
+	for _, e := range rc.accepted() {
+		switch e.Type {
+		case webhooks.RecipientFailed:
+			if e.Data.CampaignID != first || e.Data.CustomerID != "C-bad" || e.Data.SMTPCode != 550 || e.Data.EnhancedCode != "5.1.1" || e.Data.Email != "" {
+				t.Errorf("recipient.failed: %+v", e.Data)
+			}
+		case webhooks.RecipientSuppressed:
+			if e.Data.CampaignID != second || e.Data.CustomerID != "C-bad" || e.Data.Status != "suppressed" {
+				t.Errorf("recipient.suppressed: %+v", e.Data)
+			}
+		default:
+			t.Errorf("event %s not subscribed to", e.Type)
+		}
+	}
+	rc.mu.Lock()
+	for id, n := range rc.tries {
+		if n != 2 {
+			t.Errorf("delivery %s tried %d times, want 2 (429, then 200)", id, n)
+		}
+	}
+	rc.mu.Unlock()
+
+	// An endpoint for one campaign only.
+	rc2 := newReceiver(t)
+	if code, b := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/webhooks", "application/json",
+		[]byte(`{"url":"`+rc2.srv.URL+`","events":["*"],"campaign_id":"`+second+`"}`), &wh); code != 201 {
+		t.Fatalf("register: %d %s", code, b)
+	}
+	if code, b := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/webhooks", "application/json",
+		[]byte(`{"url":"`+rc2.srv.URL+`","events":["*"],"campaign_id":"nosuch"}`), nil); code != 422 {
+		t.Errorf("register for a missing campaign: %d %s", code, b)
+	}
+	rc2.mu.Lock()
+	rc2.secret = []string{wh.Secret}
+	rc2.mu.Unlock()
+	third, _ := sentCampaign(t, st, "third", []notice.Recipient{{Email: "x@example.jp", Locale: "ja", CardLast4: "3333"}})
+	if code, b := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+second+"/purge", "application/json", []byte(`{"reason":"done"}`), nil); code != 200 {
+		t.Fatalf("purge: %d %s", code, b)
+	}
+	teststack.Eventually(t, "campaign.purged", 20*time.Second, func() bool { return count(rc2.accepted(), webhooks.CampaignPurged) == 1 })
+	for _, e := range rc2.accepted() {
+		if e.Data.CampaignID != second {
+			t.Errorf("an event of campaign %s (third: %s) reached an endpoint for %s", e.Data.CampaignID, third, second)
+		}
 	}
 }
