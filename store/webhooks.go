@@ -153,3 +153,36 @@ func (s *Store) UpdateWebhook(ctx context.Context, id string, fn func(*Webhook) 
 	}
 	return nil, fmt.Errorf("webhook %s: %w", id, ErrConflict)
 }
+
+// Contact is who a recipient is, as a status webhook tells it.
+type Contact struct {
+	CustomerID string
+	Email      string
+}
+
+// Contacts returns the customer id and address of recipients of campaign
+// cid, one HMGET for them all (a webhook batch's worth); recipients that
+// are gone (purged) are absent.
+func (s *Store) Contacts(ctx context.Context, cid string, ids []int64) (map[int64]Contact, error) {
+	fields := make([]string, len(ids))
+	for i, id := range ids {
+		fields[i] = itoa(id)
+	}
+	vals, err := s.rdb.HMGet(ctx, s.k.campaign(cid).rcpt, fields...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read recipients of %s: %w", cid, err)
+	}
+	out := make(map[int64]Contact, len(ids))
+	for i, v := range vals {
+		ps, ok := v.(string)
+		if !ok {
+			continue
+		}
+		var p profile
+		if err := json.Unmarshal([]byte(ps), &p); err != nil {
+			return nil, fmt.Errorf("decode recipient %d of %s: %w", ids[i], cid, err)
+		}
+		out[ids[i]] = Contact{CustomerID: p.CustomerID, Email: p.Email}
+	}
+	return out, nil
+}

@@ -141,7 +141,9 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 	if wh.DisabledAt != nil {
 		return nil
 	}
-	d.fill(ctx, wh, p.Events)
+	if err := d.fill(ctx, wh, p.Events); err != nil {
+		return fmt.Errorf("endpoint %s: %w", wh.ID, err)
+	}
 	body, err := json.Marshal(p.Events)
 	if err != nil {
 		return fmt.Errorf("webhook body: %v: %w", err, asynq.SkipRetry)
@@ -203,30 +205,34 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 
 // fill adds what the payload leaves out: the customer id and, for an
 // endpoint that asks, the address (read now: after a purge they are gone).
-func (d *Deliverer) fill(ctx context.Context, wh *store.Webhook, evs []Event) {
-	type rk struct {
-		cid string
-		rid int64
+// One HMGET per campaign in the batch.
+func (d *Deliverer) fill(ctx context.Context, wh *store.Webhook, evs []Event) error {
+	want := map[string][]int64{}
+	for _, ev := range evs {
+		if ev.Data.RecipientID != 0 {
+			want[ev.Data.CampaignID] = append(want[ev.Data.CampaignID], ev.Data.RecipientID)
+		}
 	}
-	seen := map[rk][2]string{}
+	got := map[string]map[int64]store.Contact{}
+	for cid, ids := range want {
+		cs, err := d.store.Contacts(ctx, cid, ids)
+		if err != nil {
+			return err // retried: an event without its customer id is of little use
+		}
+		got[cid] = cs
+	}
 	for i := range evs {
 		ev := &evs[i].Data
 		if ev.RecipientID == 0 {
 			continue
 		}
-		k := rk{ev.CampaignID, ev.RecipientID}
-		v, ok := seen[k]
-		if !ok {
-			if r, err := d.store.Recipient(ctx, ev.CampaignID, ev.RecipientID); err == nil {
-				v = [2]string{r.CustomerID, r.Email}
-			}
-			seen[k] = v
-		}
-		ev.CustomerID = v[0]
+		c := got[ev.CampaignID][ev.RecipientID]
+		ev.CustomerID = c.CustomerID
 		if wh.IncludeAddress {
-			ev.Email = v[1]
+			ev.Email = c.Email
 		}
 	}
+	return nil
 }
 
 func parseRetryAfter(v string, now time.Time) time.Duration {
