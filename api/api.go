@@ -22,6 +22,7 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // Pinger checks a dependency for /readyz.
@@ -44,6 +45,15 @@ type Config struct {
 	// DKIM_KEYS). A campaign whose From domain aligns with none is refused:
 	// DMARC would fail. Empty: signing is off and nothing is checked.
 	DKIMDomains []string
+	// IdempotencyTTL is how long the first answer to a request with an
+	// Idempotency-Key is kept (IDEMPOTENCY_TTL; 0: 24 h).
+	IdempotencyTTL time.Duration
+	// WebhookAllowPrivate lets endpoints be registered on loopback and
+	// private addresses (WEBHOOK_ALLOW_PRIVATE).
+	WebhookAllowPrivate bool
+	// WebhookRotateOverlap is how long a rotated-out secret still signs
+	// (WEBHOOK_ROTATE_OVERLAP; 0: 24 h).
+	WebhookRotateOverlap time.Duration
 }
 
 // Check is a readiness check beyond "it answers": Run returns the word
@@ -67,6 +77,7 @@ type Server struct {
 	limiter   *redis_rate.Limiter // the keys' quotas
 	limitLog  logSampler          // "API key reached its limit", sampled
 	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
+	events    *webhooks.Emitter   // status webhooks (nil: off)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -113,35 +124,41 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /healthz", Healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 
-	h("POST /v1/campaigns", s.createCampaign)
+	h("POST /v1/campaigns", s.idempotent(s.createCampaign))
 	h("GET /v1/campaigns", s.listCampaigns, all...)
 	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
 	h("POST /v1/campaigns/{id}/recipients", s.uploadRecipients)
 	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, RoleSupport)
 	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
 	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
-	h("POST /v1/campaigns/{id}/start", s.startCampaign)
+	h("POST /v1/campaigns/{id}/start", s.idempotent(s.startCampaign))
 	h("DELETE /v1/campaigns/{id}/schedule", s.unscheduleCampaign)
 	h("POST /v1/campaigns/{id}/pause", s.pauseCampaign)
 	h("POST /v1/campaigns/{id}/resume", s.resumeCampaign)
 	h("POST /v1/campaigns/{id}/cancel", s.cancelCampaign)
 	h("GET /v1/campaigns/{id}/preview", s.previewCampaign)
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
-	h("POST /v1/campaigns/{id}/test", s.testSend)
-	h("POST /v1/campaigns/{id}/purge", s.purgeCampaign)
-	h("POST /v1/campaigns/{id}/retry", s.retryCampaign)
+	h("POST /v1/campaigns/{id}/test", s.idempotent(s.testSend))
+	h("POST /v1/campaigns/{id}/purge", s.idempotent(s.purgeCampaign))
+	h("POST /v1/campaigns/{id}/retry", s.idempotent(s.retryCampaign))
 
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)
 
 	h("GET /v1/suppressions", s.listSuppressions, RoleSupport)
-	h("POST /v1/suppressions", s.addSuppression)
+	h("POST /v1/suppressions", s.idempotent(s.addSuppression))
 	h("DELETE /v1/suppressions/{email}", s.deleteSuppression)
 
 	h("GET /v1/recipients", s.lookupRecipients, RoleSupport)
-	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.resend, RoleSupport)
+	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.idempotent(s.resend), RoleSupport)
 	h("GET /v1/audit", s.auditLog)
-	h("POST /v1/notifications", s.notify)
+	h("POST /v1/notifications", s.idempotent(s.notify))
+
+	h("POST /v1/webhooks", s.idempotent(s.createWebhook))
+	h("GET /v1/webhooks", s.listWebhooks)
+	h("GET /v1/webhooks/{id}", s.getWebhook)
+	h("DELETE /v1/webhooks/{id}", s.deleteWebhook)
+	h("POST /v1/webhooks/{id}/rotate", s.rotateWebhook)
 
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.

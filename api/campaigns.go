@@ -21,6 +21,7 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // campaignRequest is the body of POST /v1/campaigns.
@@ -508,6 +509,7 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Changed {
 		s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+		s.emit(webhooks.CampaignStarted, id, string(t.Status))
 	}
 	s.campaignAnswer(w, r, id, http.StatusAccepted)
 }
@@ -544,6 +546,11 @@ func (s *Server) cancelCampaign(w http.ResponseWriter, r *http.Request) {
 	s.move(w, r, "campaign.cancel", s.store.Cancel)
 }
 
+// moveEvents names the status webhook event of each move.
+var moveEvents = map[string]string{
+	"campaign.pause": webhooks.CampaignPaused, "campaign.resume": webhooks.CampaignResumed, "campaign.cancel": webhooks.CampaignCancelled,
+}
+
 func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn func(context.Context, string) (store.Transition, error)) {
 	id := r.PathValue("id")
 	t, err := fn(r.Context(), id)
@@ -561,6 +568,7 @@ func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn 
 			reason = body.Reason
 		}
 		s.audit(r, store.AuditEntry{Action: action, CampaignID: id, Reason: reason})
+		s.emit(moveEvents[action], id, string(t.Status))
 		if t.Status == notice.CampaignSending { // resumed: a new generation fans out what is left
 			if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
 				s.storeError(w, r, err)
@@ -676,6 +684,7 @@ func (s *Server) purgeCampaign(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
+	s.emit(webhooks.CampaignPurged, id, "purged")
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
 		s.storeError(w, r, err)

@@ -49,6 +49,11 @@ type Config struct {
 	HTTPWriteTimeout       time.Duration
 	HTTPIdleTimeout        time.Duration
 	HTTPMaxConns           int
+	IdempotencyTTL         time.Duration
+	WebhookAllowPrivate    bool
+	WebhookBatchSize       int
+	WebhookConcurrency     int
+	WebhookRotateOverlap   time.Duration
 	MessageIDDomain        string
 	DKIMDomain             string
 	DKIMSelector           string
@@ -199,6 +204,32 @@ var settings = []setting{
 	{"HTTP_WRITE_TIMEOUT", "2m", "longest an HTTP answer may take to go out; a report download may take longer while the client keeps reading, and is cut when a write waits this long", dur(func(c *Config) *time.Duration { return &c.HTTPWriteTimeout })},
 	{"HTTP_IDLE_TIMEOUT", "60s", "an idle keep-alive HTTP connection is closed after this long (0 = HTTP_READ_TIMEOUT)", dur(func(c *Config) *time.Duration { return &c.HTTPIdleTimeout })},
 	{"HTTP_MAX_CONNECTIONS", "1000", "open HTTP connections at most, per listener (LISTEN_ADDR, METRICS_ADDR); more wait to be accepted until one closes; 0 = no limit", integer(func(c *Config) *int { return &c.HTTPMaxConns })},
+	{"IDEMPOTENCY_TTL", "24h", "how long the first answer to a POST with an Idempotency-Key is kept and replayed to retries with the same key (at least 1h)", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Hour {
+			return fmt.Errorf("a duration of at least 1h, like 24h: %q", v)
+		}
+		c.IdempotencyTTL = d
+		return nil
+	}},
+	{"WEBHOOK_ALLOW_PRIVATE", "false", "let status webhooks reach loopback, private and link-local addresses (off: such endpoints are refused, a guard against SSRF)", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("true or false: %q", v)
+		}
+		c.WebhookAllowPrivate = b
+		return nil
+	}},
+	{"WEBHOOK_BATCH_SIZE", "100", "status webhook events per request at most (1 to 1000)", func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return fmt.Errorf("a number from 1 to 1000: %q", v)
+		}
+		c.WebhookBatchSize = n
+		return nil
+	}},
+	{"WEBHOOK_CONCURRENCY", "4", "status webhook requests a worker process makes at once (its own asynq server on the webhooks queue)", integer(func(c *Config) *int { return &c.WebhookConcurrency })},
+	{"WEBHOOK_ROTATE_OVERLAP", "24h", "after a webhook secret is rotated, how long the old secret still signs beside the new one", dur(func(c *Config) *time.Duration { return &c.WebhookRotateOverlap })},
 	{"MESSAGE_ID_DOMAIN", "", "right-hand side of Message-IDs (default: the campaign's From domain)", str(func(c *Config) *string { return &c.MessageIDDomain })},
 	{"DKIM_DOMAIN", "", "DKIM signing domain (d=); signing is on when DKIM_KEY_FILE is set", str(func(c *Config) *string { return &c.DKIMDomain })},
 	{"DKIM_SELECTOR", "", "DKIM selector (s=)", str(func(c *Config) *string { return &c.DKIMSelector })},

@@ -122,3 +122,29 @@ func TestSMTPRateBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestIdempotencyAndWebhookSettings: defaults, and bad values named.
+func TestIdempotencyAndWebhookSettings(t *testing.T) {
+	load := func(env map[string]string) (*Config, error) {
+		c, _, err := Load(flag.NewFlagSet("t", flag.ContinueOnError), nil, func(k string) string { return env[k] })
+		return c, err
+	}
+	c, err := load(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IdempotencyTTL != 24*time.Hour || c.WebhookAllowPrivate || c.WebhookBatchSize != 100 || c.WebhookConcurrency != 4 || c.WebhookRotateOverlap != 24*time.Hour {
+		t.Errorf("defaults: %v %v %v %v %v", c.IdempotencyTTL, c.WebhookAllowPrivate, c.WebhookBatchSize, c.WebhookConcurrency, c.WebhookRotateOverlap)
+	}
+	for _, tt := range []struct{ k, v, err string }{
+		{"IDEMPOTENCY_TTL", "30m", "IDEMPOTENCY_TTL: a duration of at least 1h"},
+		{"IDEMPOTENCY_TTL", "soon", "IDEMPOTENCY_TTL"},
+		{"WEBHOOK_BATCH_SIZE", "0", "WEBHOOK_BATCH_SIZE: a number from 1 to 1000"},
+		{"WEBHOOK_BATCH_SIZE", "1001", "WEBHOOK_BATCH_SIZE"},
+		{"WEBHOOK_ALLOW_PRIVATE", "maybe", "WEBHOOK_ALLOW_PRIVATE: true or false"},
+	} {
+		if _, err := load(map[string]string{tt.k: tt.v}); err == nil || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s=%s: %v, want an error saying %q", tt.k, tt.v, err, tt.err)
+		}
+	}
+}

@@ -12,10 +12,13 @@ package console
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net/http"
@@ -90,10 +93,13 @@ type view struct {
 	Role       api.Role
 	CSRF       string
 	LoginToken string
-	Error      string
-	Flash      string
-	Email      string
-	Result     *api.LookupResult
+	// FormToken is sent with each resend form as its Idempotency-Key: a
+	// reload or a double click posts the same token and sends nothing twice.
+	FormToken string
+	Error     string
+	Flash     string
+	Email     string
+	Result    *api.LookupResult
 }
 
 // session is a signed-in request's state.
@@ -177,11 +183,22 @@ func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 		c.loginPage(w, r, http.StatusOK, "")
 		return
 	}
+	// After a resend the browser lands here (POST-redirect-GET): show what
+	// the post did, once; a reload shows the plain page.
+	f, err := c.store.TakeFlash(r.Context(), s.id)
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if f != nil {
+		c.showLookup(w, r, s, f.Query, f.Flash, f.Error)
+		return
+	}
 	c.render(w, r, http.StatusOK, c.signedView(s))
 }
 
 func (c *Console) signedView(s *session) view {
-	return view{Signed: true, Actor: s.key.Name, Role: s.key.Role, CSRF: s.data.CSRF}
+	return view{Signed: true, Actor: s.key.Name, Role: s.key.Role, CSRF: s.data.CSRF, FormToken: randomToken()}
 }
 
 // loginPage shows the sign-in form with a fresh token that the form must
@@ -310,14 +327,53 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		c.showLookup(w, r, s, q, "", tr(r, "The resend form is incomplete; search again."))
 		return
 	}
-	rs, err := c.api.Resend(r.Context(), cid, rid, api.ResendRequest{
+	req := api.ResendRequest{
 		Reason: f.Get("reason"), Email: f.Get("email"), OverrideSuppression: f.Get("override_suppression") != "",
-	})
+	}
+	// The form's one-time token is its Idempotency-Key, as the API's: the
+	// first post runs, a reload or second click of the same form replays
+	// its outcome and queues nothing.
+	token := f.Get("form_token")
+	var scope, claim string
+	if token != "" {
+		scope = store.IdemScope(s.key.Name, "POST", fmt.Sprintf("/support/resend/%s/%d", cid, rid), "console:"+token)
+		fp := sha256.Sum256([]byte(req.Reason + "\x00" + req.Email + "\x00" + strconv.FormatBool(req.OverrideSuppression)))
+		ans, tok, err := c.store.BeginIdempotent(r.Context(), scope, hex.EncodeToString(fp[:]), 5*time.Minute)
+		switch {
+		case errors.Is(err, store.ErrIdemRunning):
+			c.showLookup(w, r, s, q, "", tr(r, "This resend is already being queued."))
+			return
+		case errors.Is(err, store.ErrIdemMismatch):
+			c.showLookup(w, r, s, q, "", tr(r, "This form was already sent; search again for a new resend."))
+			return
+		case err != nil:
+			c.fail(w, r, err)
+			return
+		case ans != nil:
+			c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: string(ans.Body)})
+			return
+		}
+		claim = tok
+	}
+	rs, err := c.api.Resend(r.Context(), cid, rid, req)
+	if err != nil && claim != "" {
+		// Nothing was queued: the same form may be posted again.
+		if err := c.store.AbandonIdempotent(context.WithoutCancel(r.Context()), scope, claim); err != nil {
+			c.log.Error("support console: idempotency release", "err", err)
+		}
+	}
 	var ie *api.InvalidError
 	var le *api.LimitError
 	switch {
 	case err == nil:
-		c.showLookup(w, r, s, q, tr(r, "Resend #%d queued to %s.", rs.N, rs.Email), "")
+		msg := tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
+		if claim != "" {
+			if err := c.store.FinishIdempotent(context.WithoutCancel(r.Context()), scope, claim,
+				store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.api.IdempotencyTTL()); err != nil {
+				c.log.Error("support console: idempotency answer", "err", err)
+			}
+		}
+		c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: msg})
 	case errors.As(err, &ie):
 		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", ie.Msg))
 	case errors.As(err, &le):
@@ -329,6 +385,16 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	default:
 		c.fail(w, r, err)
 	}
+}
+
+// redirectFlash ends a form post that did something with a redirect to the
+// page (POST-redirect-GET), which shows f once: reloading it posts nothing.
+func (c *Console) redirectFlash(w http.ResponseWriter, r *http.Request, s *session, f store.ConsoleFlash) {
+	if err := c.store.SetFlash(r.Context(), s.id, f); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	http.Redirect(w, r, "/support/", http.StatusSeeOther)
 }
 
 // fail answers an internal error; the detail goes to the log (errors from

@@ -113,10 +113,37 @@ var (
 	}, []string{"where"})
 )
 
+// Status webhooks.
+var (
+	// WebhookDeliveries counts requests to webhook endpoints by result:
+	// ok, retry (network error, 408, 429, 5xx), gone (410: disabled),
+	// refused (another 4xx, or a private target).
+	WebhookDeliveries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "webhook_deliveries_total",
+		Help: "Requests to status webhook endpoints by result (ok, retry, gone, refused).",
+	}, []string{"result"})
+
+	// WebhookLagSeconds is how old a request's oldest event is when the
+	// receiver accepts it (batching, queueing and retries included).
+	WebhookLagSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "oshirase", Name: "webhook_lag_seconds",
+		Help:    "Age of a delivered webhook request's oldest event when the receiver accepted it.",
+		Buckets: []float64{.1, .5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600, 72 * 3600},
+	})
+
+	// WebhookEventsDropped counts events lost because the emitter's buffer
+	// was full (Redis refusing deliveries for long).
+	WebhookEventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "oshirase", Name: "webhook_events_dropped_total",
+		Help: "Status webhook events dropped because the in-process buffer was full.",
+	})
+)
+
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures,
-		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates, Returned} {
+		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates, Returned,
+		WebhookDeliveries, WebhookLagSeconds, WebhookEventsDropped} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err

@@ -26,6 +26,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 	"github.com/oshirase/oshirase/worker"
 )
 
@@ -58,11 +59,14 @@ type Service struct {
 	Worker    *worker.Worker
 	Bounce    *bounce.Codec // BOUNCE_DOMAIN and BOUNCE_SECRET; nil when unset
 	Inbound   *inbound.Server
+	// Events batches status webhook events of this process (API and worker).
+	Events *webhooks.Emitter
 
 	opts   Options
 	guard  *redisGuard // what the guarantees rest on: Redis settings and state
 	server *asynq.Server
 	urgent *asynq.Server // urgent queue only: resends never wait for a bulk slot
+	hooks  *asynq.Server // webhooks queue only: a slow receiver never holds a sending slot
 	http   *http.Server
 	ln     net.Listener
 
@@ -143,6 +147,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			return nil, err
 		}
 	}
+	if opts.Worker || opts.API {
+		s.Events = webhooks.NewEmitter(s.Store, s.Queue, cfg.WebhookBatchSize, log)
+	}
 	if opts.Worker {
 		sender := opts.Sender
 		if sender == nil {
@@ -183,6 +190,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Logger: asynqLogger{log}, LogLevel: asynq.WarnLevel,
 		})
 	}
+	if opts.Worker {
+		s.Worker.SetEvents(s.Events)
+		s.hooks = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+			Concurrency: max(1, cfg.WebhookConcurrency), Queues: map[string]int{webhooks.Queue: 1},
+			RetryDelayFunc: webhooks.RetryDelay, ShutdownTimeout: webhooks.Timeout + time.Second,
+			TaskCheckInterval: 100 * time.Millisecond, DelayedTaskCheckInterval: time.Second,
+			Logger: asynqLogger{log}, LogLevel: asynq.ErrorLevel,
+		})
+	}
 	if opts.Worker && !opts.API && cfg.MetricsAddr != "" {
 		if err := s.workerHTTP(); err != nil {
 			return nil, err
@@ -200,7 +216,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Checks: s.guard.readyChecks(), Limits: api.Limits{
 				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
-			}, DKIMDomains: mopts.DKIMDomains()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+			}, DKIMDomains: mopts.DKIMDomains(), IdempotencyTTL: cfg.IdempotencyTTL,
+			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+		s.API.SetEvents(s.Events)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}
@@ -311,6 +329,20 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	watchCtx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWatch()
+	// The emitter outlives the servers' shutdown, so the events of their
+	// last messages are flushed.
+	emitCtx, stopEmit := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEmit()
+	if s.Events != nil {
+		go s.Events.Run(emitCtx)
+	}
+	if s.hooks != nil {
+		hmux := asynq.NewServeMux()
+		hmux.HandleFunc(webhooks.TaskDeliver, webhooks.NewDeliverer(s.Store, s.Config.WebhookAllowPrivate, s.Log).Handle)
+		if err := s.hooks.Start(hmux); err != nil {
+			return fmt.Errorf("webhooks: %w", err)
+		}
+	}
 	if s.server != nil {
 		mux := asynq.NewServeMux()
 		s.Worker.Register(mux)
@@ -330,14 +362,27 @@ func (s *Service) Run(ctx context.Context) error {
 		s.stop()
 		stopWatch()
 		wg.Wait()
+		s.stopEvents(stopEmit)
 		return err
 	}
 	s.Log.Info("stopping")
 	s.stop()
 	stopWatch()
 	wg.Wait()
+	s.stopEvents(stopEmit)
 	s.Log.Info("stopped")
 	return nil
+}
+
+// stopEvents flushes the last status events, then stops delivering them.
+func (s *Service) stopEvents(stopEmit context.CancelFunc) {
+	stopEmit()
+	if s.Events != nil {
+		s.Events.Wait()
+	}
+	if s.hooks != nil {
+		s.hooks.Shutdown()
+	}
 }
 
 func (s *Service) stop() {

@@ -62,3 +62,47 @@ func (s *Store) Session(ctx context.Context, id string) (*Session, error) {
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	return s.rdb.Del(ctx, s.sessionKey(id)).Err()
 }
+
+// ConsoleFlash is what the console shows once after a form post redirects
+// (POST-redirect-GET): the address searched for and the message.
+type ConsoleFlash struct {
+	Query string `json:"q"`
+	Flash string `json:"flash,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// flashKey holds a session's one-time flash, under the session id's hash:
+//
+//	<p>:flash:<sha256 hex of id>   STRING ConsoleFlash (JSON), 5 minutes
+func (s *Store) flashKey(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return s.k.p + ":flash:" + hex.EncodeToString(h[:])
+}
+
+// SetFlash keeps f for the session's next page.
+func (s *Store) SetFlash(ctx context.Context, id string, f ConsoleFlash) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.Set(ctx, s.flashKey(id), b, 5*time.Minute).Err(); err != nil {
+		return fmt.Errorf("set flash: %w", err)
+	}
+	return nil
+}
+
+// TakeFlash returns and removes the session's flash (nil if none).
+func (s *Store) TakeFlash(ctx context.Context, id string) (*ConsoleFlash, error) {
+	v, err := s.rdb.GetDel(ctx, s.flashKey(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("take flash: %w", err)
+	}
+	var f ConsoleFlash
+	if err := json.Unmarshal(v, &f); err != nil {
+		return nil, fmt.Errorf("decode flash: %w", err)
+	}
+	return &f, nil
+}

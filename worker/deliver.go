@@ -21,6 +21,7 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // handleFanout opens a campaign's window of chunk tasks (see window): it
@@ -111,6 +112,9 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 			return err
 		}
 		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
+		for _, id := range ids {
+			w.emitRecipient(p.CampaignID, id, notice.StatusSuppressed, nil, 0)
+		}
 	}
 
 	token := w.begin()
@@ -402,9 +406,39 @@ func (w *Worker) finished(cid string, s store.Step, res store.StepResult) {
 	if s.FinishID == 0 {
 		return
 	}
+	if res.Finished {
+		w.emitRecipient(cid, s.FinishID, s.Finish, s.Delivery, 0)
+	}
+	if res.Done {
+		w.events.Emit(webhooks.Event{Type: webhooks.CampaignDone, Data: webhooks.Data{CampaignID: cid, Status: string(notice.CampaignDone)}})
+	}
 	if res.Done {
 		w.log.Info("campaign done", "campaign", cid)
 	}
+}
+
+// recipientEvents names the status webhook event of a final status.
+var recipientEvents = map[notice.Status]string{
+	notice.StatusSent: webhooks.RecipientSent, notice.StatusFailed: webhooks.RecipientFailed,
+	notice.StatusSuppressed: webhooks.RecipientSuppressed,
+}
+
+// emitRecipient hands a recipient's new status to the status webhooks: an
+// in-process hand-over, no Redis round trip (webhooks.Emitter batches).
+func (w *Worker) emitRecipient(cid string, rid int64, st notice.Status, d *notice.Delivery, resend int) {
+	typ := recipientEvents[st]
+	if resend > 0 {
+		typ = webhooks.RecipientResent
+	}
+	if typ == "" {
+		return
+	}
+	data := webhooks.Data{CampaignID: cid, RecipientID: rid, Status: string(st), Resend: resend}
+	if d != nil {
+		data.SMTPCode, data.EnhancedCode, data.MessageID = d.LastCode, d.Enhanced, d.MessageID
+		data.SentAt, data.FirstTryAt, data.Attempts = d.SentAt, d.FirstTryAt, d.Attempts
+	}
+	w.events.Emit(webhooks.Event{Type: typ, Data: data})
 }
 
 // attempt sends to r once and returns the Step that records the outcome.

@@ -251,6 +251,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	switch {
 	case out == nil:
 		metrics.Messages.WithLabelValues(c.MetricLabel(), "resent").Inc()
+		w.emitRecipient(p.CampaignID, r.ID, notice.StatusSent, &d, p.Resend)
 		return nil
 	case retry:
 		n, _ := asynq.GetRetryCount(ctx)

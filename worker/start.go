@@ -11,6 +11,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // handleStart starts a campaign at the time it was scheduled for, as
@@ -66,6 +67,7 @@ func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
 	}
 	if tr.Changed {
 		w.log.Info("scheduled campaign started", "campaign", p.CampaignID)
+		w.events.Emit(webhooks.Event{Type: webhooks.CampaignStarted, Data: webhooks.Data{CampaignID: p.CampaignID, Status: string(tr.Status)}})
 		if err := w.store.Audit(context.WithoutCancel(ctx), store.AuditEntry{
 			Actor: "scheduler", Action: "campaign.start", CampaignID: p.CampaignID, Reason: "scheduled for " + c.ScheduledAt.UTC().Format("2006-01-02T15:04:05Z"),
 		}); err != nil {

@@ -62,6 +62,7 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // Sender sends one message. *mailer.Pool is the real one.
@@ -143,6 +144,8 @@ type Worker struct {
 	alarms  map[*alarm]struct{} // rests of chunks waiting for their rate here; nil once stopping
 
 	stopping chan struct{} // closed when the process is asked to stop
+
+	events   *webhooks.Emitter // status webhooks (nil: off)
 	stopOnce sync.Once
 
 	// proc prefixes every claim token this process hands out, and live
@@ -355,6 +358,9 @@ func (w *Worker) backoff(attempts int) time.Duration {
 	}
 	return min(d, w.cfg.RetryMaxDelay)
 }
+
+// SetEvents connects the worker to the status webhooks' emitter.
+func (w *Worker) SetEvents(e *webhooks.Emitter) { w.events = e }
 
 // MessageID is derived from (campaign, recipient, resend) so that a duplicate
 // is recognisable as one.

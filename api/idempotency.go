@@ -1,0 +1,190 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/oshirase/oshirase/store"
+)
+
+// ReplayHeader marks an answer replayed from an earlier request with the same
+// Idempotency-Key (the name Stripe uses).
+const ReplayHeader = "Idempotent-Replayed"
+
+// DefaultIdempotencyTTL is how long a first answer is kept when
+// Config.IdempotencyTTL is 0 (IDEMPOTENCY_TTL's default).
+const DefaultIdempotencyTTL = 24 * time.Hour
+
+// idemInflight bounds how long a request that never answers (its process
+// died) holds its key: after it a retry runs again. It must outlast any
+// request the key guards; these are all short JSON requests.
+const idemInflight = 5 * time.Minute
+
+// maxIdemKey is the longest Idempotency-Key taken (Stripe: 255).
+const maxIdemKey = 255
+
+// idempotent wraps a POST that creates or sends, per the IETF httpapi
+// Idempotency-Key draft. Without the header the request runs as before.
+// With it, the first request for (API key name, method, path, key) runs and
+// its answer (status, body, Content-Type, Location) is kept for
+// IDEMPOTENCY_TTL; a retry with the same body gets that answer again, with
+// Idempotent-Replayed: true; a retry with another body is 422; a retry
+// while the first still runs is 409. The claim is one atomic step in Redis,
+// so two concurrent requests never both run. An answer that says "try again"
+// (5xx, 429) is not kept: the retry runs afresh.
+func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		vals := r.Header.Values("Idempotency-Key")
+		if len(vals) == 0 {
+			h(w, r)
+			return
+		}
+		key, msg := parseIdemKey(vals)
+		if msg != "" {
+			writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
+				[]fieldError{{Field: "Idempotency-Key", Error: msg}})
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
+		if err != nil {
+			bodyError(w, err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		name := ""
+		if k := Actor(r.Context()); k != nil {
+			name = k.Name
+		}
+		scope := store.IdemScope(name, r.Method, r.URL.Path, key)
+		ans, token, err := s.store.BeginIdempotent(r.Context(), scope, fingerprint(r, body), max(idemInflight, s.cfg.WriteTimeout))
+		switch {
+		case errors.Is(err, store.ErrIdemRunning):
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusConflict, "idempotency_key_in_use",
+				"a request with this Idempotency-Key is still being processed; retry later", nil)
+			return
+		case errors.Is(err, store.ErrIdemMismatch):
+			writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused",
+				"this Idempotency-Key was already used for a different request body; use a new key for a new request", nil)
+			return
+		case err != nil:
+			s.storeError(w, r, err)
+			return
+		case ans != nil:
+			for k, v := range ans.Headers {
+				w.Header().Set(k, v)
+			}
+			w.Header().Set(ReplayHeader, "true")
+			w.WriteHeader(ans.Status)
+			w.Write(ans.Body)
+			return
+		}
+		rec := &idemRecorder{ResponseWriter: w}
+		defer func() {
+			// The request's context may be gone (client left): the record
+			// must be settled anyway, or retries see 409 until it expires.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+			defer cancel()
+			if rec.status == 0 || rec.status >= 500 || rec.status == http.StatusTooManyRequests {
+				if err := s.store.AbandonIdempotent(ctx, scope, token); err != nil {
+					s.log.Error("idempotency: release failed", "route", r.Pattern, "err", err)
+				}
+				return
+			}
+			hdr := map[string]string{}
+			for _, k := range []string{"Content-Type", "Location"} {
+				if v := rec.Header().Get(k); v != "" {
+					hdr[k] = v
+				}
+			}
+			a := store.IdemAnswer{Status: rec.status, Headers: hdr, Body: rec.body.Bytes()}
+			if err := s.store.FinishIdempotent(ctx, scope, token, a, s.idemTTL()); err != nil {
+				s.log.Error("idempotency: storing the answer failed", "route", r.Pattern, "err", err)
+			}
+		}()
+		h(rec, r)
+	}
+}
+
+// IdempotencyTTL is how long first answers are kept (for the console's
+// forms, which use the same records).
+func (s *Server) IdempotencyTTL() time.Duration { return s.idemTTL() }
+
+func (s *Server) idemTTL() time.Duration {
+	if s.cfg.IdempotencyTTL > 0 {
+		return s.cfg.IdempotencyTTL
+	}
+	return DefaultIdempotencyTTL
+}
+
+// parseIdemKey reads the header as the draft writes it (a Structured Field
+// string: "abc") or bare (abc), and says what is wrong with it otherwise.
+func parseIdemKey(vals []string) (string, string) {
+	if len(vals) > 1 {
+		return "", "give one Idempotency-Key header, not several"
+	}
+	v := strings.TrimSpace(vals[0])
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		u, err := strconv.Unquote(v)
+		if err != nil {
+			return "", "Idempotency-Key is a quoted string that does not parse"
+		}
+		v = u
+	}
+	if v == "" {
+		return "", "Idempotency-Key is empty"
+	}
+	if len(v) > maxIdemKey {
+		return "", "Idempotency-Key is longer than " + strconv.Itoa(maxIdemKey) + " characters"
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return "", "Idempotency-Key may hold only printable ASCII characters"
+		}
+	}
+	return v, ""
+}
+
+// fingerprint identifies the request's content: its media type and body
+// (method, path and key name are in the record's name already).
+func fingerprint(r *http.Request, body []byte) string {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	h := sha256.New()
+	h.Write([]byte(mt + "\n"))
+	h.Write(body)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// idemRecorder passes an answer through and keeps a copy of it.
+type idemRecorder struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *idemRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *idemRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (r *idemRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

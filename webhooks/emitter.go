@@ -1,0 +1,206 @@
+package webhooks
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
+)
+
+// Payload is a delivery task's payload: the message id (webhook-id, the
+// same on every retry) and the events, without personal data.
+type Payload struct {
+	Endpoint string  `json:"endpoint"`
+	ID       string  `json:"id"`
+	Events   []Event `json:"events"`
+}
+
+// MaxRetry with RetryDelay's backoff (capped at an hour) spans about three
+// days of attempts.
+const MaxRetry = 80
+
+// Emitter batches events and enqueues their deliveries. Emit is safe on a
+// nil *Emitter (webhooks off) and costs an atomic load while no endpoint is
+// registered.
+type Emitter struct {
+	store    *store.Store
+	queue    tasks.Enqueuer
+	log      *slog.Logger
+	batch    int
+	interval time.Duration
+
+	ch      chan Event
+	active  atomic.Bool // some enabled endpoint exists
+	mu      sync.Mutex
+	hooks   []store.Webhook
+	dropped atomic.Int64
+	done    chan struct{}
+}
+
+// NewEmitter returns an emitter that sends up to batch events per request.
+func NewEmitter(st *store.Store, q tasks.Enqueuer, batch int, log *slog.Logger) *Emitter {
+	if batch <= 0 {
+		batch = 100
+	}
+	return &Emitter{store: st, queue: q, log: log, batch: batch, interval: time.Second,
+		ch: make(chan Event, 64*1024), done: make(chan struct{})}
+}
+
+// Emit hands ev to the emitter. It never blocks: past 65,536 events waiting
+// (Redis away for long) events are dropped, counted and logged.
+func (e *Emitter) Emit(ev Event) {
+	if e == nil || !e.active.Load() {
+		return
+	}
+	if ev.Timestamp.IsZero() {
+		ev.Timestamp = time.Now().UTC()
+	}
+	select {
+	case e.ch <- ev:
+	default:
+		metrics.WebhookEventsDropped.Inc()
+		if e.dropped.Add(1)%1000 == 1 {
+			e.log.Error("webhooks: event buffer full; events dropped", "dropped", e.dropped.Load())
+		}
+	}
+}
+
+// Refresh reads the endpoints again now (after a change through this
+// process's API, so it need not wait for the next periodic read).
+func (e *Emitter) Refresh(ctx context.Context) error {
+	if e == nil {
+		return nil
+	}
+	hs, err := e.store.Webhooks(ctx)
+	if err != nil {
+		return err
+	}
+	hs = slices.DeleteFunc(hs, func(w store.Webhook) bool { return w.DisabledAt != nil })
+	e.mu.Lock()
+	e.hooks = hs
+	e.mu.Unlock()
+	e.active.Store(len(hs) > 0)
+	return nil
+}
+
+// Run batches and enqueues until ctx ends, then flushes what it holds.
+func (e *Emitter) Run(ctx context.Context) {
+	defer close(e.done)
+	if err := e.Refresh(ctx); err != nil {
+		e.log.Warn("webhooks: reading endpoints", "err", err)
+	}
+	tick := time.NewTicker(e.interval)
+	defer tick.Stop()
+	refresh := time.NewTicker(5 * time.Second)
+	defer refresh.Stop()
+	var buf []Event
+	for {
+		select {
+		case ev := <-e.ch:
+			buf = append(buf, ev)
+			if len(buf) >= e.batch {
+				buf = e.flush(ctx, buf)
+			}
+		case <-tick.C:
+			buf = e.flush(ctx, buf)
+		case <-refresh.C:
+			if err := e.Refresh(ctx); err != nil {
+				e.log.Warn("webhooks: reading endpoints", "err", err)
+			}
+		case <-ctx.Done():
+		drain:
+			for {
+				select {
+				case ev := <-e.ch:
+					buf = append(buf, ev)
+				default:
+					break drain
+				}
+			}
+			e.flush(context.WithoutCancel(ctx), buf)
+			return
+		}
+	}
+}
+
+// Wait waits for Run to have flushed after its context ended.
+func (e *Emitter) Wait() {
+	if e != nil {
+		<-e.done
+	}
+}
+
+// flush enqueues one delivery per endpoint and batch; it returns what is
+// left to send (nothing, or everything when Redis refused).
+func (e *Emitter) flush(ctx context.Context, evs []Event) []Event {
+	if len(evs) == 0 {
+		return evs
+	}
+	e.mu.Lock()
+	hooks := e.hooks
+	e.mu.Unlock()
+	for _, h := range hooks {
+		var mine []Event
+		for _, ev := range evs {
+			if Wants(&h, ev) {
+				mine = append(mine, ev)
+			}
+		}
+		for len(mine) > 0 {
+			n := min(len(mine), e.batch)
+			p := Payload{Endpoint: h.ID, ID: "msg_" + newID(), Events: mine[:n]}
+			if err := enqueue(ctx, e.queue, p); err != nil {
+				// Kept in order and tried again at the next tick.
+				e.log.Warn("webhooks: enqueue failed; kept for the next try", "endpoint", h.ID, "err", err)
+				// (an endpoint before this one may get these again: at
+				// least once, as documented)
+				if len(evs) > cap(e.ch) {
+					metrics.WebhookEventsDropped.Add(float64(len(evs) - cap(e.ch)))
+					e.log.Error("webhooks: Redis refuses deliveries; oldest events dropped", "dropped", len(evs)-cap(e.ch))
+					return evs[len(evs)-cap(e.ch):]
+				}
+				return evs
+			}
+			mine = mine[n:]
+		}
+	}
+	return evs[:0]
+}
+
+// Wants reports whether endpoint h subscribed to ev.
+func Wants(h *store.Webhook, ev Event) bool {
+	if h.CampaignID != "" && h.CampaignID != ev.Data.CampaignID {
+		return false
+	}
+	return slices.Contains(h.Events, "*") || slices.Contains(h.Events, ev.Type)
+}
+
+func enqueue(ctx context.Context, q tasks.Enqueuer, p Payload) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("webhook payload: %w", err)
+	}
+	return tasks.Enqueue(ctx, q, asynq.NewTask(TaskDeliver, b), asynq.Queue(Queue), asynq.TaskID(p.ID),
+		asynq.MaxRetry(MaxRetry), asynq.Timeout(30*time.Second), asynq.Retention(24*time.Hour))
+}
+
+func newID() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
