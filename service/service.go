@@ -200,7 +200,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Checks: s.guard.readyChecks(), Limits: api.Limits{
 				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
-			}, DKIMDomains: mopts.DKIMDomains()}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+			}, DKIMDomains: mopts.DKIMDomains(), BounceWindow: cfg.BounceWindow, RetryMaxAge: cfg.RetryMaxAge}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		if err := mountExtras(s); err != nil {
 			return nil, err
 		}
