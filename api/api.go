@@ -54,6 +54,14 @@ type Config struct {
 	// WebhookRotateOverlap is how long a rotated-out secret still signs
 	// (WEBHOOK_ROTATE_OVERLAP; 0: 24 h).
 	WebhookRotateOverlap time.Duration
+	// BounceWindow is how long after a campaign's last send a bounce may
+	// still come (BOUNCE_WINDOW): until then its sent recipients are
+	// "unknown" in the reach summary, after it "reached" (default 72h).
+	BounceWindow time.Duration
+	// RetryMaxAge is how long the worker tries a recipient (RETRY_MAX_AGE):
+	// one still unresolved that long after its first attempt is listed as
+	// not reached (default 72h).
+	RetryMaxAge time.Duration
 }
 
 // Check is a readiness check beyond "it answers": Run returns the word
@@ -85,6 +93,12 @@ type Server struct {
 func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys *Keys, smtp Pinger, log *slog.Logger) *Server {
 	if cfg.MaxUploadBytes <= 0 {
 		cfg.MaxUploadBytes = 2 << 30
+	}
+	if cfg.BounceWindow <= 0 {
+		cfg.BounceWindow = 72 * time.Hour
+	}
+	if cfg.RetryMaxAge <= 0 {
+		cfg.RetryMaxAge = 72 * time.Hour
 	}
 	if log == nil {
 		log = slog.Default()
@@ -138,6 +152,7 @@ func (s *Server) routes() {
 	h("POST /v1/campaigns/{id}/cancel", s.cancelCampaign)
 	h("GET /v1/campaigns/{id}/preview", s.previewCampaign)
 	h("GET /v1/campaigns/{id}/report", s.campaignReport)
+	h("GET /v1/campaigns/{id}/unreachable", s.unreachableReport)
 	h("POST /v1/campaigns/{id}/test", s.idempotent(s.testSend))
 	h("POST /v1/campaigns/{id}/purge", s.idempotent(s.purgeCampaign))
 	h("POST /v1/campaigns/{id}/retry", s.idempotent(s.retryCampaign))

@@ -306,7 +306,8 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.sentNeverBack(c)
-	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, time.Now())})
+	now := time.Now()
+	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, now), Reach: reachOf(c, now, s.cfg.BounceWindow)})
 }
 
 // sentNeverBack keeps the sent count this process shows from going down.
@@ -345,6 +346,8 @@ func (s *Server) sentNeverBack(c *notice.Campaign) {
 type campaignView struct {
 	*notice.Campaign
 	Progress *progress `json:"progress,omitempty"`
+	// Reach says who was told: reached, not_reached, unknown (see reachOf).
+	Reach *reach `json:"reach,omitempty"`
 }
 
 // progress is how a sending campaign drains, for operators watching it:

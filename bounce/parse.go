@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -63,6 +64,11 @@ func Parse(r io.Reader) (*Report, error) {
 			return parseDSN(e)
 		case "feedback-report":
 			return parseARF(e)
+		}
+	}
+	if ct == "" || ct == "text/plain" {
+		if rep, ok := parseQmail(e); ok {
+			return rep, nil
 		}
 	}
 	if isAutoReply(&e.Header) {
@@ -240,3 +246,63 @@ func parseARF(e *message.Entity) (*Report, error) {
 	})
 	return rep, err
 }
+
+// qmailBreak ends the report part of a qmail bounce (QSBMF); what follows
+// is the returned message.
+const qmailBreak = "--- Below this line is a copy of the message."
+
+// qmailStatus is the "(#5.1.1)" qmail appends to its own failure texts.
+var qmailStatus = regexp.MustCompile(`\(#([245]\.\d{1,3}\.\d{1,3})\)`)
+
+// parseQmail reads qmail-send's bounce, which is not RFC 3464 but its
+// own plain text (QSBMF, cr.yp.to/proto/qsbmf.txt): "Hi. This is the
+// qmail-send program at host.", then per recipient a paragraph "<addr>:"
+// and the reason, then the break line and the returned message. qmail
+// bounces only what it has given up on (a permanent failure, or its queue
+// lifetime run out), so every one is a final failure; the status is the
+// "(#x.y.z)" in the reason, else the remote server's enhanced code, else
+// 5.0.0. The token comes from the envelope (VERP) or the returned
+// X-Oshirase-Token header. ok is false for any other plain text.
+func parseQmail(e *message.Entity) (*Report, bool) {
+	b, err := io.ReadAll(io.LimitReader(e.Body, 256<<10))
+	if err != nil {
+		return nil, false
+	}
+	text := strings.ReplaceAll(string(b), "\r\n", "\n")
+	if !strings.HasPrefix(strings.TrimLeft(text, "\n"), "Hi. This is the qmail-send program") {
+		return nil, false
+	}
+	rep := &Report{Kind: KindBounce, Action: "failed"}
+	report, returned, _ := strings.Cut(text, qmailBreak)
+	if host, _, ok := strings.Cut(strings.TrimPrefix(strings.TrimLeft(report, "\n"), "Hi. This is the qmail-send program at "), "\n"); ok {
+		rep.ReportingMTA = strings.TrimSuffix(strings.TrimSpace(host), ".")
+	}
+	// The first recipient paragraph: "<addr>:" then its reason.
+	for _, para := range strings.Split(report, "\n\n") {
+		para = strings.TrimSpace(para)
+		if !strings.HasPrefix(para, "<") {
+			continue
+		}
+		addr, reason, _ := strings.Cut(para, "\n")
+		rep.FinalRecipient = strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(addr, "<"), ":"), ">")
+		rep.Diagnostic = strings.Join(strings.Fields(reason), " ")
+		break
+	}
+	switch m := qmailStatus.FindStringSubmatch(rep.Diagnostic); {
+	case m != nil:
+		rep.Status = m[1]
+	default:
+		if m := enhancedInText.FindString(rep.Diagnostic); m != "" {
+			rep.Status = m
+		} else {
+			rep.Status = "5.0.0"
+		}
+	}
+	if h, err := textproto.ReadHeader(bufio.NewReader(strings.NewReader(strings.TrimLeft(returned, "\n")))); err == nil || h.Len() > 0 {
+		rep.HeaderToken = strings.ToLower(strings.TrimSpace(h.Get("X-Oshirase-Token")))
+	}
+	return rep, true
+}
+
+// enhancedInText finds an RFC 3463 code in a server's reply text.
+var enhancedInText = regexp.MustCompile(`\b[45]\.\d{1,3}\.\d{1,3}\b`)

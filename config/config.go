@@ -64,6 +64,7 @@ type Config struct {
 	BounceSecret           string
 	InboundURL             string
 	InboundMaxBytes        int
+	BounceWindow           time.Duration
 	LogFormat              string
 	LogLevel               string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
@@ -240,6 +241,7 @@ var settings = []setting{
 	{"BOUNCE_SECRET", "", "HMAC key of bounce tokens (at least 16 characters; required with BOUNCE_DOMAIN): a bounce whose token does not match marks nobody", str(func(c *Config) *string { return &c.BounceSecret })},
 	{"INBOUND_URL", "", "where the bounce receiver listens: lmtp://host:port or smtp://host:port; `oshirase inbound` needs it, `oshirase serve` runs the receiver too when it is set. Takes mail only for BOUNCE_DOMAIN (anything else 550: it never relays)", str(func(c *Config) *string { return &c.InboundURL })},
 	{"INBOUND_MAX_BYTES", "1048576", "largest message the bounce receiver takes (552 past it); a DSN with RET=HDRS is a few KB", integer(func(c *Config) *int { return &c.InboundMaxBytes })},
+	{"BOUNCE_WINDOW", "72h", "how long after a campaign's last send a bounce may still come: until it has passed, its sent recipients count as unknown in the campaign's reach summary, after it as reached (no bounce)", dur(func(c *Config) *time.Duration { return &c.BounceWindow })},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

@@ -217,6 +217,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
 			}, DKIMDomains: mopts.DKIMDomains(), IdempotencyTTL: cfg.IdempotencyTTL,
+			BounceWindow: cfg.BounceWindow, RetryMaxAge: cfg.RetryMaxAge,
 			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
 		s.API.SetEvents(s.Events)
 		if err := mountExtras(s); err != nil {
