@@ -26,6 +26,7 @@ import (
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/webhooks"
 )
 
 // Config configures a Server.
@@ -36,6 +37,17 @@ type Config struct {
 	Store    *store.Store
 	Log      *slog.Logger
 	Now      func() time.Time
+	// Events, when set, gets recipient.bounced, recipient.complained and
+	// recipient.delayed for the status webhooks (nil-safe).
+	Events *webhooks.Emitter
+}
+
+// returnedEvents are the status webhook events of what comes back: a
+// bounce or complaint that changed the recipient's status, and a delay.
+var returnedEvents = map[bounce.Kind]string{
+	bounce.KindBounce:    webhooks.RecipientBounced,
+	bounce.KindComplaint: webhooks.RecipientComplained,
+	bounce.KindDelayed:   webhooks.RecipientDelayed,
 }
 
 // Server is a running receiver.
@@ -233,6 +245,10 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 	s.cfg.Log.Info("returned message recorded", "campaign", ref.Campaign, "recipient", ref.Recipient, "delivery", ref.Delivery,
 		"kind", kind, "status", rep.Status, "token_from", how, "before", out.Before, "after", out.After)
 	suppress := out.After != out.Before && r != nil && (rep.Hard() || rep.Kind == bounce.KindComplaint)
+	if typ := returnedEvents[rep.Kind]; typ != "" && (out.After != out.Before || rep.Kind == bounce.KindDelayed) {
+		s.cfg.Events.Emit(webhooks.Event{Type: typ, Data: webhooks.Data{CampaignID: ref.Campaign, RecipientID: ref.Recipient,
+			Status: string(out.After), EnhancedCode: rep.Status, Resend: ref.Delivery}})
+	}
 	if out.After != out.Before {
 		// The proof of notification changed: audited like any other
 		// change of a recipient's outcome (no address: the ids say who).

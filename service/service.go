@@ -133,6 +133,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	}
 	s.Mailer = pool
 
+	// Status webhook events of this process (API, worker, bounce receiver).
+	if opts.Worker || opts.API || opts.Inbound || cfg.InboundURL != "" {
+		s.Events = webhooks.NewEmitter(s.Store, s.Queue, cfg.WebhookBatchSize, log)
+	}
 	if cfg.BounceDomain != "" || cfg.BounceSecret != "" {
 		if s.Bounce, err = bounce.New(cfg.BounceDomain, cfg.BounceSecret); err != nil {
 			return nil, err
@@ -143,12 +147,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			return nil, errors.New("INBOUND_URL is not set: give the receiver lmtp://host:port or smtp://host:port")
 		}
 		if s.Inbound, err = inbound.Listen(inbound.Config{URL: cfg.InboundURL, MaxBytes: cfg.InboundMaxBytes,
-			Codec: s.Bounce, Store: s.Store, Log: log}); err != nil {
+			Codec: s.Bounce, Store: s.Store, Log: log, Events: s.Events}); err != nil {
 			return nil, err
 		}
-	}
-	if opts.Worker || opts.API {
-		s.Events = webhooks.NewEmitter(s.Store, s.Queue, cfg.WebhookBatchSize, log)
 	}
 	if opts.Worker {
 		sender := opts.Sender
