@@ -163,6 +163,16 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	// one, or given one below), so other campaigns' chunks in the shared
 	// queue say nothing about this one: no queue-wide look here.
 	now := time.Now()
+	// Leases are the quick signal, not the last word: a failover can roll
+	// the lease set back to before chunks finished, leaving leases of
+	// tasks that no longer exist, alive for minutes. A campaign with
+	// pending recipients, nothing being sent and no progress for a long
+	// while (a minute, or three of its turns when its rate is slower) is
+	// stalled whatever its leases say.
+	long := w.noProgress(id, c, now)
+	if long {
+		stalled = true
+	}
 	w.mu.Lock()
 	prev, seen := w.stalls[id]
 	if stalled && (!seen || prev.open != c.Counts.Open()) {
@@ -174,7 +184,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	// Two sweeps at least, a few seconds apart: a chunk task between its
 	// dequeue and its lease, or being re-enqueued, is not a stall.
 	stallAfter := max(2*w.sweepEvery(), min(w.cfg.ClaimTTL/2, 5*time.Second))
-	if !stalled || !seen || prev.open != c.Counts.Open() || now.Sub(prev.since) < stallAfter {
+	if !long && (!stalled || !seen || prev.open != c.Counts.Open() || now.Sub(prev.since) < stallAfter) {
 		return nil
 	}
 	w.mu.Lock()
@@ -197,7 +207,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	size := int64(w.cfg.ChunkSize)
 	var chunks []int64
 	for _, from := range all {
-		if from >= cursor {
+		if from >= cursor && !long {
 			break
 		}
 		if err := w.store.SetChunkLease(ctx, id, from, time.Now().Add(w.queuedTTL())); err != nil {
@@ -245,4 +255,36 @@ func (w *Worker) sweepCancelled(ctx context.Context, id string) error {
 		return w.store.Inactive(ctx, id)
 	}
 	return nil
+}
+
+// progress is when a campaign's open count last changed, as the watchdog saw.
+type progress struct {
+	since time.Time
+	open  int64
+}
+
+// noProgress says whether campaign c, with pending recipients and none
+// being sent, has made no progress for a long while: a minute, or three of
+// its rate's turns if that is longer. It then starts the clock again, so
+// that its caller acts once per such while, not at every sweep.
+func (w *Worker) noProgress(id string, c *notice.Campaign, now time.Time) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.progress == nil {
+		w.progress = map[string]progress{}
+	}
+	p, ok := w.progress[id]
+	if !ok || p.open != c.Counts.Open() || c.Counts.Pending == 0 || c.Counts.Sending > 0 {
+		w.progress[id] = progress{since: now, open: c.Counts.Open()}
+		return false
+	}
+	limit := time.Minute
+	if r := w.rateOf(c); r > 0 {
+		limit = max(limit, time.Duration(3/r*float64(time.Second)))
+	}
+	if now.Sub(p.since) < limit {
+		return false
+	}
+	w.progress[id] = progress{since: now, open: c.Counts.Open()}
+	return true
 }

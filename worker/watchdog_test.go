@@ -178,3 +178,34 @@ func TestStallFoundBesideAnotherCampaign(t *testing.T) {
 	}
 	t.Fatalf("stall not found in 15 s while another campaign has a chunk queued")
 }
+
+// TestStallFoundBehindLeftoverLease: a failover can roll the lease set back
+// to before chunks finished, leaving the lease of a task that no longer
+// exists, alive for minutes (a queued chunk's lasts 5 × CLAIM_TTL). A
+// campaign with pending recipients, none being sent and no progress for a
+// minute is stalled whatever its leases say.
+func TestStallFoundBehindLeftoverLease(t *testing.T) {
+	w, st, insp, cid, _ := watchdogFixture(t, 12)
+	ctx := context.Background()
+	if err := st.SetChunkLease(ctx, cid, 6, time.Now().Add(w.queuedTTL())); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(bulkTasks(t, insp, "chunk:"+cid)); n != 0 {
+		t.Fatalf("%d chunk tasks at the first sweep: the lease should still count then", n)
+	}
+	// As if that sweep had been a minute and a half ago.
+	w.mu.Lock()
+	p := w.progress[cid]
+	p.since = p.since.Add(-90 * time.Second)
+	w.progress[cid] = p
+	w.mu.Unlock()
+	if err := w.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(bulkTasks(t, insp, "chunk:"+cid)); n == 0 {
+		t.Fatal("no chunk enqueued again after a minute and a half without progress behind a leftover lease")
+	}
+}

@@ -157,6 +157,8 @@ type Worker struct {
 	live    map[string]int
 	orphans sync.RWMutex // held by the watchdog from its look at live to its steal
 
+	progress map[string]progress // under mu: when each campaign last moved (noProgress)
+
 	warned map[string]time.Time // under mu: log lines said at most once per interval
 }
 
