@@ -167,7 +167,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	// the lease set back to before chunks finished, leaving leases of
 	// tasks that no longer exist, alive for minutes. A campaign with
 	// pending recipients, nothing being sent and no progress for a long
-	// while (a minute, or three of its turns when its rate is slower) is
+	// while (15 s, or three of its turns when its rate is slower) is
 	// stalled whatever its leases say.
 	long := w.noProgress(id, c, now)
 	if long {
@@ -220,7 +220,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		chunks = append(chunks, from)
 	}
 	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending,
-		"stalled_for", now.Sub(prev.since).Round(time.Millisecond).String())
+		"stalled_for", stalledFor(seen, prev.since, now), "no_progress", long)
 	return nil
 }
 
@@ -264,8 +264,8 @@ type progress struct {
 }
 
 // noProgress says whether campaign c, with pending recipients and none
-// being sent, has made no progress for a long while: a minute, or three of
-// its rate's turns if that is longer. It then starts the clock again, so
+// being sent, has made no progress for a long while: 15 s, or three of its
+// rate's turns if that is longer. It then starts the clock again, so
 // that its caller acts once per such while, not at every sweep.
 func (w *Worker) noProgress(id string, c *notice.Campaign, now time.Time) bool {
 	w.mu.Lock()
@@ -278,7 +278,7 @@ func (w *Worker) noProgress(id string, c *notice.Campaign, now time.Time) bool {
 		w.progress[id] = progress{since: now, open: c.Counts.Open()}
 		return false
 	}
-	limit := time.Minute
+	limit := 15 * time.Second
 	if r := w.rateOf(c); r > 0 {
 		limit = max(limit, time.Duration(3/r*float64(time.Second)))
 	}
@@ -287,4 +287,13 @@ func (w *Worker) noProgress(id string, c *notice.Campaign, now time.Time) bool {
 	}
 	w.progress[id] = progress{since: now, open: c.Counts.Open()}
 	return true
+}
+
+// stalledFor says how long a stall has been seen, for the log ("" when this
+// sweep found it by its lack of progress alone).
+func stalledFor(seen bool, since, now time.Time) string {
+	if !seen || since.IsZero() {
+		return ""
+	}
+	return now.Sub(since).Round(time.Millisecond).String()
 }

@@ -187,8 +187,8 @@ func TestStallFoundBesideAnotherCampaign(t *testing.T) {
 // TestStallFoundBehindLeftoverLease: a failover can roll the lease set back
 // to before chunks finished, leaving the lease of a task that no longer
 // exists, alive for minutes (a queued chunk's lasts 5 × CLAIM_TTL). A
-// campaign with pending recipients, none being sent and no progress for a
-// minute is stalled whatever its leases say.
+// campaign with pending recipients, none being sent and no progress for
+// 15 s is stalled whatever its leases say.
 func TestStallFoundBehindLeftoverLease(t *testing.T) {
 	w, st, insp, cid, _ := watchdogFixture(t, 12)
 	ctx := context.Background()
