@@ -37,17 +37,8 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	bom := true
-	if v := q.Get("bom"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", nil)
-			return
-		}
-		bom = b
-	}
-	if fe := s.cardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+	bom, ok := s.downloadQuery(w, r)
+	if !ok {
 		return
 	}
 	st, err := s.store.State(r.Context(), id)
@@ -71,17 +62,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	details, _ := json.Marshal(map[string]any{"status": want, "recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
-	// A million rows may take longer than HTTP_WRITE_TIMEOUT to go out:
-	// the deadline moves on with every write that gets through.
-	w = flowWriter{w, s.flow(w)}
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="oshirase-%s-report.csv"`, id))
-	if bom {
-		w.Write([]byte("\ufeff"))
-	}
-	cw := csv.NewWriter(w)
-	cw.UseCRLF = true // RFC 4180, as spreadsheets expect
-	cw.Write(reportColumns)
+	w, cw := s.startCSV(w, "oshirase-"+id+"-report.csv", bom, reportColumns)
 	rc := http.NewResponseController(w)
 	for from := int64(1); from <= st.Seq; from += reportBatch {
 		ch, err := s.store.LoadRecipients(r.Context(), id, from, min(from+reportBatch, st.Seq+1), time.Time{})
@@ -194,4 +175,42 @@ func spreadsheetSafe(v string) string {
 		return "'" + v
 	}
 	return v
+}
+
+// downloadQuery reads what every CSV download takes from its query: bom
+// (true unless "false": Excel wants the byte order mark) and a reason for
+// the audit log that holds no card number. Not ok: the error is answered.
+func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok bool) {
+	q := r.URL.Query()
+	bom = true
+	if v := q.Get("bom"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", nil)
+			return false, false
+		}
+		bom = b
+	}
+	if fe := s.cardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+		return false, false
+	}
+	return bom, true
+}
+
+// startCSV begins a streamed CSV attachment named file: its headers, the
+// byte order mark when bom, and the header row. The returned writer moves
+// the connection's write deadline on with every write that gets through, so
+// a million rows may take longer than HTTP_WRITE_TIMEOUT.
+func (s *Server) startCSV(w http.ResponseWriter, file string, bom bool, columns []string) (http.ResponseWriter, *csv.Writer) {
+	w = flowWriter{w, s.flow(w)}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s"`, file))
+	if bom {
+		w.Write([]byte("\ufeff"))
+	}
+	cw := csv.NewWriter(w)
+	cw.UseCRLF = true // RFC 4180, as spreadsheets expect
+	cw.Write(columns)
+	return w, cw
 }

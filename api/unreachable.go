@@ -1,9 +1,7 @@
 package api
 
 import (
-	"encoding/csv"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -29,17 +27,8 @@ var unreachableColumns = []string{
 func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	q := r.URL.Query()
-	bom := true
-	if v := q.Get("bom"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", nil)
-			return
-		}
-		bom = b
-	}
-	if fe := s.cardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+	bom, ok := s.downloadQuery(w, r)
+	if !ok {
 		return
 	}
 	st, err := s.store.State(r.Context(), id)
@@ -59,15 +48,7 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 	details, _ := json.Marshal(map[string]any{"recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.unreachable", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
-	w = flowWriter{w, s.flow(w)}
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="oshirase-%s-unreachable.csv"`, id))
-	if bom {
-		w.Write([]byte("\ufeff"))
-	}
-	cw := csv.NewWriter(w)
-	cw.UseCRLF = true
-	cw.Write(unreachableColumns)
+	w, cw := s.startCSV(w, "oshirase-"+id+"-unreachable.csv", bom, unreachableColumns)
 	rc := http.NewResponseController(w)
 	now := time.Now()
 	for from := int64(1); from <= rows; from += reportBatch {
