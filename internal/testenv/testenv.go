@@ -45,6 +45,10 @@ const (
 	DBCmd     = 9
 	DBMisc    = 10
 	DBInbound = 11
+	DBAuth    = 12 // auth/ and accounts
+	DBCLI     = 13 // the CLI against a real server
+	DBApp     = 14 // the application layer
+	DBConsole = 15 // console browser tests
 )
 
 // Addr is the shared test Redis (REDIS_TEST_ADDR overrides it).
