@@ -9,7 +9,6 @@ package inbound
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,6 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oshirase/oshirase/bounce"
-	"github.com/oshirase/oshirase/metrics"
-	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/webhooks"
 )
@@ -195,86 +192,13 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 		if errors.Is(err, bounce.ErrToken) && how != "" {
 			outcome = "bad_token"
 		}
-		metrics.Returned.WithLabelValues(kind, outcome).Inc()
-		s.cfg.Log.Warn("returned message tied to no notice: kept aside, no recipient changed", "kind", kind, "outcome", outcome,
-			"token_from", how, "bytes", len(raw), "parse_err", errString(perr), "err", err)
-		if kerr := s.cfg.Store.KeepUnmatched(ctx, s.cfg.Now().UTC(), kind, outcome, raw); kerr != nil {
-			s.cfg.Log.Error("returned message tied to no notice: keep", "err", kerr)
+		if kerr := s.rec().unmatched(ctx, kind, outcome, how, raw, err, "parse_err", errString(perr)); kerr != nil {
 			return errTemp
 		}
 		return nil
 	}
-	ev := notice.Returned{
-		At: s.cfg.Now().UTC(), Kind: kind, Delivery: ref.Delivery, Action: rep.Action, Status: rep.Status,
-		Diagnostic: rep.Diagnostic, ReportingMTA: rep.ReportingMTA, FeedbackType: rep.FeedbackType,
-	}
-	var set notice.Status
-	switch rep.Kind {
-	case bounce.KindBounce:
-		set = notice.StatusBounced
-	case bounce.KindComplaint:
-		set = notice.StatusComplained
-	}
-	r, err := s.cfg.Store.Recipient(ctx, ref.Campaign, ref.Recipient)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		s.cfg.Log.Error("returned message: read recipient", "campaign", ref.Campaign, "recipient", ref.Recipient, "err", err)
-		metrics.Returned.WithLabelValues(kind, "error").Inc()
+	if err := s.rec().record(ctx, outcome{ref: ref, how: how, rep: rep, hard: rep.Hard(), raw: raw, via: "mail"}); err != nil {
 		return errTemp
-	}
-	if r != nil && ref.Delivery < len(r.Resends) {
-		// A later resend is what counts now (perhaps to a corrected
-		// address): an old delivery's bounce is history, not the status.
-		set = ""
-	}
-	out, err := s.cfg.Store.RecordReturned(ctx, ref.Campaign, ref.Recipient, ev, set, raw)
-	switch {
-	case errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPurged):
-		metrics.Returned.WithLabelValues(kind, "gone").Inc()
-		s.cfg.Log.Warn("returned message for a campaign or recipient that is gone: not recorded", "campaign", ref.Campaign,
-			"recipient", ref.Recipient, "kind", kind, "err", err)
-		return nil
-	case err != nil:
-		metrics.Returned.WithLabelValues(kind, "error").Inc()
-		s.cfg.Log.Error("returned message: record", "campaign", ref.Campaign, "recipient", ref.Recipient, "err", err)
-		return errTemp
-	case out.Duplicate:
-		metrics.Returned.WithLabelValues(kind, "duplicate").Inc()
-		return nil
-	}
-	metrics.Returned.WithLabelValues(kind, "recorded").Inc()
-	s.cfg.Log.Info("returned message recorded", "campaign", ref.Campaign, "recipient", ref.Recipient, "delivery", ref.Delivery,
-		"kind", kind, "status", rep.Status, "token_from", how, "before", out.Before, "after", out.After)
-	suppress := out.After != out.Before && r != nil && (rep.Hard() || rep.Kind == bounce.KindComplaint)
-	if typ := returnedEvents[rep.Kind]; typ != "" && (out.After != out.Before || rep.Kind == bounce.KindDelayed) {
-		s.cfg.Events.Emit(webhooks.Event{Type: typ, Data: webhooks.Data{CampaignID: ref.Campaign, RecipientID: ref.Recipient,
-			Status: string(out.After), EnhancedCode: rep.Status, Resend: ref.Delivery}})
-	}
-	if out.After != out.Before {
-		// The proof of notification changed: audited like any other
-		// change of a recipient's outcome (no address: the ids say who).
-		details, _ := json.Marshal(map[string]any{"delivery": ref.Delivery, "action": rep.Action, "status": rep.Status,
-			"reporting_mta": rep.ReportingMTA, "feedback_type": rep.FeedbackType, "suppressed": suppress, "token_from": how})
-		if err := s.cfg.Store.Audit(ctx, store.AuditEntry{Actor: "inbound", Action: "recipient." + string(out.After),
-			CampaignID: ref.Campaign, Recipient: ref.Recipient, Details: details}); err != nil {
-			s.cfg.Log.Error("audit log write failed", "action", "recipient."+string(out.After), "err", err)
-		}
-	}
-	if suppress {
-		addr := r.Email
-		if ref.Delivery > 0 && ref.Delivery <= len(r.Resends) && r.Resends[ref.Delivery-1].Email != "" {
-			addr = r.Resends[ref.Delivery-1].Email
-		}
-		sup := store.Suppression{Email: addr, CampaignID: ref.Campaign, Enhanced: rep.Status,
-			Reason: "bounced: " + rep.Status + " " + notice.MaskAddresses(rep.Diagnostic)}
-		if rep.Kind == bounce.KindComplaint {
-			sup.Reason = "complained: " + firstNonEmpty(rep.FeedbackType, "abuse")
-		}
-		if err := s.cfg.Store.Suppress(ctx, sup); err != nil {
-			// The status is recorded; the suppression is what a retry of
-			// this message would add, so ask for one.
-			s.cfg.Log.Error("returned message: suppress address", "campaign", ref.Campaign, "recipient", ref.Recipient, "err", err)
-			return errTemp
-		}
 	}
 	return nil
 }
