@@ -65,8 +65,17 @@ type Config struct {
 	InboundURL             string
 	InboundMaxBytes        int
 	BounceWindow           time.Duration
-	LogFormat              string
-	LogLevel               string
+	// SESTopicARNs are the SNS topics whose SES events /v1/inbound/ses
+	// takes (SES_TOPIC_ARNS); empty: the endpoint is off.
+	SESTopicARNs []string
+	// SendGridPublicKey verifies SendGrid's signed event webhook
+	// (SENDGRID_WEBHOOK_PUBLIC_KEY); empty: /v1/inbound/sendgrid is off.
+	SendGridPublicKey string
+	// SendGridSMTPAPI puts each notice's bounce token in an X-SMTPAPI
+	// header's unique_args, so SendGrid's events name it (SENDGRID_SMTPAPI).
+	SendGridSMTPAPI bool
+	LogFormat       string
+	LogLevel        string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
 	// knowingly (REDIS_ACCEPT_RISK); the others stop the service at start.
 	RedisAcceptRisk RedisRisks
@@ -242,6 +251,28 @@ var settings = []setting{
 	{"INBOUND_URL", "", "where the bounce receiver listens: lmtp://host:port or smtp://host:port; `oshirase inbound` needs it, `oshirase serve` runs the receiver too when it is set. Takes mail only for BOUNCE_DOMAIN (anything else 550: it never relays)", str(func(c *Config) *string { return &c.InboundURL })},
 	{"INBOUND_MAX_BYTES", "1048576", "largest message the bounce receiver takes (552 past it); a DSN with RET=HDRS is a few KB", integer(func(c *Config) *int { return &c.InboundMaxBytes })},
 	{"BOUNCE_WINDOW", "72h", "how long after a campaign's last send a bounce may still come: until it has passed, its sent recipients count as unknown in the campaign's reach summary, after it as reached (no bounce)", dur(func(c *Config) *time.Duration { return &c.BounceWindow })},
+	{"SES_TOPIC_ARNS", "", "Amazon SNS topics (ARNs, comma-separated) whose SES events POST /v1/inbound/ses takes: bounces, complaints, deliveries and delays, tied to notices by the bounce token (needs BOUNCE_DOMAIN and BOUNCE_SECRET); messages are verified by their SNS signature; empty = the endpoint is off (404)", func(c *Config, v string) error {
+		c.SESTopicARNs = nil
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			if f := strings.Split(a, ":"); len(f) != 6 || f[0] != "arn" || !strings.HasPrefix(f[1], "aws") || f[2] != "sns" || f[5] == "" {
+				return fmt.Errorf("%q is not an SNS topic ARN like arn:aws:sns:ap-northeast-1:123456789012:ses-events", a)
+			}
+			c.SESTopicARNs = append(c.SESTopicARNs, a)
+		}
+		return nil
+	}},
+	{"SENDGRID_WEBHOOK_PUBLIC_KEY", "", "verification key of SendGrid's signed event webhook, as SendGrid shows it (base64; ECDSA P-256): POST /v1/inbound/sendgrid takes bounce, dropped, spamreport, deferred and delivered events signed with it (needs BOUNCE_DOMAIN, BOUNCE_SECRET and SENDGRID_SMTPAPI on the workers); empty = the endpoint is off (404)", str(func(c *Config) *string { return &c.SendGridPublicKey })},
+	{"SENDGRID_SMTPAPI", "false", "the relay is SendGrid: each notice carries X-SMTPAPI: {\"unique_args\":{\"oshirase_token\":\"<bounce token>\"}} so SendGrid's events name their notice (needs BOUNCE_DOMAIN and BOUNCE_SECRET; SendGrid removes the header before delivery)", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("true or false: %q", v)
+		}
+		c.SendGridSMTPAPI = b
+		return nil
+	}},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

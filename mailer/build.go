@@ -56,6 +56,9 @@ func Build(m *Message, o *Options) (*mail.Msg, error) {
 // TokenHeader carries a notice's bounce token (Message.Token).
 const TokenHeader = "X-Oshirase-Token"
 
+// SMTPAPIHeader is SendGrid's SMTP API header (Options.SendGridSMTPAPI).
+const SMTPAPIHeader = "X-SMTPAPI"
+
 // isToken reports whether s is a bounce token as package bounce makes them:
 // it goes into MAIL FROM and a header as it is.
 func isToken(s string) bool {
@@ -197,6 +200,12 @@ func build(m *Message, o *Options) (*mail.Msg, envelope, error) {
 	if env.token != "" {
 		// For bounces that lose the envelope: many return our headers.
 		msg.SetGenHeader(mail.Header(TokenHeader), env.token)
+		if o != nil && o.SendGridSMTPAPI {
+			// The token is [a-z0-9-] (isToken): nothing to escape in the
+			// JSON, nothing to fold in the header. Not DKIM-signed
+			// (dkimHeaders): SendGrid takes it out.
+			msg.SetGenHeaderPreformatted(mail.Header(SMTPAPIHeader), `{"unique_args":{"oshirase_token":"`+env.token+`"}}`)
+		}
 	}
 	if o != nil && o.ListUnsubscribe != "" {
 		// Off by default: a breach notice is not marketing, and nobody may

@@ -159,6 +159,11 @@ type Options struct {
 	DKIM            *DKIMOptions  // DKIM_DOMAIN, DKIM_SELECTOR, DKIM_KEY_FILE
 	DKIMKeys        []DKIMOptions // DKIM_KEYS: one key per From domain
 	ListUnsubscribe string
+	// SendGridSMTPAPI (SENDGRID_SMTPAPI): the relay is SendGrid's; a
+	// notice with a bounce token carries it in X-SMTPAPI's unique_args,
+	// the only way over SMTP to have SendGrid's events name the notice
+	// (SendGrid rewrites the envelope sender and removes the header).
+	SendGridSMTPAPI bool
 
 	noPipelining bool // tests: take the command-by-command path
 }

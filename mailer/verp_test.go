@@ -2,6 +2,7 @@ package mailer
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -73,5 +74,46 @@ func TestReturnPathChecked(t *testing.T) {
 		if _, err := Build(base, nil); err == nil {
 			t.Errorf("Build accepted return path %q token %q", m.ReturnPath, m.Token)
 		}
+	}
+}
+
+// TestSendGridSMTPAPI: with SENDGRID_SMTPAPI on, a notice with a bounce
+// token carries it in X-SMTPAPI's unique_args (valid JSON SendGrid reads),
+// outside the DKIM signature (SendGrid removes the header); off, or
+// without a token, there is no such header.
+func TestSendGridSMTPAPI(t *testing.T) {
+	const rp, tok = "b-abc-1-0-mac@bounces.example.jp", "abc-1-0-mac"
+	for _, tc := range []struct {
+		name     string
+		on, tokn bool
+		want     bool
+	}{{"on", true, true, true}, {"off", false, true, false}, {"on, no token", true, false, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startSink(t, smtpsink.Options{Keep: true})
+			p := newPool(t, Options{URL: s.URL(), SendGridSMTPAPI: tc.on})
+			m := testMessage("taro@example.com")
+			if tc.tokn {
+				m.ReturnPath, m.Token = rp, tok
+			}
+			if err := p.Send(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+			data := string(s.Messages()[0].Data)
+			hdr := data[:strings.Index(data, "\r\n\r\n")]
+			_, v, found := strings.Cut(hdr, "\r\n"+SMTPAPIHeader+": ")
+			if found != tc.want {
+				t.Fatalf("X-SMTPAPI present %v, want %v:\n%s", found, tc.want, hdr)
+			}
+			if !found {
+				return
+			}
+			v, _, _ = strings.Cut(v, "\r\n")
+			var api struct {
+				UniqueArgs map[string]string `json:"unique_args"`
+			}
+			if err := json.Unmarshal([]byte(v), &api); err != nil || api.UniqueArgs["oshirase_token"] != tok {
+				t.Errorf("X-SMTPAPI %q: %+v %v", v, api, err)
+			}
+		})
 	}
 }

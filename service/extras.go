@@ -6,6 +6,7 @@ import (
 
 	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/console"
+	"github.com/oshirase/oshirase/inbound"
 	"github.com/oshirase/oshirase/monitoring"
 )
 
@@ -24,6 +25,16 @@ func mountExtras(s *Service) error {
 	}
 	s.API.Handle("GET /metrics", m, api.RoleOperator)
 	s.API.HandlePublic("/support/", console.New(s.API, s.Store, 0, s.Log))
+	// Provider webhooks are public: each request is authenticated by its
+	// signature (SNS's, SendGrid's), not by an API key. Mounted even when
+	// off, to say so (404) rather than ask for a key.
+	prov, err := inbound.NewProviders(inbound.ProvidersConfig{Codec: s.Bounce, Store: s.Store, Log: s.Log, Events: s.Events,
+		SESTopicARNs: s.Config.SESTopicARNs, SendGridKey: s.Config.SendGridPublicKey})
+	if err != nil {
+		return err
+	}
+	s.API.HandlePublic("/v1/inbound/ses", prov.SES())
+	s.API.HandlePublic("/v1/inbound/sendgrid", prov.SendGrid())
 	return nil
 }
 

@@ -113,7 +113,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 
 	mopts := mailer.Options{
 		URL: cfg.SMTPURL, PoolSize: cfg.SMTPPool, Timeout: cfg.SMTPTimeout, DataTimeout: cfg.SMTPDataTimeout,
-		ListUnsubscribe: cfg.ListUnsubscribe, IdleTimeout: time.Minute,
+		ListUnsubscribe: cfg.ListUnsubscribe, IdleTimeout: time.Minute, SendGridSMTPAPI: cfg.SendGridSMTPAPI,
 	}
 	if cfg.DKIMKeyFile != "" {
 		if cfg.DKIMDomain == "" || cfg.DKIMSelector == "" {
@@ -141,6 +141,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		if s.Bounce, err = bounce.New(cfg.BounceDomain, cfg.BounceSecret); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.SendGridSMTPAPI && s.Bounce == nil {
+		return nil, errors.New("SENDGRID_SMTPAPI is on: BOUNCE_DOMAIN and BOUNCE_SECRET are required too (the header carries the bounce token)")
 	}
 	if opts.Inbound || (opts.API && opts.Worker && cfg.InboundURL != "") {
 		if cfg.InboundURL == "" {
