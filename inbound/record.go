@@ -114,7 +114,7 @@ func (rc recorder) record(ctx context.Context, o outcome) error {
 			addr = r.Resends[ref.Delivery-1].Email
 		}
 		sup := store.Suppression{Email: addr, CampaignID: ref.Campaign, Enhanced: rep.Status,
-			Reason: strings.TrimSpace("bounced: " + rep.Status + " " + notice.MaskAddresses(rep.Diagnostic))}
+			Reason: "bounced: " + strings.TrimSpace(rep.Status+" "+notice.MaskAddresses(rep.Diagnostic))}
 		if rep.Kind == bounce.KindComplaint {
 			sup.Reason = "complained: " + firstNonEmpty(rep.FeedbackType, "abuse")
 		}
