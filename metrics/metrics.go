@@ -25,7 +25,7 @@ var (
 	// became of them.
 	Returned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "returned_messages_total",
-		Help: "Messages received by the bounce receiver, by kind (bounced, delayed, delivered, complained, auto-reply, unrecognised) and outcome (recorded, duplicate, no_token, bad_token, gone, error).",
+		Help: "Messages received by the bounce receiver and events by the provider webhooks (SES, SendGrid), by kind (bounced, delayed, delivered, complained, auto-reply, unrecognised; unknown for a refused webhook request) and outcome (recorded, duplicate, no_token, bad_token, gone, error, unverified).",
 	}, []string{"kind", "outcome"})
 
 	// SendSeconds is the latency of one SMTP transaction.
