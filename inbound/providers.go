@@ -19,6 +19,7 @@ import (
 
 	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/webhooks"
 )
@@ -154,8 +155,11 @@ func (p *Providers) readBody(w http.ResponseWriter, r *http.Request, on bool, na
 // changed. why never holds an address.
 func (p *Providers) refuse(w http.ResponseWriter, r *http.Request, via string, why error) {
 	metrics.Returned.WithLabelValues("unknown", "unverified").Inc()
-	p.log.Warn("provider webhook refused: not verified, nothing changed", "via", via, "remote", r.RemoteAddr, "reason", why.Error())
-	writeError(w, http.StatusUnauthorized, "unverified", why.Error())
+	// The reason may quote what the sender chose (a URL, a topic): masked,
+	// so an address put there is not logged in clear.
+	msg := notice.MaskAddresses(why.Error())
+	p.log.Warn("provider webhook refused: not verified, nothing changed", "via", via, "remote", r.RemoteAddr, "reason", msg)
+	writeError(w, http.StatusUnauthorized, "unverified", msg)
 }
 
 // providerEvent is one provider event mapped to what we record.
