@@ -148,3 +148,37 @@ func TestIdempotencyAndWebhookSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestProviderWebhookSettings: SES_TOPIC_ARNS takes SNS topic ARNs,
+// comma-separated (China and GovCloud partitions too), and refuses anything
+// else naming the setting and the entry; SENDGRID_SMTPAPI is a boolean.
+func TestProviderWebhookSettings(t *testing.T) {
+	for _, tt := range []struct {
+		env  map[string]string
+		want []string
+		err  string
+	}{
+		{map[string]string{}, nil, ""},
+		{map[string]string{"SES_TOPIC_ARNS": "arn:aws:sns:ap-northeast-1:123456789012:ses-events"}, []string{"arn:aws:sns:ap-northeast-1:123456789012:ses-events"}, ""},
+		{map[string]string{"SES_TOPIC_ARNS": " arn:aws:sns:us-east-1:1:a , arn:aws-cn:sns:cn-north-1:2:b ,"}, []string{"arn:aws:sns:us-east-1:1:a", "arn:aws-cn:sns:cn-north-1:2:b"}, ""},
+		{map[string]string{"SES_TOPIC_ARNS": "ses-events"}, nil, `SES_TOPIC_ARNS: "ses-events" is not an SNS topic ARN`},
+		{map[string]string{"SES_TOPIC_ARNS": "arn:aws:sqs:us-east-1:1:q"}, nil, `SES_TOPIC_ARNS: "arn:aws:sqs:us-east-1:1:q" is not an SNS topic ARN`},
+		{map[string]string{"SENDGRID_SMTPAPI": "yes"}, nil, `SENDGRID_SMTPAPI: true or false`},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c, _, err := Load(fs, nil, func(k string) string { return tt.env[k] })
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%v: error %v, want %q", tt.env, err, tt.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tt.env, err)
+		}
+		if strings.Join(c.SESTopicARNs, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("%v: %q, want %q", tt.env, c.SESTopicARNs, tt.want)
+		}
+	}
+}

@@ -130,3 +130,27 @@ func TestSendGridWebhook(t *testing.T) {
 	}
 	f.noAddresses(t)
 }
+
+// TestSendGridKeySetting: the key is taken as SendGrid shows it (base64
+// DER) or as PEM; anything else — not base64, not a key, a P-384 key —
+// is refused at start with what is wrong.
+func TestSendGridKeySetting(t *testing.T) {
+	_, pub := sendGridKey(t)
+	der, _ := base64.StdEncoding.DecodeString(pub)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	der384, _ := x509.MarshalPKIXPublicKey(&p384.PublicKey)
+	for _, tc := range []struct {
+		key, err string
+	}{
+		{pub, ""},
+		{"-----BEGIN PUBLIC KEY-----\n" + pub + "\n-----END PUBLIC KEY-----\n", ""},
+		{"not base64!", "not base64"},
+		{base64.StdEncoding.EncodeToString(der[:20]), "not a DER public key"},
+		{base64.StdEncoding.EncodeToString(der384), "not an ECDSA P-256 public key"},
+	} {
+		_, err := inbound.ParseSendGridKey(tc.key)
+		if (tc.err == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%.30q: %v, want %q", tc.key, err, tc.err)
+		}
+	}
+}
