@@ -149,8 +149,16 @@ func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (x *session) read(r io.Reader) ([]byte, error) {
-	// go-smtp stops at MaxMessageBytes with a 552 of its own.
-	return io.ReadAll(r)
+	// go-smtp stops at MaxMessageBytes with a 552 of its own: the relay
+	// returns the message to its (empty) sender, so it goes nowhere; the
+	// log says why it never came in.
+	raw, err := io.ReadAll(r)
+	if errors.Is(err, smtp.ErrDataTooLarge) {
+		metrics.Returned.WithLabelValues("", "too_large").Inc()
+		x.s.cfg.Log.Warn("returned message larger than INBOUND_MAX_BYTES refused (552): nothing recorded",
+			"max_bytes", x.s.cfg.MaxBytes, "recipients", len(x.to))
+	}
+	return raw, err
 }
 
 // Data handles SMTP: one answer for every recipient, the worst.
@@ -180,12 +188,16 @@ func (x *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil
 }
 
-var errTemp = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "cannot record it now, try again later"}
+var (
+	errTemp  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "cannot record it now, try again later"}
+	errEarly = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "the notice's sending is not recorded yet, try again later"}
+)
 
 // Handle reads one message that came back to rcpt and records it. It
 // returns an error only when the sender should try again later (our
-// storage failed): a message we cannot use is taken (250) and logged, so
-// it does not sit in the relay's queue.
+// storage failed, or the bounce came before the worker recorded the
+// relay's 250): a message we cannot use is taken (250) and logged, so it
+// does not sit in the relay's queue.
 func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 	rep, perr := bounce.Parse(bytes.NewReader(raw))
 	kind := string(rep.Kind)
@@ -197,7 +209,7 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 		}
 		metrics.Returned.WithLabelValues(kind, outcome).Inc()
 		s.cfg.Log.Warn("returned message tied to no notice: kept aside, no recipient changed", "kind", kind, "outcome", outcome,
-			"token_from", how, "bytes", len(raw), "parse_err", errString(perr), "err", err)
+			"token_from", how, "bytes", len(raw), "parse_err", errString(perr), "err", notice.MaskAddresses(err.Error()))
 		if kerr := s.cfg.Store.KeepUnmatched(ctx, s.cfg.Now().UTC(), kind, outcome, raw); kerr != nil {
 			s.cfg.Log.Error("returned message tied to no notice: keep", "err", kerr)
 			return errTemp
@@ -226,6 +238,16 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 		// address): an old delivery's bounce is history, not the status.
 		set = ""
 	}
+	if set != "" && r != nil && ref.Delivery == 0 && r.Status == notice.StatusSending {
+		// The relay bounced the notice before its worker recorded the
+		// relay's 250: recorded now, the bounce would be overwritten by
+		// "sent" a moment later (and a second copy of the DSN would be a
+		// duplicate). The relay keeps the DSN and tries again.
+		metrics.Returned.WithLabelValues(kind, "early").Inc()
+		s.cfg.Log.Info("returned message for a notice whose sending is not recorded yet: asked to try again later", "campaign", ref.Campaign,
+			"recipient", ref.Recipient, "kind", kind)
+		return errEarly
+	}
 	out, err := s.cfg.Store.RecordReturned(ctx, ref.Campaign, ref.Recipient, ev, set, raw)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPurged):
@@ -243,13 +265,20 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 	}
 	metrics.Returned.WithLabelValues(kind, "recorded").Inc()
 	s.cfg.Log.Info("returned message recorded", "campaign", ref.Campaign, "recipient", ref.Recipient, "delivery", ref.Delivery,
-		"kind", kind, "status", rep.Status, "token_from", how, "before", out.Before, "after", out.After)
+		"kind", kind, "status", rep.Status, "token_from", how, "before", out.Before, "after", out.After, "bytes", len(raw), "parse_err", errString(perr))
 	suppress := out.After != out.Before && r != nil && (rep.Hard() || rep.Kind == bounce.KindComplaint)
 	if typ := returnedEvents[rep.Kind]; typ != "" && (out.After != out.Before || rep.Kind == bounce.KindDelayed) {
 		s.cfg.Events.Emit(webhooks.Event{Type: typ, Data: webhooks.Data{CampaignID: ref.Campaign, RecipientID: ref.Recipient,
 			Status: string(out.After), EnhancedCode: rep.Status, Resend: ref.Delivery}})
 	}
 	if out.After != out.Before {
+		// Delivery outcomes by campaign count the bounces and complaints
+		// too, next to the worker's sent and failed.
+		label := ref.Campaign
+		if c, err := s.cfg.Store.Campaign(ctx, ref.Campaign); err == nil {
+			label = c.MetricLabel()
+		}
+		metrics.Messages.WithLabelValues(label, string(out.After)).Inc()
 		// The proof of notification changed: audited like any other
 		// change of a recipient's outcome (no address: the ids say who).
 		details, _ := json.Marshal(map[string]any{"delivery": ref.Delivery, "action": rep.Action, "status": rep.Status,
@@ -314,9 +343,11 @@ func firstNonEmpty(a ...string) string {
 	return ""
 }
 
+// errString is err for a log line, addresses masked: a parse error may
+// quote a header.
 func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return err.Error()
+	return notice.MaskAddresses(err.Error())
 }
