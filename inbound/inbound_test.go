@@ -1,7 +1,6 @@
 package inbound_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -94,28 +92,7 @@ type fixture struct {
 	codec *bounce.Codec
 	srv   *inbound.Server
 	cid   string
-	log   *syncBuffer // the receiver's log
-}
-
-// syncBuffer is a log destination the receiver's sessions write to at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-// Take returns what was logged since the last Take.
-func (b *syncBuffer) Take() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.b.String()
-	b.b.Reset()
-	return s
+	log   *testenv.LogBuffer // the receiver's log
 }
 
 func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
@@ -130,7 +107,7 @@ func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
 	if lmtp {
 		scheme = "lmtp"
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	srv, err := inbound.Listen(inbound.Config{URL: scheme + "://127.0.0.1:0", MaxBytes: maxBytes, Codec: codec, Store: st,
 		Log: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
