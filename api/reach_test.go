@@ -67,7 +67,7 @@ func TestUnreachableRowOpen(t *testing.T) {
 	} {
 		rc := &notice.Recipient{ID: 7, Delivery: notice.Delivery{Status: tc.status, FirstTryAt: tc.first, LastCode: 451, Enhanced: "4.4.1", LastError: "451 4.4.1 try later",
 			History: []notice.Attempt{{At: first, Code: 451}}}}
-		row := unreachableRow(rc, c, tc.now, 72*time.Hour)
+		row := unreachableRow(rc, c, tc.now, 72*time.Hour, nil)
 		if (row != nil) != tc.listed {
 			t.Errorf("%s: row %q, want listed %v", tc.name, row, tc.listed)
 			continue

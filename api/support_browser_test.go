@@ -142,3 +142,79 @@ func TestSupportConsoleBrowser(t *testing.T) {
 		t.Errorf("resend row lacks reason or actor: %q", reason)
 	}
 }
+
+// TestSupportConsoleShowsReturned: what came back after the relay took a
+// notice — a delay warning, then the bounce; a complaint — shows in the
+// support console (a real Chromium) with the recipient's status, and in
+// the look-up API the console is built on.
+func TestSupportConsoleShowsReturned(t *testing.T) {
+	ctx := browser(t)
+	st, _ := startSupportStack(t, map[string]string{"KEY_PREFIX": "supret"})
+	const bounced, complained = "gone@example.jp", "angry@example.jp"
+	cid, ids := sentCampaign(t, st, "Card leak 2019", []notice.Recipient{
+		{Email: bounced, Locale: "ja", CardLast4: "4321"},
+		{Email: complained, Locale: "ja", CardLast4: "1111"},
+	})
+	at := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	for _, r := range []struct {
+		rid int64
+		ev  notice.Returned
+		set notice.Status
+	}{
+		{ids[0], notice.Returned{At: at, Kind: "delayed", Action: "delayed", Status: "4.2.0", ReportingMTA: "relay.example.jp",
+			Diagnostic: "smtp; 451 4.2.0 <gone@example.jp>: try later"}, ""},
+		{ids[0], notice.Returned{At: at.Add(time.Hour), Kind: "bounced", Action: "failed", Status: "5.1.1", ReportingMTA: "relay.example.jp",
+			Diagnostic: "smtp; 550 5.1.1 <gone@example.jp>: User unknown"}, notice.StatusBounced},
+		{ids[1], notice.Returned{At: at, Kind: "complained", FeedbackType: "abuse"}, notice.StatusComplained},
+	} {
+		if _, err := st.Svc.Store.RecordReturned(context.Background(), cid, r.rid, r.ev, r.set, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res := lookup(t, st, bounced); len(res.Notices) != 1 || res.Notices[0].Status != notice.StatusBounced || len(res.Notices[0].Returned) != 2 {
+		t.Errorf("look-up API: %+v", res.Notices)
+	}
+
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	search := func(addr, section string) []string {
+		t.Helper()
+		err := chromedp.Do(ctx,
+			chromedp.SetValue(css("#email"), addr),
+			chromedp.Click(css("#search")),
+			chromedp.WaitVisible(css(section+` tr[data-role="returned"]`)),
+		)
+		if err != nil {
+			t.Fatalf("search %s: %v", addr, err)
+		}
+		rows, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll('`+section+
+			` tr[data-role="returned"]')).map(r => r.innerText.replace(/\s+/g, " ").trim())`))
+		if err != nil {
+			t.Fatalf("read what came back: %v", err)
+		}
+		return rows
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(st.Base+"/support/?lang=en"),
+		chromedp.WaitVisible(css("#key")),
+		chromedp.SendKeys(css("#key"), testenv.SupportKey),
+		chromedp.Click(css("#signin")),
+		chromedp.WaitVisible(css("#email")),
+	); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	section := fmt.Sprintf("#notice-%s-%d", cid, ids[0])
+	rows := search(bounced, section)
+	status, err := chromedp.Run(ctx, chromedp.Text(css(section+` [data-role="status"]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != "bounced" || len(rows) != 2 ||
+		!strings.Contains(rows[0], "delayed Action: delayed Status: 4.2.0") ||
+		!strings.Contains(rows[1], "bounced Action: failed Status: 5.1.1 smtp; 550 5.1.1 <g***@example.jp>: User unknown relay.example.jp") {
+		t.Errorf("console for the bounced address: status %q, returned %q", status, rows)
+	}
+	rows = search(complained, fmt.Sprintf("#notice-%s-%d", cid, ids[1]))
+	if len(rows) != 1 || !strings.Contains(rows[0], "complained Feedback-Type: abuse") {
+		t.Errorf("console for the complained address: %q", rows)
+	}
+}

@@ -64,24 +64,6 @@ func (s *failingSession) Data(r io.Reader) error {
 	return nil
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 var anyAddress = regexp.MustCompile(`(?i)[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}`)
 
 // TestLogsHoldNoPersonalData runs a campaign against an SMTP server that
@@ -100,7 +82,7 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := testenv.Config(t, map[string]string{
 		"REDIS_URL": redisURL, "SMTP_URL": "smtp://" + ln.Addr().String() + "?tls=none", "KEY_PREFIX": "logs",

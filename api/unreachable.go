@@ -59,8 +59,24 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 			cw.Flush()
 			return
 		}
+		// The evidence of a suppressed recipient is its address's record
+		// on the suppression list: one read for the batch.
+		var addrs []string
+		for _, rc := range ch.Recipients {
+			if rc.Status == notice.StatusSuppressed {
+				addrs = append(addrs, rc.Email)
+			}
+		}
+		sups, err := s.store.Suppressed(r.Context(), addrs)
+		if err != nil {
+			s.log.Error("unreachable report: suppressions", "campaign", id, "at", from, "err", err)
+			cw.Write([]string{"ERROR: the list broke off at recipient " + strconv.FormatInt(from, 10) + "; download it again"})
+			cw.Flush()
+			return
+		}
 		for i := range ch.Recipients {
-			if row := unreachableRow(&ch.Recipients[i], c, now, s.cfg.RetryMaxAge); row != nil {
+			rc := &ch.Recipients[i]
+			if row := unreachableRow(rc, c, now, s.cfg.RetryMaxAge, sups[rc.Email]); row != nil {
 				cw.Write(row)
 			}
 		}
@@ -75,8 +91,9 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 // unreachableRow is rc's row in the list of recipients not reached, or nil
 // when rc was reached or may still be: sent (a bounce would have made it
 // bounced), or still being tried within maxAge of its first attempt (of the
-// campaign's start, when it has none yet).
-func unreachableRow(rc *notice.Recipient, c *notice.Campaign, now time.Time, maxAge time.Duration) []string {
+// campaign's start, when it has none yet). sup is the suppression list's
+// record of a suppressed recipient's address (nil: removed since).
+func unreachableRow(rc *notice.Recipient, c *notice.Campaign, now time.Time, maxAge time.Duration, sup *store.Suppression) []string {
 	var reason string
 	switch rc.Status {
 	case notice.StatusFailed:
@@ -111,12 +128,32 @@ func unreachableRow(rc *notice.Recipient, c *notice.Campaign, now time.Time, max
 	row := []string{strconv.FormatInt(rc.ID, 10), rc.Email, rc.CustomerID, locale, string(rc.Status), reason, "", "", "", ""}
 	// The evidence: what came back after the relay took the notice, else
 	// the last SMTP reply.
-	if ev := lastReturned(rc.Returned); ev != nil && (rc.Status == notice.StatusBounced || rc.Status == notice.StatusComplained) {
+	switch ev := lastReturned(rc.Returned); {
+	case rc.Status == notice.StatusSuppressed && sup != nil:
+		// Why the address is on the list, since when, and who or which
+		// campaign put it there.
+		row[6] = sup.Enhanced
+		if sup.Code > 0 {
+			row[6] = strings.TrimSpace(strconv.Itoa(sup.Code) + " " + sup.Enhanced)
+		}
+		row[7] = "suppression list: " + notice.MaskAddresses(sup.Reason)
+		if sup.CampaignID != "" {
+			row[7] += " (campaign " + sup.CampaignID + ")"
+		} else if sup.Actor != "" {
+			row[7] += " (added by " + sup.Actor + ")"
+		}
+		row[8] = stamp(&sup.At)
+	case rc.Status == notice.StatusSuppressed:
+		row[7] = "suppression list: the address has been removed from it since"
+	case rc.Status == notice.StatusCancelled:
+		row[7] = "campaign cancelled before this notice was sent"
+		row[8] = stamp(c.FinishedAt)
+	case ev != nil && (rc.Status == notice.StatusBounced || rc.Status == notice.StatusComplained):
 		row[6], row[7], row[8], row[9] = ev.Status, ev.Diagnostic, stamp(&ev.At), ev.ReportingMTA
 		if ev.Kind == string(notice.StatusComplained) {
 			row[6] = "complaint:" + ev.FeedbackType
 		}
-	} else if rc.LastCode > 0 || rc.LastError != "" {
+	case rc.LastCode > 0 || rc.LastError != "":
 		row[6] = strings.TrimSpace(strconv.Itoa(rc.LastCode) + " " + rc.Enhanced)
 		if rc.LastCode == 0 {
 			row[6] = rc.Enhanced
@@ -125,6 +162,8 @@ func unreachableRow(rc *notice.Recipient, c *notice.Campaign, now time.Time, max
 		if n := len(rc.History); n > 0 {
 			row[8] = stamp(&rc.History[n-1].At)
 		}
+	case rc.Attempts == 0 && rc.Status != notice.StatusBounced && rc.Status != notice.StatusComplained:
+		row[7] = "no delivery attempt yet"
 	}
 	for i, v := range row {
 		row[i] = spreadsheetSafe(v)

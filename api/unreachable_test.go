@@ -45,7 +45,7 @@ func TestUnreachable(t *testing.T) {
 	}), service.Options{API: true, Worker: true})
 	ctx := context.Background()
 	const suppressed = "blocked@example.jp"
-	if err := st.Svc.Store.Suppress(ctx, store.Suppression{Email: suppressed, Reason: "test"}); err != nil {
+	if err := st.Svc.Store.Suppress(ctx, store.Suppression{Email: suppressed, Reason: "customer asked by phone", Actor: "admin"}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -101,7 +101,8 @@ func TestUnreachable(t *testing.T) {
 	want := [][]string{
 		{"recipient_id", "email", "customer_id", "locale", "status", "reason", "code", "diagnostic", "at", "reporting_mta"},
 		{"10", refused, "C00010", "ja", "failed", "the mail server refused the notice", "550 5.1.1", "*User unknown*", "*", ""},
-		{"100", suppressed, "C00100", "ja", "suppressed", "not sent: the address is on the suppression list", "", "", "", ""},
+		{"100", suppressed, "C00100", "ja", "suppressed", "not sent: the address is on the suppression list", "",
+			"suppression list: customer asked by phone (added by admin)", "*", ""},
 		{"500", "u0500@example.jp", "C00500", "ja", "bounced", "the notice bounced after the relay accepted it", "5.1.1",
 			"smtp; 550 5.1.1 <u***@example.jp>: Recipient address rejected", "2026-12-01T21:00:00Z", "relay.example.jp"},
 		{"600", "u0600@example.jp", "'=HYPERLINK(1)", "en", "complained", "the customer reported the notice as spam", "complaint:abuse", "", "2026-12-01T21:00:00Z", ""},
@@ -130,6 +131,29 @@ func TestUnreachable(t *testing.T) {
 	}
 	if code, _ := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/nope/unreachable", "", nil, nil); code != 404 {
 		t.Errorf("unknown campaign: %d, want 404", code)
+	}
+
+	// A campaign cancelled before it was sent: every recipient listed,
+	// with when.
+	var cc notice.Campaign
+	if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns", "application/json", teststack.CampaignJSON(nil), &cc); code != 201 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	if _, err := st.Svc.Store.AddRecipients(ctx, cc.ID, rcpts[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/campaigns/"+cc.ID+"/cancel", "", nil, nil); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	code, body = teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/campaigns/"+cc.ID+"/unreachable?bom=false", "", nil, nil)
+	rows, err = csv.NewReader(bytes.NewReader(body)).ReadAll()
+	if err != nil || code != 200 || len(rows) != 3 {
+		t.Fatalf("cancelled campaign's list: %d %v %q", code, err, rows)
+	}
+	for _, row := range rows[1:] {
+		if row[4] != "cancelled" || row[5] != "not sent: the campaign was cancelled" || row[7] != "campaign cancelled before this notice was sent" || row[8] == "" {
+			t.Errorf("cancelled row %q", row)
+		}
 	}
 
 	var audit struct {

@@ -119,4 +119,16 @@ var japanese = map[string]string{
 	"This form was already sent; search again for a new resend.": "このフォームは送信済みです。新たに再送するには、もう一度検索してください。",
 	"Not resent: %s":                                             "再送できませんでした: %s",
 	"e.g. customer called: message deleted":                      "例: お客様から電話、メールを削除してしまった",
+	// What came back to a notice's return path after the relay took it.
+	"Came back at":   "受信日時",
+	"What came back": "返ってきたもの",
+	"Report":         "報告内容",
+	"Diagnostic":     "診断コード",
+	"Reported by":    "報告元",
+	"bounced":        "不達（エラーメール）",
+	"delayed":        "配信遅延の通知",
+	"delivered":      "配信完了の通知",
+	"complained":     "迷惑メールとして報告",
+	"auto-reply":     "自動返信（不在など）",
+	"unrecognised":   "判別できないメール",
 }

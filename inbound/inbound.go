@@ -11,6 +11,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
 	"io"
 	"log"
 	"log/slog"
@@ -146,8 +148,16 @@ func (x *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (x *session) read(r io.Reader) ([]byte, error) {
-	// go-smtp stops at MaxMessageBytes with a 552 of its own.
-	return io.ReadAll(r)
+	// go-smtp stops at MaxMessageBytes with a 552 of its own: the relay
+	// returns the message to its (empty) sender, so it goes nowhere; the
+	// log says why it never came in.
+	raw, err := io.ReadAll(r)
+	if errors.Is(err, smtp.ErrDataTooLarge) {
+		metrics.Returned.WithLabelValues("", "too_large").Inc()
+		x.s.cfg.Log.Warn("returned message larger than INBOUND_MAX_BYTES refused (552): nothing recorded",
+			"max_bytes", x.s.cfg.MaxBytes, "recipients", len(x.to))
+	}
+	return raw, err
 }
 
 // Data handles SMTP: one answer for every recipient, the worst.
@@ -177,12 +187,16 @@ func (x *session) LMTPData(r io.Reader, status smtp.StatusCollector) error {
 	return nil
 }
 
-var errTemp = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "cannot record it now, try again later"}
+var (
+	errTemp      = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "cannot record it now, try again later"}
+	errEarlySMTP = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "the notice's sending is not recorded yet, try again later"}
+)
 
 // Handle reads one message that came back to rcpt and records it. It
 // returns an error only when the sender should try again later (our
-// storage failed): a message we cannot use is taken (250) and logged, so
-// it does not sit in the relay's queue.
+// storage failed, or the bounce came before the worker recorded the
+// relay's 250): a message we cannot use is taken (250) and logged, so it
+// does not sit in the relay's queue.
 func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 	rep, perr := bounce.Parse(bytes.NewReader(raw))
 	kind := string(rep.Kind)
@@ -198,6 +212,9 @@ func (s *Server) Handle(ctx context.Context, rcpt string, raw []byte) error {
 		return nil
 	}
 	if err := s.rec().record(ctx, outcome{ref: ref, how: how, rep: rep, hard: rep.Hard(), raw: raw, via: "mail"}); err != nil {
+		if errors.Is(err, errEarly) {
+			return errEarlySMTP
+		}
 		return errTemp
 	}
 	return nil
@@ -238,9 +255,11 @@ func firstNonEmpty(a ...string) string {
 	return ""
 }
 
+// errString is err for a log line, addresses masked: a parse error may
+// quote a header.
 func errString(err error) string {
 	if err == nil {
 		return ""
 	}
-	return err.Error()
+	return notice.MaskAddresses(err.Error())
 }

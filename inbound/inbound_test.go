@@ -92,6 +92,7 @@ type fixture struct {
 	codec *bounce.Codec
 	srv   *inbound.Server
 	cid   string
+	log   *testenv.LogBuffer // the receiver's log
 }
 
 func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
@@ -106,32 +107,42 @@ func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
 	if lmtp {
 		scheme = "lmtp"
 	}
+	logs := &testenv.LogBuffer{}
 	srv, err := inbound.Listen(inbound.Config{URL: scheme + "://127.0.0.1:0", MaxBytes: maxBytes, Codec: codec, Store: st,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve()
 	t.Cleanup(func() { srv.Close() })
+	cid := sentCampaign(t, st, "u", 5)
+	return &fixture{st: st, codec: codec, srv: srv, cid: cid, log: logs}
+}
+
+// sentCampaign creates a campaign of n recipients <local><i>@dest.test
+// (i from 1), all sent.
+func sentCampaign(t *testing.T, st *store.Store, local string, n int) string {
+	t.Helper()
 	ctx := context.Background()
 	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
 	if err := st.CreateCampaign(ctx, c); err != nil {
 		t.Fatal(err)
 	}
 	var rs []notice.Recipient
-	for i := 1; i <= 5; i++ {
-		rs = append(rs, notice.Recipient{Email: fmt.Sprintf("u%d@dest.test", i), Locale: "ja"})
+	for i := 1; i <= n; i++ {
+		rs = append(rs, notice.Recipient{Email: fmt.Sprintf("%s%d@dest.test", local, i), Locale: "ja"})
 	}
-	if _, err := st.AddRecipients(ctx, c.ID, rs); err != nil {
+	added, err := st.AddRecipients(ctx, c.ID, rs)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Start(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Mark(ctx, c.ID, []int64{1, 2, 3, 4, 5}, []notice.Status{notice.StatusPending}, notice.StatusSent); err != nil {
+	if _, err := st.Mark(ctx, c.ID, added.IDs, []notice.Status{notice.StatusPending}, notice.StatusSent); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, codec: codec, srv: srv, cid: c.ID}
+	return c.ID
 }
 
 func (f *fixture) rp(t *testing.T, rid int64) (string, string) {

@@ -48,6 +48,13 @@ type outcome struct {
 // try again later (SMTP 451, HTTP 500).
 var errRetry = errors.New("cannot record it now, try again later")
 
+// errEarly says the notice's sending is not recorded yet (the relay
+// bounced it before the worker recorded the relay's 250): recorded now,
+// the bounce would be overwritten by "sent" a moment later, and the next
+// copy of the DSN would be a duplicate. The sender keeps it and tries
+// again (SMTP 451, HTTP 503).
+var errEarly = errors.New("the notice's sending is not recorded yet, try again later")
+
 // record records o once: a second arrival of the same kind for the same
 // delivery changes nothing.
 func (rc recorder) record(ctx context.Context, o outcome) error {
@@ -75,6 +82,12 @@ func (rc recorder) record(ctx context.Context, o outcome) error {
 		// address): an old delivery's bounce is history, not the status.
 		set = ""
 	}
+	if set != "" && r != nil && ref.Delivery == 0 && r.Status == notice.StatusSending {
+		metrics.Returned.WithLabelValues(kind, "early").Inc()
+		rc.log.Info("returned message for a notice whose sending is not recorded yet: asked to try again later", "via", o.via,
+			"campaign", ref.Campaign, "recipient", ref.Recipient, "kind", kind)
+		return errEarly
+	}
 	out, err := rc.store.RecordReturned(ctx, ref.Campaign, ref.Recipient, ev, set, o.raw)
 	switch {
 	case errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrPurged):
@@ -99,6 +112,13 @@ func (rc recorder) record(ctx context.Context, o outcome) error {
 			Status: string(out.After), EnhancedCode: rep.Status, Resend: ref.Delivery}})
 	}
 	if out.After != out.Before {
+		// Delivery outcomes by campaign count the bounces and complaints
+		// too, next to the worker's sent and failed.
+		label := ref.Campaign
+		if c, err := rc.store.Campaign(ctx, ref.Campaign); err == nil {
+			label = c.MetricLabel()
+		}
+		metrics.Messages.WithLabelValues(label, string(out.After)).Inc()
 		// The proof of notification changed: audited like any other
 		// change of a recipient's outcome (no address: the ids say who).
 		details, _ := json.Marshal(map[string]any{"delivery": ref.Delivery, "action": rep.Action, "status": rep.Status,
@@ -134,7 +154,7 @@ func (rc recorder) record(ctx context.Context, o outcome) error {
 func (rc recorder) unmatched(ctx context.Context, kind, outcome, how string, raw []byte, cause error, attrs ...any) error {
 	metrics.Returned.WithLabelValues(kind, outcome).Inc()
 	rc.log.Warn("returned message tied to no notice: kept aside, no recipient changed", append([]any{"kind", kind, "outcome", outcome,
-		"token_from", how, "bytes", len(raw), "err", cause}, attrs...)...)
+		"token_from", how, "bytes", len(raw), "err", notice.MaskAddresses(cause.Error())}, attrs...)...)
 	if err := rc.store.KeepUnmatched(ctx, rc.now().UTC(), kind, outcome, raw); err != nil {
 		rc.log.Error("returned message tied to no notice: keep", "err", err)
 		return errRetry

@@ -8,10 +8,11 @@ import (
 
 var (
 	// Messages counts delivery outcomes by campaign and result
-	// (sent, failed, retried, held, suppressed, resent).
+	// (sent, failed, retried, held, suppressed, resent; bounced and
+	// complained from the bounce receiver).
 	Messages = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "messages_total",
-		Help: "Delivery outcomes by campaign and result (sent, failed, retried, held for the relay, suppressed, resent).",
+		Help: "Delivery outcomes by campaign and result (sent, failed, retried, held for the relay, suppressed, resent; bounced, complained after the relay took the notice).",
 	}, []string{"campaign", "result"})
 
 	// SMTPReplies counts SMTP reply codes of failed and successful sends
@@ -25,7 +26,7 @@ var (
 	// became of them.
 	Returned = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "returned_messages_total",
-		Help: "Messages received by the bounce receiver and events by the provider webhooks (SES, SendGrid), by kind (bounced, delayed, delivered, complained, auto-reply, unrecognised; unknown for a refused webhook request) and outcome (recorded, duplicate, no_token, bad_token, gone, error, unverified).",
+		Help: "Messages received by the bounce receiver and events by the provider webhooks (SES, SendGrid), by kind (bounced, delayed, delivered, complained, auto-reply, unrecognised; unknown for a refused webhook request) and outcome (recorded, duplicate, early: before the notice's 250 was recorded, answered 451 to the MTA (a provider webhook gets 503 to retry); no_token, bad_token, gone, error, unverified; too_large, with no kind: refused over INBOUND_MAX_BYTES).",
 	}, []string{"kind", "outcome"})
 
 	// SendSeconds is the latency of one SMTP transaction.

@@ -22,7 +22,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -154,31 +153,12 @@ func startRedisCluster(t *testing.T, n int, tl *testenv.TLSFiles) []*testenv.Red
 	return nodes
 }
 
-// logBuffer collects the service's log lines, so a test can look for errors
-// that never reach an API answer (asynq's own, the watchdog's).
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // topoStack is a running oshirase (API and worker) whose warnings and errors
 // are kept.
 type topoStack struct {
 	svc  *service.Service
 	base string
-	logs *logBuffer
+	logs *testenv.LogBuffer
 }
 
 // startTopoStack is teststack.StartStack with the log kept: a CROSSSLOT
@@ -189,7 +169,7 @@ func startTopoStack(t *testing.T, env map[string]string) *topoStack {
 	cfg := testenv.Config(t, env)
 	cfg.ListenAddr = "127.0.0.1:0"
 	cfg.APIKeys = teststack.APIKeys
-	logs := &logBuffer{}
+	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc, err := service.New(context.Background(), cfg, log, service.Options{API: true, Worker: true})
 	if err != nil {
