@@ -11,8 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/oshirase/oshirase/metrics"
-	"github.com/oshirase/oshirase/notice"
 	"io"
 	"log"
 	"log/slog"
@@ -24,6 +22,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/oshirase/oshirase/bounce"
+	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/webhooks"
 )

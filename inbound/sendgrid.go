@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -87,7 +88,7 @@ func (p *Providers) SendGrid() http.Handler {
 			writeError(w, http.StatusBadRequest, "bad_request", "body is not a JSON array of events: "+err.Error())
 			return
 		}
-		failed := 0
+		failed, early := 0, 0
 		for i, raw := range raws {
 			var ev sendGridEvent
 			if err := json.Unmarshal(raw, &ev); err != nil {
@@ -101,7 +102,16 @@ func (p *Providers) SendGrid() http.Handler {
 			tok, _ := ev.Token.(string)
 			if err := p.take(r.Context(), "sendgrid", strings.ToLower(strings.TrimSpace(tok)), "sendgrid:arg", pe); err != nil {
 				failed++
+				if errors.Is(err, errEarly) {
+					early++
+				}
 			}
+		}
+		if early > 0 && failed == early {
+			// SendGrid retries a 5xx batch: by then the worker has
+			// recorded the 250s (the rest is recorded once).
+			writeError(w, http.StatusServiceUnavailable, "not_yet", "a notice's sending is not recorded yet; try again later")
+			return
 		}
 		if failed > 0 {
 			writeError(w, http.StatusInternalServerError, "internal", "cannot record every event now; try again later")

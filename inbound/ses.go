@@ -115,6 +115,11 @@ func (p *Providers) sesNotification(w http.ResponseWriter, r *http.Request, m *s
 	}
 	tok, how := p.sesToken(&ev)
 	if err := p.take(r.Context(), "ses", tok, how, pe); err != nil {
+		if errors.Is(err, errEarly) {
+			// SNS retries a 5xx: by then the worker has recorded the 250.
+			writeError(w, http.StatusServiceUnavailable, "not_yet", "the notice's sending is not recorded yet; try again later")
+			return
+		}
 		writeError(w, http.StatusInternalServerError, "internal", "cannot record the event now; try again later")
 		return
 	}
