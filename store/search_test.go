@@ -51,10 +51,10 @@ func TestSearch(t *testing.T) {
 		{"Ｃ－０００４", []hit{hanako}, "customer_id"}, // full-width, a prefix
 		{"山田 太郎", []hit{taro1}, "name"},
 		{"山田", []hit{taro1}, "name"},
-		{"太郎", []hit{taro1}, "name"},          // the given name alone
-		{"花子", []hit{hanako}, "name"},         // written without a space
-		{"やまだ", []hit{taro1}, "name"},         // hiragana finds the katakana reading
-		{"ﾔﾏﾀﾞ ﾀﾛｳ", []hit{taro1}, "name"},     // half-width katakana
+		{"太郎", []hit{taro1}, "name"},             // the given name alone
+		{"花子", []hit{hanako}, "name"},            // written without a space
+		{"やまだ", []hit{taro1}, "name"},            // hiragana finds the katakana reading
+		{"ﾔﾏﾀﾞ ﾀﾛｳ", []hit{taro1}, "name"},       // half-width katakana
 		{"yamada", []hit{taro2, taro1}, "email"}, // a word of the address (and c2's name)
 		{"smith", []hit{john}, "name"},
 		{"taro.yam", []hit{taro2, taro1}, "email"},
