@@ -367,7 +367,7 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	if err == nil {
 		msg := tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
 		if rs.Locale != "" {
-			msg += " " + tr(r, "It goes in %s.", tr(r, localeName(rs.Locale)))
+			msg += tr(r, " It goes in %s.", tr(r, localeName(rs.Locale)))
 		}
 		if claim != "" {
 			if err := c.store.FinishIdempotent(context.WithoutCancel(r.Context()), scope, claim,

@@ -217,7 +217,7 @@ var japanese = map[string]string{
 	"Please sign in.":                                                            "ログインしてください。",
 	"The resend form is incomplete; search again.":                               "再送フォームが不完全です。もう一度検索してください。",
 	"Resend #%d queued to %s.":                                                   "再送 #%d を %s 宛てに受け付けました。",
-	"It goes in %s.":                                                             "%sで送ります。",
+	" It goes in %s.":                                                            "%sで送ります。",
 	"This resend is already being queued.":                                       "この再送はすでに受付処理中です。",
 	"This form was already sent; search again for a new resend.":                 "このフォームは送信済みです。新たに再送するには、もう一度検索してください。",
 	"e.g. customer called: message deleted":                                      "例: お客様から電話、メールを削除してしまった",
