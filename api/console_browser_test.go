@@ -175,6 +175,9 @@ func TestConsoleTruthBrowser(t *testing.T) {
 			}
 			has(where("sent notice"), text(user), "user@例え.jp", w["ja"])
 			hasNot(where("sent notice"), text(user), "override", "配信停止")
+			if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#suppressed, [data-role=suppressed], input[name=override_suppression]').length`)); n != 0 {
+				t.Errorf("%s: a suppression banner or override where none is needed", where("sent notice"))
+			}
 			zone, _ := time.Now().Zone()
 			has(where("zone"), text("#zone"), zone) // one zone, named once
 			fits(where("search by address"), width)
@@ -200,8 +203,11 @@ func TestConsoleTruthBrowser(t *testing.T) {
 			if got := text(blocked + ` [data-role="status"]`); got != w["suppressed"] {
 				t.Errorf("%s: status %q, want %q", where("suppressed"), got, w["suppressed"])
 			}
-			has(where("suppressed banner"), text("#suppressed"), w["list"])
-			hasNot(where("suppressed banner"), text("#suppressed"), "配信停止")
+			has(where("suppressed banner"), text(blocked+` [data-role="suppressed"]`), w["list"])
+			hasNot(where("suppressed banner"), text(blocked+` [data-role="suppressed"]`), "配信停止")
+			if n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#suppressed, [data-role=suppressed]').length`)); n != 1 {
+				t.Errorf("%s: %d suppression banners, want 1", where("suppressed"), n)
+			}
 			if n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('input[name=override_suppression]').length`)); err != nil || n != 1 {
 				t.Errorf("%s: %d override boxes, want 1 (%v)", where("suppressed"), n, err)
 			}

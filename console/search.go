@@ -22,7 +22,8 @@ import (
 type searchView struct {
 	Query  string
 	Search *api.SearchResult
-	// AddrSuppression: the query is an address on the suppression list.
+	// AddrSuppression: the query is an address on the suppression list
+	// (shown when no notice shows it: one banner per address).
 	AddrSuppression *store.Suppression
 	AddrQuery       bool   // the query is a whole address
 	Zone            string // the one zone every time on the page is in
