@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -172,6 +173,14 @@ func TestSearchIndexMemory(t *testing.T) {
 	}
 	per := float64(b) / n
 	t.Logf("search index: %d bytes for %d recipients, %.0f bytes per recipient", b, n, per)
+	for _, q := range []string{"やまだ", "C-00012345", "090-0001-2345", "customer.0199"} {
+		start := time.Now()
+		res, err := s.Search(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("search %q: %d matches (truncated %v) in %v", q, len(res.Matches), res.Truncated, time.Since(start))
+	}
 	if per > 1500 {
 		t.Errorf("search index takes %.0f bytes per recipient, want at most 1500", per)
 	}
