@@ -55,10 +55,12 @@ func (k *Keys) ByName(name string) (*Key, bool) {
 
 // CampaignRef is the part of a campaign a look-up shows.
 type CampaignRef struct {
-	ID       string                `json:"id"`
-	Name     string                `json:"name"`
-	Template string                `json:"template"`
-	Status   notice.CampaignStatus `json:"status"`
+	ID            string                `json:"id"`
+	Name          string                `json:"name"`
+	Template      string                `json:"template"`
+	Status        notice.CampaignStatus `json:"status"`
+	DefaultLocale string                `json:"default_locale,omitempty"`
+	ScheduledAt   *time.Time            `json:"scheduled_at,omitempty"`
 }
 
 // Notice is one recipient record found by a look-up: the campaign it
@@ -66,6 +68,19 @@ type CampaignRef struct {
 type Notice struct {
 	Campaign CampaignRef `json:"campaign"`
 	notice.Recipient
+	// NoticeLocale is the language the notice went out (or goes out) in:
+	// the recipient's, else the campaign's default.
+	NoticeLocale string `json:"notice_locale"`
+	// CurrentStatus is where the customer stands now: the notice's status,
+	// or "sent" once a resend was sent (CurrentResend names it) after the
+	// notice itself failed, bounced or was suppressed.
+	CurrentStatus notice.Status `json:"current_status"`
+	CurrentResend int           `json:"current_resend,omitempty"`
+	// ExpectedAt is, for a recipient not sent yet, when it should go: the
+	// scheduled start, or an estimate from the campaign's rate so far.
+	ExpectedAt *time.Time `json:"expected_at,omitempty"`
+	// Suppression: the recipient's address is on the suppression list.
+	Suppression *store.Suppression `json:"suppression,omitempty"`
 }
 
 // LookupResult is every notice ever addressed to one address.
@@ -83,11 +98,29 @@ func (s *Server) Lookup(ctx context.Context, addr string) (*LookupResult, error)
 	if err != nil {
 		return nil, err
 	}
-	res := &LookupResult{Email: store.EmailKey(addr), Notices: []Notice{}}
+	res := &LookupResult{Email: store.EmailKey(addr)}
+	if res.Notices, err = s.notices(ctx, refs); err != nil {
+		return nil, err
+	}
+	sup, err := s.store.Suppression(ctx, addr)
+	switch {
+	case err == nil:
+		res.Suppression = sup
+	case !errors.Is(err, store.ErrNotFound):
+		return nil, err
+	}
+	return res, nil
+}
+
+// notices reads the notices refs name (one read per campaign and per
+// recipient), skipping those of deleted campaigns and purged recipients.
+func (s *Server) notices(ctx context.Context, refs []store.Ref) ([]Notice, error) {
+	out := []Notice{}
 	campaigns := map[string]*notice.Campaign{}
 	for _, ref := range refs {
 		c, ok := campaigns[ref.CampaignID]
 		if !ok {
+			var err error
 			c, err = s.store.Campaign(ctx, ref.CampaignID)
 			if errors.Is(err, store.ErrNotFound) {
 				campaigns[ref.CampaignID] = nil // deleted campaign: its index entries are stale
@@ -108,19 +141,54 @@ func (s *Server) Lookup(ctx context.Context, addr string) (*LookupResult, error)
 		if err != nil {
 			return nil, err
 		}
-		res.Notices = append(res.Notices, Notice{
-			Campaign:  CampaignRef{ID: c.ID, Name: c.Name, Template: c.Template, Status: c.Status},
-			Recipient: *rc,
-		})
+		out = append(out, noticeOf(c, rc, time.Now()))
 	}
-	sup, err := s.store.Suppression(ctx, addr)
-	switch {
-	case err == nil:
-		res.Suppression = sup
-	case !errors.Is(err, store.ErrNotFound):
+	addrs := make([]string, len(out))
+	for i := range out {
+		addrs[i] = out[i].Email
+	}
+	sups, err := s.store.Suppressed(ctx, addrs)
+	if err != nil {
 		return nil, err
 	}
-	return res, nil
+	for i := range out {
+		out[i].Suppression = sups[out[i].Email]
+	}
+	return out, nil
+}
+
+// noticeOf is a recipient as support sees it (see Notice).
+func noticeOf(c *notice.Campaign, rc *notice.Recipient, now time.Time) Notice {
+	n := Notice{
+		Campaign: CampaignRef{ID: c.ID, Name: c.Name, Template: c.Template, Status: c.Status,
+			DefaultLocale: c.DefaultLocale, ScheduledAt: c.ScheduledAt},
+		Recipient:     *rc,
+		NoticeLocale:  rc.EffectiveLocale(c.DefaultLocale),
+		CurrentStatus: rc.Status,
+	}
+	if rc.Status != notice.StatusSent {
+		for i := len(rc.Resends) - 1; i >= 0; i-- {
+			if rc.Resends[i].Status == notice.StatusSent {
+				n.CurrentStatus, n.CurrentResend = notice.StatusSent, rc.Resends[i].N
+				break
+			}
+		}
+	}
+	if rc.Status == notice.StatusPending {
+		switch {
+		case c.Status == notice.CampaignDraft && c.ScheduledAt != nil:
+			n.ExpectedAt = c.ScheduledAt
+		case c.Status == notice.CampaignSending:
+			// Recipients go out roughly in id order: those ahead of this
+			// one at the rate so far.
+			if p := progressOf(c, now); p != nil && p.RatePerSecond > 0 {
+				ahead := max(0, float64(rc.ID-p.Done))
+				t := now.Add(time.Duration(ahead / p.RatePerSecond * float64(time.Second))).Truncate(time.Second)
+				n.ExpectedAt = &t
+			}
+		}
+	}
+	return n
 }
 
 // lookupForm is addr as recipients are stored and indexed (NFKC, an IDN
@@ -134,26 +202,14 @@ func lookupForm(addr string) string {
 	return addr
 }
 
-// lookupRecipients answers GET /v1/recipients?email=...
-func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
-	addr := strings.TrimSpace(r.URL.Query().Get("email"))
-	if addr == "" || !strings.Contains(addr, "@") {
-		writeError(w, http.StatusBadRequest, "email_required", "query parameter email (an address) is required", nil)
-		return
-	}
-	res, err := s.Lookup(r.Context(), addr)
-	if err != nil {
-		s.storeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
-}
-
 // ResendRequest is the body of POST /v1/campaigns/{id}/recipients/{rid}/resend.
 type ResendRequest struct {
 	Reason              string `json:"reason"`
 	Email               string `json:"email,omitempty"` // a corrected address; "" = the recipient's own
 	OverrideSuppression bool   `json:"override_suppression,omitempty"`
+	// Locale sends the notice in another language than it went in (ja,
+	// en): a customer who cannot read the first one.
+	Locale string `json:"locale,omitempty"`
 }
 
 // Resend records a new delivery of a recipient's notice and queues it on
@@ -169,6 +225,9 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	}
 	if fe := s.cardInText(ctx, "reason", req.Reason); fe != nil {
 		return nil, &InvalidError{Code: "invalid_reason", Msg: "the reason looks like it holds a full card number; write at most the last 4 digits", Fields: fe}
+	}
+	if req.Locale != "" && !notice.ValidLocale(req.Locale) {
+		return nil, &InvalidError{Code: "invalid_locale", Msg: "locale must be ja or en", Fields: []fieldError{{"locale", "must be ja or en"}}}
 	}
 	c, err := s.store.Campaign(ctx, cid)
 	if err != nil {
@@ -207,6 +266,9 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 		return nil, err
 	}
 	rs := notice.Resend{At: time.Now().UTC().Truncate(time.Millisecond), Reason: req.Reason, Email: to, Status: notice.StatusPending}
+	if req.Locale != "" && req.Locale != rc.EffectiveLocale(c.DefaultLocale) {
+		rs.Locale = req.Locale
+	}
 	if k := Actor(ctx); k != nil {
 		rs.Actor = k.Name
 	}
@@ -241,6 +303,9 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	d := map[string]any{
 		"resend": n, "email": notice.MaskEmail(to), "corrected": to != rc.Email,
 		"override_suppression": req.OverrideSuppression,
+	}
+	if rs.Locale != "" {
+		d["locale"] = rs.Locale
 	}
 	if !strings.EqualFold(domainOf(to), domainOf(rc.Email)) {
 		// A notice (name, card brand, last 4) leaving for another domain

@@ -149,6 +149,13 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 	})
 	teststack.Do(t, base, teststack.SupportKey, "GET", "/v1/recipients?email=bounce.person@example.jp", "", nil, nil)
 	consoleSearch(t, base, "grey.person@example.com")
+	// Searches by name, through the API and the console, log no name.
+	for _, q := range []string{"山田 太郎", "Hanako Sato"} {
+		if code, body := teststack.Do(t, base, teststack.SupportKey, "GET", "/v1/recipients?q="+url.QueryEscape(q), "", nil, nil); code != 200 {
+			t.Fatalf("search: %d %s", code, body)
+		}
+	}
+	consoleSearch(t, base, "Grey Person")
 	consoleSearch(t, base, "") // a failed sign-in is logged too
 
 	addrs := []string{"bounce.again@example.jp"}

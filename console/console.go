@@ -66,6 +66,7 @@ func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) 
 	c.mux.HandleFunc("POST /support/logout", c.signedIn(c.logout))
 	c.mux.HandleFunc("POST /support/search", c.signedIn(c.search))
 	c.mux.HandleFunc("POST /support/resend", c.signedIn(c.resend))
+	c.mux.HandleFunc("GET /support/notice", c.signedInGet(c.noticePage))
 	c.mux.HandleFunc("/support/", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/support/", http.StatusSeeOther)
 	})
@@ -98,8 +99,7 @@ type view struct {
 	FormToken string
 	Error     string
 	Flash     string
-	Email     string
-	Result    *api.LookupResult
+	searchView
 }
 
 // session is a signed-in request's state.
@@ -171,7 +171,7 @@ func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 	if l := r.URL.Query().Get("lang"); l == "ja" || l == "en" {
 		// Remembered for a year; the page shows in it from now on.
 		http.SetCookie(w, c.cookie(r, langCookie, l, 365*24*3600))
-		http.Redirect(w, r, "/support/", http.StatusSeeOther)
+		http.Redirect(w, r, searchURL(r.URL.Query().Get("q"), ""), http.StatusSeeOther)
 		return
 	}
 	s, err := c.current(r)
@@ -190,15 +190,22 @@ func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	if f != nil {
-		c.showLookup(w, r, s, f.Query, f.Flash, f.Error)
+	q := r.URL.Query()
+	flash, errMsg := "", ""
+	if f != nil && f.Query == q.Get("q") {
+		flash, errMsg = f.Flash, f.Error
+	}
+	if q.Has("q") {
+		c.showSearch(w, r, s, searchArgs{q: q.Get("q"), cursor: q.Get("cursor"), flash: flash, errMsg: errMsg})
 		return
 	}
-	c.render(w, r, http.StatusOK, c.signedView(s))
+	v := c.signedView(s)
+	v.Flash, v.Error = flash, errMsg
+	c.render(w, r, http.StatusOK, v)
 }
 
 func (c *Console) signedView(s *session) view {
-	return view{Signed: true, Actor: s.key.Name, Role: s.key.Role, CSRF: s.data.CSRF, FormToken: randomToken()}
+	return view{Signed: true, Actor: s.key.Name, Role: s.key.Role, CSRF: s.data.CSRF, FormToken: randomToken(), searchView: searchView{Zone: zoneName()}}
 }
 
 // loginPage shows the sign-in form with a fresh token that the form must
@@ -206,7 +213,10 @@ func (c *Console) signedView(s *session) view {
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	tok := randomToken()
 	http.SetCookie(w, c.cookie(r, loginCookie, tok, 600))
-	c.render(w, r, status, view{LoginToken: tok, Error: msg})
+	// A shared search link opened before signing in comes back to it.
+	v := view{LoginToken: tok, Error: msg}
+	v.Query = r.FormValue("q")
+	c.render(w, r, status, v)
 }
 
 func parseForm(w http.ResponseWriter, r *http.Request) error {
@@ -252,7 +262,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, c.cookie(r, loginCookie, "", -1))
 	http.SetCookie(w, c.cookie(r, sessionCookie, id, int(c.ttl/time.Second)))
 	c.log.Info("support console: signed in", "key", key.Name)
-	http.Redirect(w, r, "/support/", http.StatusSeeOther)
+	http.Redirect(w, r, searchURL(r.PostFormValue("q"), ""), http.StatusSeeOther)
 }
 
 // signedIn guards a form post: a live session and its CSRF token.
@@ -292,30 +302,14 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
 	http.Redirect(w, r, "/support/", http.StatusSeeOther)
 }
 
+// search answers the search form of older pages (a post): searches are
+// GETs with a URL that can be shared (/support/?q=…).
 func (c *Console) search(w http.ResponseWriter, r *http.Request, s *session) {
-	c.showLookup(w, r, s, r.PostFormValue("email"), "", "")
-}
-
-// showLookup renders the page with the notices to addr.
-func (c *Console) showLookup(w http.ResponseWriter, r *http.Request, s *session, addr, flash, errMsg string) {
-	v := c.signedView(s)
-	v.Email, v.Flash, v.Error = strings.TrimSpace(addr), flash, errMsg
-	status := http.StatusOK
-	if errMsg != "" {
-		status = http.StatusUnprocessableEntity
+	q := r.PostFormValue("q")
+	if q == "" {
+		q = r.PostFormValue("email")
 	}
-	if v.Email == "" || !strings.Contains(v.Email, "@") {
-		v.Error = tr(r, "Enter an email address.")
-		c.render(w, r, http.StatusUnprocessableEntity, v)
-		return
-	}
-	res, err := c.api.Lookup(r.Context(), v.Email)
-	if err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	v.Result = res
-	c.render(w, r, status, v)
+	http.Redirect(w, r, searchURL(q, ""), http.StatusSeeOther)
 }
 
 func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
@@ -324,12 +318,14 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	rid, err := strconv.ParseInt(f.Get("recipient"), 10, 64)
 	cid := f.Get("campaign")
 	if err != nil || rid < 1 || cid == "" {
-		c.showLookup(w, r, s, q, "", tr(r, "The resend form is incomplete; search again."))
+		c.showSearch(w, r, s, searchArgs{q: q, errMsg: tr(r, "The resend form is incomplete; search again.")})
 		return
 	}
 	req := api.ResendRequest{
 		Reason: f.Get("reason"), Email: f.Get("email"), OverrideSuppression: f.Get("override_suppression") != "",
+		Locale: f.Get("locale"),
 	}
+	again := searchArgs{q: q, form: &formState{Campaign: cid, Recipient: rid, Reason: req.Reason, Email: req.Email, Locale: req.Locale}}
 	// The form's one-time token is its Idempotency-Key, as the API's: the
 	// first post runs, a reload or second click of the same form replays
 	// its outcome and queues nothing.
@@ -337,14 +333,16 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	var scope, claim string
 	if token != "" {
 		scope = store.IdemScope(s.key.Name, "POST", fmt.Sprintf("/support/resend/%s/%d", cid, rid), "console:"+token)
-		fp := sha256.Sum256([]byte(req.Reason + "\x00" + req.Email + "\x00" + strconv.FormatBool(req.OverrideSuppression)))
+		fp := sha256.Sum256([]byte(req.Reason + "\x00" + req.Email + "\x00" + strconv.FormatBool(req.OverrideSuppression) + "\x00" + req.Locale))
 		ans, tok, err := c.store.BeginIdempotent(r.Context(), scope, hex.EncodeToString(fp[:]), 5*time.Minute)
 		switch {
 		case errors.Is(err, store.ErrIdemRunning):
-			c.showLookup(w, r, s, q, "", tr(r, "This resend is already being queued."))
+			again.errMsg = tr(r, "This resend is already being queued.")
+			c.showSearch(w, r, s, again)
 			return
 		case errors.Is(err, store.ErrIdemMismatch):
-			c.showLookup(w, r, s, q, "", tr(r, "This form was already sent; search again for a new resend."))
+			again.errMsg = tr(r, "This form was already sent; search again for a new resend.")
+			c.showSearch(w, r, s, again)
 			return
 		case err != nil:
 			c.fail(w, r, err)
@@ -362,11 +360,15 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 			c.log.Error("support console: idempotency release", "err", err)
 		}
 	}
-	var ie *api.InvalidError
 	var le *api.LimitError
-	switch {
-	case err == nil:
+	if errors.As(err, &le) {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(le.RetryAfter.Seconds())))))
+	}
+	if err == nil {
 		msg := tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
+		if rs.Locale != "" {
+			msg += tr(r, " It goes in %s.", tr(r, localeName(rs.Locale)))
+		}
 		if claim != "" {
 			if err := c.store.FinishIdempotent(context.WithoutCancel(r.Context()), scope, claim,
 				store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.api.IdempotencyTTL()); err != nil {
@@ -374,17 +376,15 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 			}
 		}
 		c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: msg})
-	case errors.As(err, &ie):
-		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", ie.Msg))
-	case errors.As(err, &le):
-		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(le.RetryAfter.Seconds())))))
-		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", le.Error()))
-	case errors.Is(err, api.ErrSuppressed), errors.Is(err, api.ErrNotSent),
-		errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
-		c.showLookup(w, r, s, q, "", tr(r, "Not resent: %s", err.Error()))
-	default:
-		c.fail(w, r, err)
+		return
 	}
+	msg, suppressed, ok := c.explain(r, err, cid, rid, req)
+	if !ok {
+		c.fail(w, r, err)
+		return
+	}
+	again.errMsg, again.form.Override = msg, suppressed
+	c.showSearch(w, r, s, again)
 }
 
 // redirectFlash ends a form post that did something with a redirect to the
@@ -394,7 +394,7 @@ func (c *Console) redirectFlash(w http.ResponseWriter, r *http.Request, s *sessi
 		c.fail(w, r, err)
 		return
 	}
-	http.Redirect(w, r, "/support/", http.StatusSeeOther)
+	http.Redirect(w, r, searchURL(f.Query, ""), http.StatusSeeOther)
 }
 
 // fail answers an internal error; the detail goes to the log (errors from

@@ -306,6 +306,7 @@ type Resend struct {
 	Actor     string     `json:"actor"`
 	Reason    string     `json:"reason"`
 	Email     string     `json:"email"`
+	Locale    string     `json:"locale,omitempty"` // the language asked for; "" = the notice's own
 	Status    Status     `json:"status"`
 	MessageID string     `json:"message_id,omitempty"`
 	SentAt    *time.Time `json:"sent_at,omitempty"`

@@ -16,6 +16,7 @@ import "strconv"
 //	<p>:{c:ID}:dlv           HASH  recipient id → delivery record (JSON), once attempted
 //	<p>:{c:ID}:rs            HASH  recipient id → resends (JSON list)
 //	<p>:{c:ID}:emails        HASH  lower-cased address → recipient id (no duplicates)
+//	<p>:{c:ID}:sx            ZSET  support search index: kind + folded value + "\x00" + recipient id, scores 0 (search.go)
 //	<p>:{c:ID}:claim         HASH  recipient id → "deadline_ms:token" while a worker sends to it
 //	<p>:{c:ID}:chunks        ZSET  chunk start id → lease deadline (ms) while a chunk is handed out (queued, running, waiting for its rate)
 //	<p>:{c:ID}:att           HASH  recipient id → start (unix ms) of the attempt in flight
@@ -61,13 +62,13 @@ func (k keys) campaign(id string) ckeys {
 		def: b + "def", state: b + "state", counts: b + "counts", rcpt: b + "rcpt",
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
 		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
-		att: b + "att", doubt: b + "doubt", bnc: b + "bnc", raw: b + "raw",
+		att: b + "att", doubt: b + "doubt", bnc: b + "bnc", raw: b + "raw", sx: b + "sx",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
-	relay, reported, att, doubt, bnc, raw                                             string
+	relay, reported, att, doubt, bnc, raw, sx                                         string
 }
 
 // scriptKeys lists the keys scripts get as KEYS[1..12].
@@ -76,7 +77,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw, c.sx}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/net/idna"
 
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
@@ -38,8 +39,27 @@ func (p profile) into(r *notice.Recipient) {
 
 // EmailKey is the form an address is indexed and deduplicated under: the
 // domain is case-insensitive (RFC 5321), and in practice so is the local part
-// at every provider people use.
-func EmailKey(addr string) string { return strings.ToLower(strings.TrimSpace(addr)) }
+// at every provider people use; an internationalised domain is one domain in
+// its Unicode and punycode forms (user@例え.jp is user@xn--r8jz45g.jp), so
+// it is keyed in punycode, as uploads store it.
+func EmailKey(addr string) string {
+	k := strings.ToLower(strings.TrimSpace(addr))
+	if at := strings.LastIndexByte(k, '@'); at >= 0 && !isASCII(k[at+1:]) {
+		if d, err := idna.Lookup.ToASCII(k[at+1:]); err == nil {
+			k = k[:at+1] + d
+		}
+	}
+	return k
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
 
 // AddResult tells what AddRecipients did.
 type AddResult struct {
@@ -93,7 +113,11 @@ func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recip
 		return nil, fmt.Errorf("add recipients to %s: %w", cid, err)
 	}
 	res := &AddResult{IDs: v}
-	if err := s.index(ctx, cid, rs, res); err != nil {
+	err = s.index(ctx, cid, rs, res)
+	if err == nil {
+		err = s.indexSearch(ctx, cid, rs, v)
+	}
+	if err != nil {
 		// Stored but not indexed: res says what was stored; RepairIndex
 		// indexes it before the campaign starts.
 		return res, fmt.Errorf("%w: %w", errIndex, err)
@@ -692,6 +716,9 @@ func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.R
 	if err := addRefScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, EmailKey(r.Email), cid+":"+itoa(rid)).Err(); err != nil {
 		return n, fmt.Errorf("index resend address: %w", err)
 	}
+	if err := s.indexSearch(ctx, cid, []notice.Recipient{{Email: r.Email}}, []int64{rid}); err != nil {
+		return n, fmt.Errorf("index resend address: %w", err)
+	}
 	return n, nil
 }
 
@@ -856,7 +883,8 @@ const purgeBatch = 1000
 // stays: its definition, state and counts, the status of each recipient id,
 // and the audit log. It works a batch at a time, so Redis never blocks on
 // one huge deletion, and it can be run again after a failure. It returns
-// the number of recipients whose data it removed.
+// the number of recipients whose data it removed. The search index (names,
+// addresses, phone numbers, customer ids) goes whole.
 func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	st, err := s.State(ctx, cid)
 	if err != nil {
@@ -883,6 +911,10 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 		return 0, fmt.Errorf("purge %s: %w", cid, err)
 	}
+	// The search index first: it is all personal data, and one key.
+	if err := s.rdb.Unlink(ctx, ck.sx).Err(); err != nil {
+		return 0, fmt.Errorf("purge %s: %w", cid, err)
+	}
 	var n int64
 	for from := int64(1); from <= st.Seq; from += purgeBatch {
 		k, err := s.purgeRange(ctx, cid, from, min(from+purgeBatch, st.Seq+1))
@@ -892,7 +924,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		}
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att, ck.bnc, ck.raw)
+		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att, ck.bnc, ck.raw, ck.sx)
 		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
 		return nil
 	})

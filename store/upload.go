@@ -179,7 +179,7 @@ end
 return 0
 `)
 
-// RepairIndex puts into the look-up index the recipients a failed index
+// RepairIndex puts into the look-up and search indexes the recipients a failed index
 // write left out (Redis out of memory between storing a batch and indexing
 // it): an upload and a start call it first, so that support finds every
 // recipient of a campaign that sends. It is cheap when nothing is missing.
@@ -206,6 +206,8 @@ func (s *Store) RepairIndex(ctx context.Context, cid string) error {
 			return fmt.Errorf("repair index of %s: %w", cid, err)
 		}
 		args := make([]any, 0, 2*len(fields))
+		var rs []notice.Recipient
+		var ids []int64
 		for i, pv := range profs {
 			ps, ok := pv.(string)
 			if !ok {
@@ -216,9 +218,15 @@ func (s *Store) RepairIndex(ctx context.Context, cid string) error {
 				return fmt.Errorf("decode recipient %s of %s: %w", fields[i], cid, err)
 			}
 			args = append(args, EmailKey(p.Email), cid+":"+fields[i])
+			var r notice.Recipient
+			p.into(&r)
+			rs, ids = append(rs, r), append(ids, from+int64(i))
 		}
 		if len(args) > 0 {
 			if err := indexScript.Run(ctx, s.rdb, []string{s.k.emailIndex()}, args...).Err(); err != nil {
+				return fmt.Errorf("repair index of %s: %w", cid, err)
+			}
+			if err := s.indexSearch(ctx, cid, rs, ids); err != nil {
 				return fmt.Errorf("repair index of %s: %w", cid, err)
 			}
 		}

@@ -223,6 +223,9 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	if rs.Status == notice.StatusSent {
 		return nil
 	}
+	if rs.Locale != "" {
+		r.Locale = rs.Locale // support asked for the other language
+	}
 	var d notice.Delivery
 	out := w.send(context.WithoutCancel(ctx), c, r, rs.Email, p.Resend, &d, nil)
 	bg := context.WithoutCancel(ctx)

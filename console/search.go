@@ -1,0 +1,254 @@
+package console
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/idna"
+
+	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/ingest"
+	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
+)
+
+// searchView is the search part of the page: the query (also what the
+// sign-in form carries back to it), what it found, and a resend form to
+// show again after a refusal.
+type searchView struct {
+	Query  string
+	Search *api.SearchResult
+	// AddrSuppression: the query is an address on the suppression list
+	// (shown when no notice shows it: one banner per address).
+	AddrSuppression *store.Suppression
+	AddrQuery       bool   // the query is a whole address
+	Zone            string // the one zone every time on the page is in
+	Form            *formState
+	Next, Prev      string // URLs of the next and previous page
+	Sent            *api.SentNotice
+}
+
+// formState is a resend form as it was posted, shown again with the
+// reason why it was refused; Override asks for the suppression override.
+type formState struct {
+	Campaign  string
+	Recipient int64
+	Reason    string
+	Email     string
+	Locale    string
+	Override  bool
+}
+
+// For reports whether the form state belongs to notice n's form.
+func (f *formState) For(n api.Notice) bool {
+	return f != nil && f.Campaign == n.Campaign.ID && f.Recipient == n.ID
+}
+
+type searchArgs struct {
+	q, cursor     string
+	flash, errMsg string
+	form          *formState
+}
+
+// searchURL is the shareable address of a search (and of one of its pages).
+func searchURL(q, cursor string) string {
+	if strings.TrimSpace(q) == "" {
+		return "/support/"
+	}
+	v := url.Values{"q": {strings.TrimSpace(q)}}
+	if cursor != "" {
+		v.Set("cursor", cursor)
+	}
+	return "/support/?" + v.Encode()
+}
+
+// zoneName names the zone the console shows times in: the server's (TZ).
+func zoneName() string {
+	name, _ := time.Now().Zone()
+	if l := time.Local.String(); l != "Local" && l != name {
+		return name + " (" + l + ")"
+	}
+	return name
+}
+
+// showSearch renders the page with what q finds.
+func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session, a searchArgs) {
+	v := c.signedView(s)
+	v.Query, v.Flash, v.Error, v.Form = strings.TrimSpace(a.q), a.flash, a.errMsg, a.form
+	status := http.StatusOK
+	if a.errMsg != "" {
+		status = http.StatusUnprocessableEntity
+	}
+	cursor, _ := strconv.Atoi(a.cursor)
+	res, err := c.api.Search(r.Context(), v.Query, cursor, api.SearchLimit)
+	var qe *api.QueryError
+	if errors.As(err, &qe) {
+		v.Error = tr(r, "Enter at least 3 characters (2 of kana or kanji) of a customer id, name, email address or phone number.")
+		c.render(w, r, http.StatusBadRequest, v)
+		return
+	}
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	v.Search = res
+	if res.NextCursor != "" {
+		v.Next = searchURL(v.Query, res.NextCursor)
+	}
+	if cursor > 0 {
+		v.Prev = searchURL(v.Query, strconv.Itoa(max(0, cursor-api.SearchLimit)))
+	}
+	if addr := ingest.NormalizeEmail(v.Query); addr != "" {
+		v.AddrQuery = true
+		sup, err := c.store.Suppression(r.Context(), addr)
+		switch {
+		case err == nil:
+			v.AddrSuppression = sup
+		case !errors.Is(err, store.ErrNotFound):
+			c.fail(w, r, err)
+			return
+		}
+	}
+	c.render(w, r, status, v)
+}
+
+// explain says in the agent's language why a resend was refused, and
+// whether the suppression override is what it needs. ok is false for a
+// failure of the server's own.
+func (c *Console) explain(r *http.Request, err error, cid string, rid int64, req api.ResendRequest) (msg string, suppressed, ok bool) {
+	var ie *api.InvalidError
+	var le *api.LimitError
+	switch {
+	case errors.As(err, &ie):
+		switch ie.Code {
+		case "reason_required":
+			return tr(r, "Not resent: enter the reason for the resend (it is kept in the audit log)."), false, true
+		case "invalid_email":
+			return tr(r, "Not resent: the corrected address is not an address a notice can be sent to. Check it for typos: it needs one @ and a domain such as example.jp, in letters a mail server accepts."), false, true
+		case "invalid_locale":
+			return tr(r, "Not resent: choose Japanese or English."), false, true
+		case "invalid_reason":
+			if strings.Contains(ie.Msg, "card") {
+				return tr(r, "Not resent: the reason looks like it holds a full card number. Write at most the last 4 digits."), false, true
+			}
+			return tr(r, "Not resent: the reason is too long (at most 1,000 bytes)."), false, true
+		}
+		return tr(r, "Not resent: the form has a mistake; check the reason and the address."), false, true
+	case errors.As(err, &le):
+		return tr(r, "Not resent: you have used your %d resends per hour. Try again in %s.", le.N, duration(r, le.RetryAfter)), false, true
+	case errors.Is(err, api.ErrSuppressed):
+		to := req.Email
+		if to == "" {
+			if rc, err := c.store.Recipient(r.Context(), cid, rid); err == nil {
+				to = rc.Email
+			}
+		}
+		if sup, err := c.store.Suppression(r.Context(), lookupForm(to)); err == nil {
+			return tr(r, "Not resent: %s is on the suppression list since %s (%s): mail to it bounced or was blocked. To send anyway, tick “send despite the suppression list” and resend.",
+				to, fmtTime(sup.At), sup.Reason), true, true
+		}
+		return tr(r, "Not resent: the address is on the suppression list: mail to it bounced or was blocked. To send anyway, tick “send despite the suppression list” and resend."), true, true
+	case errors.Is(err, api.ErrNotSent):
+		return tr(r, "Not resent: this notice has not been sent yet. Resending it now could deliver it twice; it goes out by itself (see when on its row)."), false, true
+	case errors.Is(err, store.ErrConflict) && strings.Contains(err.Error(), "purg"):
+		return tr(r, "Not resent: this campaign's personal data is being deleted; nothing of it can be resent."), false, true
+	case errors.Is(err, store.ErrConflict) && strings.Contains(err.Error(), "cancelled"):
+		return tr(r, "Not resent: this notice was cancelled with its campaign and was never sent."), false, true
+	case errors.Is(err, store.ErrConflict):
+		return tr(r, "Not resent: the notice is being changed by someone else; search again and retry."), false, true
+	case errors.Is(err, store.ErrNotFound):
+		return tr(r, "Not resent: this notice no longer exists (its campaign was deleted or its personal data purged). Search again."), false, true
+	}
+	return "", false, false
+}
+
+// lookupForm is an address as it is stored (see api.lookupForm).
+func lookupForm(addr string) string {
+	if n := ingest.NormalizeEmail(addr); n != "" {
+		return n
+	}
+	return addr
+}
+
+// duration says d in whole minutes and seconds.
+func duration(r *http.Request, d time.Duration) string {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	if secs < 60 {
+		return tr(r, "%d seconds", secs)
+	}
+	return tr(r, "%d min %d s", secs/60, secs%60)
+}
+
+// localeName names a notice language.
+func localeName(l string) string {
+	switch l {
+	case notice.LocaleJA:
+		return "Japanese"
+	case notice.LocaleEN:
+		return "English"
+	}
+	return l
+}
+
+// unicodeAddr shows an address with an internationalised domain as people
+// write it (user@例え.jp), with the stored punycode beside it.
+func unicodeAddr(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || !strings.Contains(addr[at:], "xn--") {
+		return addr
+	}
+	d, err := idna.Lookup.ToUnicode(addr[at+1:])
+	if err != nil {
+		return addr
+	}
+	return addr[:at+1] + d + " (" + addr + ")"
+}
+
+// signedInGet guards a page a signed-in agent reads: a live session; no
+// form, so no CSRF token (the page changes nothing).
+func (c *Console) signedInGet(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, err := c.current(r)
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+		if s == nil {
+			c.loginPage(w, r, http.StatusUnauthorized, tr(r, "Please sign in."))
+			return
+		}
+		h(w, r.WithContext(api.WithActor(r.Context(), s.key)), s)
+	}
+}
+
+// noticePage shows one notice as it was sent (GET
+// /support/notice?campaign=&recipient=&resend=&q=): the text part,
+// rendered as the worker rendered it. Audited as a read of personal data.
+func (c *Console) noticePage(w http.ResponseWriter, r *http.Request, s *session) {
+	q := r.URL.Query()
+	v := c.signedView(s)
+	v.Query = q.Get("q")
+	rid, err := strconv.ParseInt(q.Get("recipient"), 10, 64)
+	n, _ := strconv.Atoi(q.Get("resend"))
+	if err != nil || rid < 1 || q.Get("campaign") == "" || n < 0 {
+		v.Error = tr(r, "This link is incomplete; search again.")
+		c.render(w, r, http.StatusBadRequest, v)
+		return
+	}
+	sent, err := c.api.RenderSent(r.Context(), q.Get("campaign"), rid, n)
+	if errors.Is(err, store.ErrNotFound) {
+		v.Error = tr(r, "This notice no longer exists (its campaign was deleted or its personal data purged).")
+		c.render(w, r, http.StatusNotFound, v)
+		return
+	}
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	v.Sent = sent
+	c.render(w, r, http.StatusOK, v)
+}
