@@ -174,6 +174,8 @@ func (s *Server) routes() {
 	h("GET /v1/webhooks/{id}", s.getWebhook)
 	h("DELETE /v1/webhooks/{id}", s.deleteWebhook)
 	h("POST /v1/webhooks/{id}/rotate", s.rotateWebhook)
+	h("GET /v1/webhooks/{id}/deliveries", s.webhookDeliveries)
+	h("POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", s.idempotent(s.redeliverWebhook))
 
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.
