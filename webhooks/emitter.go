@@ -230,7 +230,9 @@ func Wants(h *store.Webhook, ev Event) bool {
 	return slices.Contains(h.Events, "*") || slices.Contains(h.Events, ev.Type)
 }
 
-func enqueue(ctx context.Context, q tasks.Enqueuer, p Payload) error { return enqueueAs(ctx, q, p, p.ID) }
+func enqueue(ctx context.Context, q tasks.Enqueuer, p Payload) error {
+	return enqueueAs(ctx, q, p, p.ID)
+}
 
 // enqueueAs enqueues a delivery as the asynq task taskID (a redelivery
 // cannot reuse its message's: asynq keeps finished tasks a day).
