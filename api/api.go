@@ -141,7 +141,7 @@ func (s *Server) routes() {
 	h("POST /v1/campaigns", s.idempotent(s.createCampaign))
 	h("GET /v1/campaigns", s.listCampaigns, all...)
 	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
-	h("POST /v1/campaigns/{id}/recipients", s.uploadRecipients)
+	h("POST /v1/campaigns/{id}/recipients", s.idempotentUpload(s.uploadRecipients))
 	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, RoleSupport)
 	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
 	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
