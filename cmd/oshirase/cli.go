@@ -144,7 +144,7 @@ type campaignView struct {
 	ScheduledAt  *time.Time `json:"scheduled_at"`
 	Counts       struct {
 		Total, Pending, Sending, Retrying, Sent, Failed, Suppressed, Cancelled, Bounced, Complained int64
-		PossibleDuplicate                                                                     int64 `json:"possible_duplicate"`
+		PossibleDuplicate                                                                           int64 `json:"possible_duplicate"`
 	} `json:"counts"`
 	Progress *struct {
 		Done          int64    `json:"done"`
