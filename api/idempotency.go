@@ -44,16 +44,13 @@ const maxIdemKey = 255
 // (5xx, 429) is not kept: the retry runs afresh.
 func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		vals := r.Header.Values("Idempotency-Key")
-		if len(vals) == 0 {
+		key, given := idemKeyOf(w, r)
+		if !given {
 			h(w, r)
 			return
 		}
-		key, msg := parseIdemKey(vals)
-		if msg != "" {
-			writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
-				[]fieldError{{Field: "Idempotency-Key", Error: msg}})
-			return
+		if key == "" {
+			return // answered 400
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
 		if err != nil {
@@ -144,16 +141,13 @@ func (s *Server) settle(r *http.Request, rec *idemRecorder, scope, token string,
 // by more than idemUploadClaim.
 func (s *Server) idempotentUpload(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		vals := r.Header.Values("Idempotency-Key")
-		if len(vals) == 0 {
+		key, given := idemKeyOf(w, r)
+		if !given {
 			h(w, r)
 			return
 		}
-		key, msg := parseIdemKey(vals)
-		if msg != "" {
-			writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
-				[]fieldError{{Field: "Idempotency-Key", Error: msg}})
-			return
+		if key == "" {
+			return // answered 400
 		}
 		scope := store.IdemScope(actorName(r), r.Method, r.URL.Path, key)
 		ans, fp, token, err := s.store.BeginIdempotentStream(r.Context(), scope, idemUploadClaim)
@@ -255,6 +249,22 @@ func (b *bodyHash) rest() (string, error) {
 		return "", &http.MaxBytesError{Limit: b.limit}
 	}
 	return hex.EncodeToString(b.h.Sum(nil)), nil
+}
+
+// idemKeyOf reads the request's Idempotency-Key: given false without one;
+// "" after answering 400 for a bad one.
+func idemKeyOf(w http.ResponseWriter, r *http.Request) (key string, given bool) {
+	vals := r.Header.Values("Idempotency-Key")
+	if len(vals) == 0 {
+		return "", false
+	}
+	key, msg := parseIdemKey(vals)
+	if msg != "" {
+		writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
+			[]fieldError{{Field: "Idempotency-Key", Error: msg}})
+		return "", true
+	}
+	return key, true
 }
 
 // IdempotencyTTL is how long first answers are kept (for the console's

@@ -68,14 +68,7 @@ func TestIdempotentUpload(t *testing.T) {
 	if code != 422 || !strings.Contains(string(b), "idempotency_key_reused") {
 		t.Errorf("same key, other rows: %d %s, want 422", code, b)
 	}
-	var audit struct{ Entries []struct{ Action string } }
-	teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?campaign="+c.ID, "", nil, &audit)
-	n := 0
-	for _, e := range audit.Entries {
-		if e.Action == "recipients.upload" {
-			n++
-		}
-	}
+	n := teststack.AuditCount(t, st.Base, c.ID, "recipients.upload")
 	if n != 1 {
 		t.Errorf("%d uploads audited, want 1", n)
 	}

@@ -98,11 +98,23 @@ func (c *cmdSet) parse(args []string, want int, names string) ([]string, error) 
 	return pos, nil
 }
 
-func printJSON(w io.Writer, v any) {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.SetEscapeHTML(false)
-	enc.Encode(v)
+// call makes the client and sends req; with --json it prints the answer
+// as it came and reports done.
+func (c *cmdSet) call(ctx context.Context, stdout, stderr io.Writer, req request) (json.RawMessage, bool, error) {
+	cl, err := c.client(stderr)
+	if err != nil {
+		return nil, false, err
+	}
+	var raw json.RawMessage
+	if err := cl.do(ctx, req, &raw); err != nil {
+		return nil, false, err
+	}
+	if *c.json {
+		stdout.Write(raw)
+		fmt.Fprintln(stdout)
+		return raw, true, nil
+	}
+	return raw, false, nil
 }
 
 func dispatch(ctx context.Context, args []string, usage string, cmds map[string]func(context.Context, []string, io.Writer, io.Writer) error, stdout, stderr io.Writer) error {
@@ -181,18 +193,12 @@ func campaignCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 		body["name"] = *name
 		b, _ = json.Marshal(body)
 	}
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, request{method: "POST", path: "/v1/campaigns", ctype: "application/json", body: jsonBody(b)})
+	if err != nil || done {
 		return err
 	}
 	var ans map[string]any
-	if err := cl.do(ctx, request{method: "POST", path: "/v1/campaigns", ctype: "application/json", body: jsonBody(b)}, &ans); err != nil {
-		return err
-	}
-	if *c.json {
-		printJSON(stdout, ans)
-		return nil
-	}
+	json.Unmarshal(raw, &ans)
 	fmt.Fprintf(stderr, "created draft campaign %v (%v)\n", ans["id"], ans["name"])
 	fmt.Fprintln(stdout, ans["id"])
 	return nil
@@ -350,17 +356,9 @@ func campaignMove(ctx context.Context, action string, args []string, stdout, std
 	if err != nil {
 		return err
 	}
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, request{method: "POST", path: "/v1/campaigns/" + url.PathEscape(pos[0]) + "/" + action})
+	if err != nil || done {
 		return err
-	}
-	var raw json.RawMessage
-	if err := cl.do(ctx, request{method: "POST", path: "/v1/campaigns/" + url.PathEscape(pos[0]) + "/" + action}, &raw); err != nil {
-		return err
-	}
-	if *c.json {
-		stdout.Write(raw)
-		return nil
 	}
 	var ans campaignView
 	json.Unmarshal(raw, &ans)
@@ -512,17 +510,9 @@ func recipientFind(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, request{method: "GET", path: "/v1/recipients?email=" + url.QueryEscape(pos[0])})
+	if err != nil || done {
 		return err
-	}
-	var raw json.RawMessage
-	if err := cl.do(ctx, request{method: "GET", path: "/v1/recipients?email=" + url.QueryEscape(pos[0])}, &raw); err != nil {
-		return err
-	}
-	if *c.json {
-		stdout.Write(raw)
-		return nil
 	}
 	var ans struct {
 		Email   string `json:"email"`
@@ -652,17 +642,9 @@ func webhookRotate(ctx context.Context, args []string, stdout, stderr io.Writer)
 // webhookCall creates or rotates: the answer carries the secret, shown
 // this once.
 func webhookCall(ctx context.Context, c *cmdSet, stdout, stderr io.Writer, req request) error {
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, req)
+	if err != nil || done {
 		return err
-	}
-	var raw json.RawMessage
-	if err := cl.do(ctx, req, &raw); err != nil {
-		return err
-	}
-	if *c.json {
-		stdout.Write(raw)
-		return nil
 	}
 	var v webhookView
 	json.Unmarshal(raw, &v)
@@ -679,17 +661,9 @@ func webhookList(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if _, err := c.parse(args, 0, "no arguments"); err != nil {
 		return err
 	}
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, request{method: "GET", path: "/v1/webhooks"})
+	if err != nil || done {
 		return err
-	}
-	var raw json.RawMessage
-	if err := cl.do(ctx, request{method: "GET", path: "/v1/webhooks"}, &raw); err != nil {
-		return err
-	}
-	if *c.json {
-		stdout.Write(raw)
-		return nil
 	}
 	var ans struct{ Webhooks []webhookView }
 	json.Unmarshal(raw, &ans)
@@ -736,17 +710,9 @@ func webhookDeliveries(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	cl, err := c.client(stderr)
-	if err != nil {
+	raw, done, err := c.call(ctx, stdout, stderr, request{method: "GET", path: "/v1/webhooks/" + url.PathEscape(pos[0]) + "/deliveries?limit=" + strconv.Itoa(*limit)})
+	if err != nil || done {
 		return err
-	}
-	var raw json.RawMessage
-	if err := cl.do(ctx, request{method: "GET", path: "/v1/webhooks/" + url.PathEscape(pos[0]) + "/deliveries?limit=" + strconv.Itoa(*limit)}, &raw); err != nil {
-		return err
-	}
-	if *c.json {
-		stdout.Write(raw)
-		return nil
 	}
 	var ans struct {
 		Deliveries []struct {

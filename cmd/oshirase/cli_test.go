@@ -184,14 +184,7 @@ func TestCLIUploadRetried(t *testing.T) {
 		t.Errorf("Idempotency-Keys %q, replayed %q: want one key sent twice, the second answer replayed", keys, replayed)
 	}
 	mu.Unlock()
-	var audit struct{ Entries []struct{ Action string } }
-	teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?campaign="+id, "", nil, &audit)
-	n := 0
-	for _, e := range audit.Entries {
-		if e.Action == "recipients.upload" {
-			n++
-		}
-	}
+	n := teststack.AuditCount(t, st.Base, id, "recipients.upload")
 	if n != 1 {
 		t.Errorf("%d uploads ran, want 1", n)
 	}
