@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/webhooks"
 )
@@ -232,8 +234,9 @@ func (s *Server) redeliverWebhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, "webhook_disabled", fmt.Sprintf("webhook %s is disabled (%s); register the endpoint again", id, wh.DisabledReason), nil)
 		return
 	}
-	if err := webhooks.Redeliver(r.Context(), s.store, s.queue, id, did); errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("delivery %s of webhook %s is not kept (deliveries are kept %s)", did, id, store.WebhookMessageTTL), nil)
+	insp := asynq.NewInspectorFromRedisClient(s.store.Redis())
+	if err := webhooks.Redeliver(r.Context(), insp, s.queue, id, did); errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("delivery %s of webhook %s is not kept (a delivery is kept a day after it succeeded)", did, id), nil)
 		return
 	} else if err != nil {
 		s.storeError(w, r, err)

@@ -3,29 +3,24 @@ package store
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// The delivery log of a webhook endpoint, and the messages it can send
-// again:
+// The delivery log of a webhook endpoint:
 //
-//	<p>:wh:<id>:log        STREAM delivery attempts (field a: JSON), the last DeliveryLogSize;
-//	                              the entry ids are the pages' cursors
-//	<p>:wh:<id>:msg:<mid>  STRING a delivery's payload (ids, statuses and codes: no personal
-//	                              data), kept WebhookMessageTTL for redelivery
-func (k keys) webhookLog(id string) string      { return k.p + ":wh:" + id + ":log" }
-func (k keys) webhookMsg(id, mid string) string { return k.p + ":wh:" + id + ":msg:" + mid }
+//	<p>:wh:<id>:log  STREAM delivery attempts (field a: JSON), the last DeliveryLogSize;
+//	                        the entry ids are the pages' cursors
+//
+// A delivery's events are not copied here: asynq keeps its task (a day
+// after success, archived after the last failure), and a redelivery reads
+// them from there.
+func (k keys) webhookLog(id string) string { return k.p + ":wh:" + id + ":log" }
 
 // DeliveryLogSize is how many attempts an endpoint's log keeps.
 const DeliveryLogSize = 1000
-
-// WebhookMessageTTL is how long a delivery's payload is kept for a
-// redelivery: the three days its retries may take, and a few more.
-const WebhookMessageTTL = 7 * 24 * time.Hour
 
 // DeliveryAttempt is one attempt to deliver a message to an endpoint.
 type DeliveryAttempt struct {
@@ -40,20 +35,13 @@ type DeliveryAttempt struct {
 	Error      string    `json:"error,omitempty"`
 }
 
-// LogDelivery records an attempt and keeps the message's payload for a
-// redelivery (the payload is written on the first attempt only).
-func (s *Store) LogDelivery(ctx context.Context, endpoint string, a DeliveryAttempt, payload []byte) error {
+// LogDelivery records an attempt.
+func (s *Store) LogDelivery(ctx context.Context, endpoint string, a DeliveryAttempt) error {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("delivery log %s: %w", endpoint, err)
 	}
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.XAdd(ctx, &redis.XAddArgs{Stream: s.k.webhookLog(endpoint), MaxLen: DeliveryLogSize, Values: []string{"a", string(b)}})
-		if payload != nil {
-			p.SetNX(ctx, s.k.webhookMsg(endpoint, a.DeliveryID), payload, WebhookMessageTTL)
-		}
-		return nil
-	})
+	err = s.rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.k.webhookLog(endpoint), MaxLen: DeliveryLogSize, Values: []string{"a", string(b)}}).Err()
 	if err != nil {
 		return fmt.Errorf("delivery log %s: %w", endpoint, err)
 	}
@@ -90,20 +78,7 @@ func (s *Store) DeliveryLog(ctx context.Context, endpoint, before string, limit 
 	return out, next, nil
 }
 
-// WebhookMessage returns a delivery's stored payload, or ErrNotFound once
-// it has expired (or never was).
-func (s *Store) WebhookMessage(ctx context.Context, endpoint, mid string) ([]byte, error) {
-	b, err := s.rdb.Get(ctx, s.k.webhookMsg(endpoint, mid)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("delivery %s of webhook %s: %w", mid, endpoint, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("delivery %s of webhook %s: %w", mid, endpoint, err)
-	}
-	return b, nil
-}
-
-// dropWebhookLog removes an endpoint's log (its stored payloads expire).
+// dropWebhookLog removes an endpoint's log.
 func (s *Store) dropWebhookLog(ctx context.Context, endpoint string) error {
 	if err := s.rdb.Del(ctx, s.k.webhookLog(endpoint)).Err(); err != nil {
 		return fmt.Errorf("delivery log %s: %w", endpoint, err)

@@ -180,11 +180,7 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 	if res != nil {
 		att.Error = logText(res)
 	}
-	var keep []byte // kept for a redelivery (once: SET NX)
-	if !p.Redelivery {
-		keep = t.Payload()
-	}
-	if lerr := d.store.LogDelivery(context.WithoutCancel(ctx), wh.ID, att, keep); lerr != nil {
+	if lerr := d.store.LogDelivery(context.WithoutCancel(ctx), wh.ID, att); lerr != nil {
 		d.log.Warn("webhooks: delivery log", "endpoint", wh.ID, "err", lerr)
 	}
 	return res

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -208,15 +209,23 @@ func (e *Emitter) keep(evs []Event) []Event {
 
 // Redeliver sends a logged delivery of endpoint again, with its events and
 // webhook-id (receivers deduplicate by it; this is a new task with its own
-// retries). ErrNotFound when its payload is no longer kept.
-func Redeliver(ctx context.Context, st *store.Store, q tasks.Enqueuer, endpoint, deliveryID string) error {
-	b, err := st.WebhookMessage(ctx, endpoint, deliveryID)
+// retries). Its events are read from the delivery's asynq task, which asynq
+// keeps a day after success and archives after the last failure;
+// store.ErrNotFound once it is gone.
+func Redeliver(ctx context.Context, insp *asynq.Inspector, q tasks.Enqueuer, endpoint, deliveryID string) error {
+	info, err := insp.GetTaskInfo(Queue, deliveryID)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return fmt.Errorf("delivery %s: %w", deliveryID, store.ErrNotFound)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("delivery %s: %w", deliveryID, err)
 	}
 	var p Payload
-	if err := json.Unmarshal(b, &p); err != nil {
+	if err := json.Unmarshal(info.Payload, &p); err != nil {
 		return fmt.Errorf("delivery %s: %w", deliveryID, err)
+	}
+	if p.Endpoint != endpoint || p.ID != deliveryID {
+		return fmt.Errorf("delivery %s of webhook %s: %w", deliveryID, endpoint, store.ErrNotFound)
 	}
 	p.Redelivery = true
 	return enqueueAs(ctx, q, p, p.ID+"-r"+newID())
