@@ -141,7 +141,7 @@ func (s *Server) routes() {
 	h("POST /v1/campaigns", s.idempotent(s.createCampaign))
 	h("GET /v1/campaigns", s.listCampaigns, all...)
 	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
-	h("POST /v1/campaigns/{id}/recipients", s.uploadRecipients)
+	h("POST /v1/campaigns/{id}/recipients", s.idempotentUpload(s.uploadRecipients))
 	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, RoleSupport)
 	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
 	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
@@ -174,6 +174,8 @@ func (s *Server) routes() {
 	h("GET /v1/webhooks/{id}", s.getWebhook)
 	h("DELETE /v1/webhooks/{id}", s.deleteWebhook)
 	h("POST /v1/webhooks/{id}/rotate", s.rotateWebhook)
+	h("GET /v1/webhooks/{id}/deliveries", s.webhookDeliveries)
+	h("POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", s.idempotent(s.redeliverWebhook))
 
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash"
 	"io"
 	"mime"
 	"net/http"
@@ -43,16 +44,13 @@ const maxIdemKey = 255
 // (5xx, 429) is not kept: the retry runs afresh.
 func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		vals := r.Header.Values("Idempotency-Key")
-		if len(vals) == 0 {
+		key, given := idemKeyOf(w, r)
+		if !given {
 			h(w, r)
 			return
 		}
-		key, msg := parseIdemKey(vals)
-		if msg != "" {
-			writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
-				[]fieldError{{Field: "Idempotency-Key", Error: msg}})
-			return
+		if key == "" {
+			return // answered 400
 		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxJSONBody))
 		if err != nil {
@@ -60,59 +58,213 @@ func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		name := ""
-		if k := Actor(r.Context()); k != nil {
-			name = k.Name
-		}
-		scope := store.IdemScope(name, r.Method, r.URL.Path, key)
+		scope := store.IdemScope(actorName(r), r.Method, r.URL.Path, key)
 		ans, token, err := s.store.BeginIdempotent(r.Context(), scope, fingerprint(r, body), max(idemInflight, s.cfg.WriteTimeout))
 		switch {
-		case errors.Is(err, store.ErrIdemRunning):
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusConflict, "idempotency_key_in_use",
-				"a request with this Idempotency-Key is still being processed; retry later", nil)
-			return
-		case errors.Is(err, store.ErrIdemMismatch):
-			writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused",
-				"this Idempotency-Key was already used for a different request body; use a new key for a new request", nil)
+		case idemRefused(w, err):
 			return
 		case err != nil:
 			s.storeError(w, r, err)
 			return
 		case ans != nil:
-			for k, v := range ans.Headers {
-				w.Header().Set(k, v)
-			}
-			w.Header().Set(ReplayHeader, "true")
-			w.WriteHeader(ans.Status)
-			w.Write(ans.Body)
+			replay(w, ans)
 			return
 		}
 		rec := &idemRecorder{ResponseWriter: w}
-		defer func() {
-			// The request's context may be gone (client left): the record
-			// must be settled anyway, or retries see 409 until it expires.
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
-			defer cancel()
-			if rec.status == 0 || rec.status >= 500 || rec.status == http.StatusTooManyRequests {
-				if err := s.store.AbandonIdempotent(ctx, scope, token); err != nil {
-					s.log.Error("idempotency: release failed", "route", r.Pattern, "err", err)
-				}
-				return
-			}
-			hdr := map[string]string{}
-			for _, k := range []string{"Content-Type", "Location"} {
-				if v := rec.Header().Get(k); v != "" {
-					hdr[k] = v
-				}
-			}
-			a := store.IdemAnswer{Status: rec.status, Headers: hdr, Body: rec.body.Bytes()}
-			if err := s.store.FinishIdempotent(ctx, scope, token, a, s.idemTTL()); err != nil {
-				s.log.Error("idempotency: storing the answer failed", "route", r.Pattern, "err", err)
-			}
-		}()
+		defer s.settle(r, rec, scope, token, func() (string, bool) { return "", true })
 		h(rec, r)
 	}
+}
+
+// idemRefused answers a request the Idempotency-Key's record refuses (409
+// while the first runs, 422 for another body); false if err is neither.
+func idemRefused(w http.ResponseWriter, err error) bool {
+	switch {
+	case errors.Is(err, store.ErrIdemRunning):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusConflict, "idempotency_key_in_use",
+			"a request with this Idempotency-Key is still being processed; retry later", nil)
+	case errors.Is(err, store.ErrIdemMismatch):
+		writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused",
+			"this Idempotency-Key was already used for a different request body; use a new key for a new request", nil)
+	default:
+		return false
+	}
+	return true
+}
+
+// replay answers with a stored first answer.
+func replay(w http.ResponseWriter, ans *store.IdemAnswer) {
+	for k, v := range ans.Headers {
+		w.Header().Set(k, v)
+	}
+	w.Header().Set(ReplayHeader, "true")
+	w.WriteHeader(ans.Status)
+	w.Write(ans.Body)
+}
+
+// settle keeps the first answer (and, for a streamed body, its
+// fingerprint, which fp gives once the body is read) or frees the claim
+// when the answer says "try again", or the body could not be read to its
+// end (the client broke off: its retry runs afresh).
+func (s *Server) settle(r *http.Request, rec *idemRecorder, scope, token string, fp func() (string, bool)) {
+	// The request's context may be gone (client left): the record
+	// must be settled anyway, or retries see 409 until it expires.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	defer cancel()
+	sum, whole := fp()
+	if !whole || rec.status == 0 || rec.status >= 500 || rec.status == http.StatusTooManyRequests {
+		if err := s.store.AbandonIdempotent(ctx, scope, token); err != nil {
+			s.log.Error("idempotency: release failed", "route", r.Pattern, "err", err)
+		}
+		return
+	}
+	hdr := map[string]string{}
+	for _, k := range []string{"Content-Type", "Location"} {
+		if v := rec.Header().Get(k); v != "" {
+			hdr[k] = v
+		}
+	}
+	a := store.IdemAnswer{Status: rec.status, Headers: hdr, Body: rec.body.Bytes()}
+	if err := s.store.FinishIdempotentStream(ctx, scope, token, sum, a, s.idemTTL()); err != nil {
+		s.log.Error("idempotency: storing the answer failed", "route", r.Pattern, "err", err)
+	}
+}
+
+// idempotentUpload is idempotent for a recipients upload, whose body may
+// be gigabytes and is never held: the key is claimed before the body is
+// read (a concurrent retry is 409 at once), the body is hashed as the
+// upload streams it, and the hash is stored with the answer. A retry
+// after the answer is read through and hashed too, then gets the stored
+// answer (same hash) or 422 (another body); nothing of it is stored. The
+// claim is renewed while the upload runs, so it outlives no dead process
+// by more than idemUploadClaim.
+func (s *Server) idempotentUpload(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		key, given := idemKeyOf(w, r)
+		if !given {
+			h(w, r)
+			return
+		}
+		if key == "" {
+			return // answered 400
+		}
+		scope := store.IdemScope(actorName(r), r.Method, r.URL.Path, key)
+		ans, fp, token, err := s.store.BeginIdempotentStream(r.Context(), scope, idemUploadClaim)
+		if idemRefused(w, err) {
+			return
+		}
+		if err != nil {
+			s.storeError(w, r, err)
+			return
+		}
+		hb := newBodyHash(r, s.cfg.MaxUploadBytes)
+		if ans != nil {
+			if got, err := hb.rest(); err != nil {
+				bodyError(w, err)
+			} else if got != fp {
+				idemRefused(w, store.ErrIdemMismatch)
+			} else {
+				replay(w, ans)
+			}
+			return
+		}
+		stop := s.keepClaim(r.Context(), scope, token)
+		rec := &idemRecorder{ResponseWriter: w}
+		defer s.settle(r, rec, scope, token, func() (string, bool) {
+			stop()
+			// What the upload left unread (it stopped early) counts too.
+			sum, err := hb.rest()
+			return sum, err == nil
+		})
+		r.Body = hb
+		h(rec, r)
+	}
+}
+
+// idemUploadClaim is how long an upload's claim lives without renewal.
+const idemUploadClaim = time.Minute
+
+// keepClaim renews a claim every third of idemUploadClaim until the
+// returned func runs.
+func (s *Server) keepClaim(ctx context.Context, scope, token string) func() {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		t := time.NewTicker(idemUploadClaim / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := s.store.ExtendIdempotent(ctx, scope, token, idemUploadClaim); err != nil {
+					s.log.Warn("idempotency: renewing an upload's claim", "err", err)
+				}
+			}
+		}
+	}()
+	return cancel
+}
+
+func actorName(r *http.Request) string {
+	if k := Actor(r.Context()); k != nil {
+		return k.Name
+	}
+	return ""
+}
+
+// bodyHash is a request body that hashes what is read from it, after the
+// media type and content encoding (a gzip and a plain upload of the same
+// rows are different requests).
+type bodyHash struct {
+	io.ReadCloser
+	h     hash.Hash
+	limit int64
+	n     int64
+}
+
+func newBodyHash(r *http.Request, limit int64) *bodyHash {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	b := &bodyHash{ReadCloser: r.Body, h: sha256.New(), limit: limit}
+	b.h.Write([]byte(mt + "\n" + strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))) + "\n"))
+	return b
+}
+
+func (b *bodyHash) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.h.Write(p[:n])
+	b.n += int64(n)
+	return n, err
+}
+
+// rest reads what is left of the body (up to the upload limit) and returns
+// the hash of all of it.
+func (b *bodyHash) rest() (string, error) {
+	if b.n <= b.limit {
+		if _, err := io.Copy(io.Discard, io.LimitReader(b, b.limit-b.n+1)); err != nil {
+			return "", err
+		}
+	}
+	if b.n > b.limit {
+		return "", &http.MaxBytesError{Limit: b.limit}
+	}
+	return hex.EncodeToString(b.h.Sum(nil)), nil
+}
+
+// idemKeyOf reads the request's Idempotency-Key: given false without one;
+// "" after answering 400 for a bad one.
+func idemKeyOf(w http.ResponseWriter, r *http.Request) (key string, given bool) {
+	vals := r.Header.Values("Idempotency-Key")
+	if len(vals) == 0 {
+		return "", false
+	}
+	key, msg := parseIdemKey(vals)
+	if msg != "" {
+		writeError(w, http.StatusBadRequest, "bad_idempotency_key", msg,
+			[]fieldError{{Field: "Idempotency-Key", Error: msg}})
+		return "", true
+	}
+	return key, true
 }
 
 // IdempotencyTTL is how long first answers are kept (for the console's

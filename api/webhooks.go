@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
+	"strconv"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/webhooks"
@@ -174,4 +178,71 @@ func (s *Server) refreshHooks(ctx context.Context) {
 	if err := s.events.Refresh(ctx); err != nil {
 		s.log.Warn("webhooks: reading endpoints", "err", err)
 	}
+}
+
+// deliveryCursor is the form of a delivery log's cursor (a Redis stream id).
+var deliveryCursor = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
+
+// webhookDeliveries lists an endpoint's delivery attempts, newest first:
+// when, how many events, the receiver's status code, latency and error.
+func (s *Server) webhookDeliveries(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	q := r.URL.Query()
+	var bad []fieldError
+	cursor := q.Get("cursor")
+	if cursor != "" && !deliveryCursor.MatchString(cursor) {
+		bad = append(bad, fieldError{"cursor", fmt.Sprintf("%q is not a cursor this API gave out", cursor)})
+	}
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > store.DeliveryLogSize {
+			bad = append(bad, fieldError{"limit", fmt.Sprintf("must be a whole number from 1 to %d", store.DeliveryLogSize)})
+		}
+		limit = n
+	}
+	if len(bad) > 0 {
+		writeError(w, http.StatusBadRequest, "bad_query", "the query is not valid", bad)
+		return
+	}
+	if _, err := s.store.GetWebhook(r.Context(), id); err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	log, next, err := s.store.DeliveryLog(r.Context(), id, cursor, limit)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	ans := map[string]any{"deliveries": log, "next_cursor": nil}
+	if next != "" {
+		ans["next_cursor"] = next
+	}
+	writeJSON(w, http.StatusOK, ans)
+}
+
+// redeliverWebhook sends a logged delivery again (same events, same
+// webhook-id) as a new task with retries of its own.
+func (s *Server) redeliverWebhook(w http.ResponseWriter, r *http.Request) {
+	id, did := r.PathValue("id"), r.PathValue("delivery_id")
+	wh, err := s.store.GetWebhook(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	if wh.DisabledAt != nil {
+		writeError(w, http.StatusConflict, "webhook_disabled", fmt.Sprintf("webhook %s is disabled (%s); register the endpoint again", id, wh.DisabledReason), nil)
+		return
+	}
+	insp := asynq.NewInspectorFromRedisClient(s.store.Redis())
+	if err := webhooks.Redeliver(r.Context(), insp, s.queue, id, did); errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("delivery %s of webhook %s is not kept (a delivery is kept a day after it succeeded)", did, id), nil)
+		return
+	} else if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	details, _ := json.Marshal(map[string]string{"webhook": id, "delivery_id": did})
+	s.audit(r, store.AuditEntry{Action: "webhook.redeliver", Details: details})
+	writeJSON(w, http.StatusAccepted, map[string]string{"webhook_id": id, "delivery_id": did, "status": "queued"})
 }

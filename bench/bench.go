@@ -51,6 +51,10 @@ type Options struct {
 	// right after a ceiling measurement of its own; the report gives every
 	// run and the median share.
 	Repeat int
+	// Webhooks runs each campaign twice in a row, without and then with a
+	// status-webhook endpoint (a local receiver) subscribed to every
+	// event, and reports both rates and the events per second received.
+	Webhooks bool
 	// Dir holds logs and the Redis working directory ("" = a temporary one).
 	Dir string
 	// Log receives progress lines.
@@ -67,6 +71,12 @@ type Delivery struct {
 	PeakRSS    int64 // sum of the workers' peaks
 	APIPeakRSS int64 // the API process's peak while the campaign was sent
 	Received   int64 // messages the sink counted (-1 = unknown)
+	// Webhooks: sent with an endpoint taking every event; Events
+	// recipient.sent events it received, the last EventsElapsed after the
+	// start.
+	Webhooks      bool
+	Events        int64
+	EventsElapsed time.Duration
 	// Ceiling is smtp-source's rate measured right before this run (0 =
 	// not measured): the VM's speed drifts, so each run is compared with a
 	// ceiling of its own moment.
@@ -130,6 +140,7 @@ type env struct {
 	base    string
 	key     string
 	workers []*exec.Cmd
+	hooks   *receiver // --webhooks
 	report  *Report
 }
 
@@ -178,6 +189,23 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 					ceil = c
 				}
 			}
+			// With --webhooks, a run with an endpoint right before or after
+			// (alternating, so a machine whose speed drifts favours
+			// neither), same processes, same size: like with like.
+			hooked := func() error {
+				d, _, err := e.deliverHooked(ctx, n)
+				if err != nil {
+					return fmt.Errorf("deliver %d with webhooks: %w", n, err)
+				}
+				d.Ceiling = ceil
+				e.report.Deliveries = append(e.report.Deliveries, *d)
+				return nil
+			}
+			if opts.Webhooks && i%2 == 1 {
+				if err := hooked(); err != nil {
+					return e.report, err
+				}
+			}
 			d, mem, err := e.deliver(ctx, n)
 			if err != nil {
 				return e.report, fmt.Errorf("deliver %d: %w", n, err)
@@ -186,6 +214,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			e.report.Deliveries = append(e.report.Deliveries, *d)
 			memBytes += mem
 			memRcpt += int64(n)
+			if opts.Webhooks && i%2 == 0 {
+				if err := hooked(); err != nil {
+					return e.report, err
+				}
+			}
 		}
 	}
 	if memRcpt > 0 {
@@ -393,6 +426,8 @@ func (e *env) procEnv(extra ...string) []string {
 		"STARTS_PER_HOUR=0",
 		// Each upload's row limit is the API's: a million rows ≈ 100 MB.
 		"MAX_UPLOAD_BYTES=" + strconv.Itoa(4<<30),
+		// --webhooks: the receiver is on loopback.
+		"WEBHOOK_ALLOW_PRIVATE=true",
 	}
 	if e.redis != nil {
 		// The private Redis keeps nothing on disk: the benchmark measures
@@ -479,6 +514,9 @@ func (e *env) workerSet() procSet {
 }
 
 func (e *env) stop() {
+	if e.hooks != nil {
+		e.hooks.srv.Close()
+	}
 	for _, c := range append(append([]*exec.Cmd{}, e.workers...), e.api) {
 		if c != nil && c.Process != nil {
 			c.Process.Signal(syscall.SIGTERM)

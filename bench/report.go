@@ -37,6 +37,10 @@ func (r *Report) Print(w io.Writer, o Options) {
 	}
 	fmt.Fprintf(tw, "delivery\tsent\tsink got\ttime\tmsg/s\tceiling just before\tof ceiling\tCPU s/1000 msgs\tRedis CPU s/1000\tpeak RSS (workers)\tpeak RSS (API)\t\n")
 	for _, d := range r.Deliveries {
+		label := "recipients"
+		if d.Webhooks {
+			label = "+ webhooks"
+		}
 		share, dceil := "-", "-"
 		if s := r.share(d); s > 0 {
 			share = fmt.Sprintf("%.2f", s)
@@ -51,8 +55,16 @@ func (r *Report) Print(w io.Writer, o Options) {
 		per := func(x time.Duration) string {
 			return fmt.Sprintf("%.3f", x.Seconds()/float64(max(d.Sent, 1))*1000)
 		}
-		fmt.Fprintf(tw, "%d recipients\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", d.Recipients, d.Sent, got,
+		fmt.Fprintf(tw, "%d %s\t%d\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", d.Recipients, label, d.Sent, got,
 			d.Elapsed.Round(time.Millisecond), d.Rate(), dceil, share, per(d.CPU), per(d.RedisCPU), mib(d.PeakRSS), mib(d.APIPeakRSS))
+	}
+	if o.Webhooks {
+		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "status webhooks (median)\tmsg/s without\tmsg/s with\twith/without\tevents/s received\t\n")
+		for _, n := range sizes(r.Deliveries) {
+			off, on, ev := r.webhookPairs(n)
+			fmt.Fprintf(tw, "%d recipients\t%.0f\t%.0f\t%.2f\t%.0f\t\n", n, off, on, on/off, ev)
+		}
 	}
 	if o.Repeat > 1 {
 		for _, n := range sizes(r.Deliveries) {
@@ -82,6 +94,12 @@ func (r *Report) Print(w io.Writer, o Options) {
 		check(w, fmt.Sprintf("%d recipients ≥ %d msg/s", n, TargetRate), rate >= TargetRate)
 		if share > 0 {
 			check(w, fmt.Sprintf("%d recipients ≥ %.2f × the ceiling measured just before (%.2f)", n, TargetCeilingShare, share), share >= TargetCeilingShare)
+		}
+	}
+	if o.Webhooks {
+		for _, n := range sizes(r.Deliveries) {
+			off, on, _ := r.webhookPairs(n)
+			check(w, fmt.Sprintf("%d recipients with webhooks ≥ %.2f × without (%.2f)", n, TargetWebhookShare, on/off), on >= TargetWebhookShare*off)
 		}
 	}
 	if in := r.Ingest; in != nil {
@@ -118,7 +136,7 @@ func (r *Report) share(d Delivery) float64 {
 func (r *Report) median(n int) (rate, share float64) {
 	var rates, shares []float64
 	for _, d := range r.Deliveries {
-		if d.Recipients == n {
+		if d.Recipients == n && !d.Webhooks {
 			rates = append(rates, d.Rate())
 			shares = append(shares, r.share(d))
 		}

@@ -38,6 +38,8 @@ import "strconv"
 //	<p>:audit                STREAM append-only audit log
 //	<p>:unmatched            LIST  returned messages tied to no notice (JSON, newest 1,000, expire 30 days)
 //	<p>:session:, <p>:flash:  STRING console sessions and their one-time page (support.go)
+//	<p>:webhooks, <p>:webhooks:v  HASH, STRING  webhook endpoints and their change counter (webhooks.go)
+//	<p>:wh:<id>:log          STREAM an endpoint's delivery log, the last 1,000 attempts (webhooklog.go)
 //	<p>:idem:<sha256>        HASH  an Idempotency-Key's claim and first answer (idempotency.go)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }

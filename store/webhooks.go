@@ -15,9 +15,15 @@ import (
 //
 //	<p>:webhooks   HASH  endpoint id → Webhook (JSON), secrets included
 //
+//	<p>:webhooks:v STRING a counter bumped after every change to
+//	               the endpoints (create, delete, update)
+//
 // One hash: the emitter caches the whole list (a few endpoints) and reads
-// it again every few seconds, never per event.
-func (k keys) webhooks() string { return k.p + ":webhooks" }
+// it again when the counter moved, which it checks once per batch it
+// flushes (never per event): an endpoint registered through one process is
+// known to every other one by the next batch they send.
+func (k keys) webhooks() string        { return k.p + ":webhooks" }
+func (k keys) webhooksVersion() string { return k.p + ":webhooks:v" }
 
 // WebhookSecret is one signing secret of an endpoint. During a rotation's
 // overlap the old one signs too, until Until.
@@ -57,7 +63,7 @@ func (s *Store) CreateWebhook(ctx context.Context, w Webhook) (*Webhook, error) 
 	if err := s.putWebhook(ctx, s.rdb, &w); err != nil {
 		return nil, err
 	}
-	return &w, nil
+	return &w, s.bumpWebhooks(ctx)
 }
 
 func (s *Store) putWebhook(ctx context.Context, c redis.Cmdable, w *Webhook) error {
@@ -119,7 +125,32 @@ func (s *Store) DeleteWebhook(ctx context.Context, id string) error {
 	if n == 0 {
 		return fmt.Errorf("webhook %s: %w", id, ErrNotFound)
 	}
+	if err := s.dropWebhookLog(ctx, id); err != nil {
+		return err
+	}
+	return s.bumpWebhooks(ctx)
+}
+
+// bumpWebhooks moves the endpoints' change counter on. It runs after the
+// change itself: a reader that sees the new count reads the new list.
+func (s *Store) bumpWebhooks(ctx context.Context) error {
+	if err := s.rdb.Incr(ctx, s.k.webhooksVersion()).Err(); err != nil {
+		return fmt.Errorf("webhooks changed: %w", err)
+	}
 	return nil
+}
+
+// WebhooksVersion returns the endpoints' change counter (0 before any
+// change): equal counts mean an unchanged list.
+func (s *Store) WebhooksVersion(ctx context.Context) (int64, error) {
+	v, err := s.rdb.Get(ctx, s.k.webhooksVersion()).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("webhooks version: %w", err)
+	}
+	return v, nil
 }
 
 // UpdateWebhook applies fn to an endpoint atomically (WATCH: a rotation and
@@ -149,7 +180,10 @@ func (s *Store) UpdateWebhook(ctx context.Context, id string, fn func(*Webhook) 
 		if errors.Is(err, redis.TxFailedErr) {
 			continue
 		}
-		return out, err
+		if err != nil {
+			return nil, err
+		}
+		return out, s.bumpWebhooks(ctx)
 	}
 	return nil, fmt.Errorf("webhook %s: %w", id, ErrConflict)
 }

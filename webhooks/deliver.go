@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -162,7 +163,44 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 	req.Header.Set("webhook-id", p.ID)
 	req.Header.Set("webhook-timestamp", strconv.FormatInt(now.Unix(), 10))
 	req.Header.Set("webhook-signature", sig)
+	start := time.Now()
 	resp, err := d.client.Do(req)
+	att := store.DeliveryAttempt{DeliveryID: p.ID, Attempt: attempt(ctx), Redelivery: p.Redelivery, At: start.UTC(),
+		Events: len(p.Events)}
+	if err == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		att.StatusCode = resp.StatusCode
+	}
+	att.LatencyMS = time.Since(start).Milliseconds()
+	res := d.outcome(ctx, wh, resp, err, now)
+	if res == nil && len(p.Events) > 0 {
+		metrics.WebhookLagSeconds.Observe(time.Since(p.Events[0].Timestamp).Seconds())
+	}
+	if res != nil {
+		att.Error = logText(res)
+	}
+	if lerr := d.store.LogDelivery(context.WithoutCancel(ctx), wh.ID, att); lerr != nil {
+		d.log.Warn("webhooks: delivery log", "endpoint", wh.ID, "err", lerr)
+	}
+	return res
+}
+
+// attempt is the 1-based attempt number of the task running in ctx.
+func attempt(ctx context.Context) int {
+	n, _ := asynq.GetRetryCount(ctx)
+	return n + 1
+}
+
+// logText is an attempt's error as the delivery log shows it: without the
+// asynq marker, which says nothing to a reader.
+func logText(err error) string {
+	return strings.TrimSuffix(err.Error(), ": "+asynq.SkipRetry.Error())
+}
+
+// outcome turns a receiver's answer (or the failure to get one) into the
+// task's result: nil, a retry (with the receiver's Retry-After), or a stop.
+func (d *Deliverer) outcome(ctx context.Context, wh *store.Webhook, resp *http.Response, err error, now time.Time) error {
 	if err != nil {
 		if errors.Is(err, ErrPrivate) {
 			metrics.WebhookDeliveries.WithLabelValues("refused").Inc()
@@ -172,14 +210,9 @@ func (d *Deliverer) Handle(ctx context.Context, t *asynq.Task) error {
 		metrics.WebhookDeliveries.WithLabelValues("retry").Inc()
 		return fmt.Errorf("endpoint %s: %w", wh.ID, err)
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
 	switch s := resp.StatusCode; {
 	case s >= 200 && s < 300:
 		metrics.WebhookDeliveries.WithLabelValues("ok").Inc()
-		if len(p.Events) > 0 {
-			metrics.WebhookLagSeconds.Observe(time.Since(p.Events[0].Timestamp).Seconds())
-		}
 		return nil
 	case s == http.StatusGone:
 		metrics.WebhookDeliveries.WithLabelValues("gone").Inc()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -26,6 +27,10 @@ type Payload struct {
 	Endpoint string  `json:"endpoint"`
 	ID       string  `json:"id"`
 	Events   []Event `json:"events"`
+	// Redelivery: sent again on an admin's request (POST
+	// /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver), under the
+	// same webhook-id.
+	Redelivery bool `json:"redelivery,omitempty"`
 }
 
 // MaxRetry with RetryDelay's backoff (capped at an hour) spans about three
@@ -33,8 +38,13 @@ type Payload struct {
 const MaxRetry = 80
 
 // Emitter batches events and enqueues their deliveries. Emit is safe on a
-// nil *Emitter (webhooks off) and costs an atomic load while no endpoint is
-// registered.
+// nil *Emitter (webhooks off) and costs a channel send.
+//
+// Which endpoints want an event is decided when its batch is flushed, not
+// when it is emitted: the flush reads the endpoints' change counter (one
+// GET per batch) and the list again when it moved. So an endpoint
+// registered through another process gets every event emitted after its
+// registration answered, not only those after a periodic re-read.
 type Emitter struct {
 	store    *store.Store
 	queue    tasks.Enqueuer
@@ -43,9 +53,9 @@ type Emitter struct {
 	interval time.Duration
 
 	ch      chan Event
-	active  atomic.Bool // some enabled endpoint exists
 	mu      sync.Mutex
 	hooks   []store.Webhook
+	version int64 // the change counter hooks were read at (-1: never read)
 	dropped atomic.Int64
 	done    chan struct{}
 }
@@ -55,14 +65,14 @@ func NewEmitter(st *store.Store, q tasks.Enqueuer, batch int, log *slog.Logger) 
 	if batch <= 0 {
 		batch = 100
 	}
-	return &Emitter{store: st, queue: q, log: log, batch: batch, interval: time.Second,
+	return &Emitter{store: st, queue: q, log: log, batch: batch, interval: time.Second, version: -1,
 		ch: make(chan Event, 64*1024), done: make(chan struct{})}
 }
 
 // Emit hands ev to the emitter. It never blocks: past 65,536 events waiting
 // (Redis away for long) events are dropped, counted and logged.
 func (e *Emitter) Emit(ev Event) {
-	if e == nil || !e.active.Load() {
+	if e == nil {
 		return
 	}
 	if ev.Timestamp.IsZero() {
@@ -79,33 +89,41 @@ func (e *Emitter) Emit(ev Event) {
 }
 
 // Refresh reads the endpoints again now (after a change through this
-// process's API, so it need not wait for the next periodic read).
+// process's API).
 func (e *Emitter) Refresh(ctx context.Context) error {
 	if e == nil {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.version = -1
+	return e.current(ctx)
+}
+
+// current brings the cached endpoints up to date when their change counter
+// moved. Callers hold e.mu.
+func (e *Emitter) current(ctx context.Context) error {
+	v, err := e.store.WebhooksVersion(ctx)
+	if err != nil {
+		return err
+	}
+	if v == e.version {
 		return nil
 	}
 	hs, err := e.store.Webhooks(ctx)
 	if err != nil {
 		return err
 	}
-	hs = slices.DeleteFunc(hs, func(w store.Webhook) bool { return w.DisabledAt != nil })
-	e.mu.Lock()
-	e.hooks = hs
-	e.mu.Unlock()
-	e.active.Store(len(hs) > 0)
+	e.hooks = slices.DeleteFunc(hs, func(w store.Webhook) bool { return w.DisabledAt != nil })
+	e.version = v
 	return nil
 }
 
 // Run batches and enqueues until ctx ends, then flushes what it holds.
 func (e *Emitter) Run(ctx context.Context) {
 	defer close(e.done)
-	if err := e.Refresh(ctx); err != nil {
-		e.log.Warn("webhooks: reading endpoints", "err", err)
-	}
 	tick := time.NewTicker(e.interval)
 	defer tick.Stop()
-	refresh := time.NewTicker(5 * time.Second)
-	defer refresh.Stop()
 	var buf []Event
 	for {
 		select {
@@ -116,10 +134,6 @@ func (e *Emitter) Run(ctx context.Context) {
 			}
 		case <-tick.C:
 			buf = e.flush(ctx, buf)
-		case <-refresh.C:
-			if err := e.Refresh(ctx); err != nil {
-				e.log.Warn("webhooks: reading endpoints", "err", err)
-			}
 		case <-ctx.Done():
 		drain:
 			for {
@@ -150,8 +164,15 @@ func (e *Emitter) flush(ctx context.Context, evs []Event) []Event {
 		return evs
 	}
 	e.mu.Lock()
+	err := e.current(ctx)
 	hooks := e.hooks
 	e.mu.Unlock()
+	if err != nil {
+		// Which endpoints want them is unknown: kept and tried again at
+		// the next tick, like a refused enqueue.
+		e.log.Warn("webhooks: reading endpoints; events kept for the next try", "err", err)
+		return e.keep(evs)
+	}
 	for _, h := range hooks {
 		var mine []Event
 		for _, ev := range evs {
@@ -167,17 +188,47 @@ func (e *Emitter) flush(ctx context.Context, evs []Event) []Event {
 				e.log.Warn("webhooks: enqueue failed; kept for the next try", "endpoint", h.ID, "err", err)
 				// (an endpoint before this one may get these again: at
 				// least once, as documented)
-				if len(evs) > cap(e.ch) {
-					metrics.WebhookEventsDropped.Add(float64(len(evs) - cap(e.ch)))
-					e.log.Error("webhooks: Redis refuses deliveries; oldest events dropped", "dropped", len(evs)-cap(e.ch))
-					return evs[len(evs)-cap(e.ch):]
-				}
-				return evs
+				return e.keep(evs)
 			}
 			mine = mine[n:]
 		}
 	}
 	return evs[:0]
+}
+
+// keep returns the events to try again at the next tick: all of them, or
+// the newest 65,536 while Redis refuses for long.
+func (e *Emitter) keep(evs []Event) []Event {
+	if len(evs) > cap(e.ch) {
+		metrics.WebhookEventsDropped.Add(float64(len(evs) - cap(e.ch)))
+		e.log.Error("webhooks: Redis refuses deliveries; oldest events dropped", "dropped", len(evs)-cap(e.ch))
+		return evs[len(evs)-cap(e.ch):]
+	}
+	return evs
+}
+
+// Redeliver sends a logged delivery of endpoint again, with its events and
+// webhook-id (receivers deduplicate by it; this is a new task with its own
+// retries). Its events are read from the delivery's asynq task, which asynq
+// keeps a day after success and archives after the last failure;
+// store.ErrNotFound once it is gone.
+func Redeliver(ctx context.Context, insp *asynq.Inspector, q tasks.Enqueuer, endpoint, deliveryID string) error {
+	info, err := insp.GetTaskInfo(Queue, deliveryID)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return fmt.Errorf("delivery %s: %w", deliveryID, store.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("delivery %s: %w", deliveryID, err)
+	}
+	var p Payload
+	if err := json.Unmarshal(info.Payload, &p); err != nil {
+		return fmt.Errorf("delivery %s: %w", deliveryID, err)
+	}
+	if p.Endpoint != endpoint || p.ID != deliveryID {
+		return fmt.Errorf("delivery %s of webhook %s: %w", deliveryID, endpoint, store.ErrNotFound)
+	}
+	p.Redelivery = true
+	return enqueueAs(ctx, q, p, p.ID+"-r"+newID())
 }
 
 // Wants reports whether endpoint h subscribed to ev.
@@ -189,11 +240,17 @@ func Wants(h *store.Webhook, ev Event) bool {
 }
 
 func enqueue(ctx context.Context, q tasks.Enqueuer, p Payload) error {
+	return enqueueAs(ctx, q, p, p.ID)
+}
+
+// enqueueAs enqueues a delivery as the asynq task taskID (a redelivery
+// cannot reuse its message's: asynq keeps finished tasks a day).
+func enqueueAs(ctx context.Context, q tasks.Enqueuer, p Payload, taskID string) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("webhook payload: %w", err)
 	}
-	return tasks.Enqueue(ctx, q, asynq.NewTask(TaskDeliver, b), asynq.Queue(Queue), asynq.TaskID(p.ID),
+	return tasks.Enqueue(ctx, q, asynq.NewTask(TaskDeliver, b), asynq.Queue(Queue), asynq.TaskID(taskID),
 		asynq.MaxRetry(MaxRetry), asynq.Timeout(30*time.Second), asynq.Retention(24*time.Hour))
 }
 

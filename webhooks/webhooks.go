@@ -3,7 +3,8 @@
 // "v1,<base64 HMAC-SHA256 of id.timestamp.body>").
 //
 // The hot path only hands an event to an in-process Emitter (a channel
-// send; nothing at all when no endpoint is registered). The emitter batches
+// send, also while no endpoint is registered: another process may register
+// one at any moment, and the emitter decides per batch). The emitter batches
 // events (up to BatchSize per request, or what arrived within a second) and
 // enqueues one asynq task per endpoint and batch on the "webhooks" queue,
 // which a small server of its own serves: a slow receiver never holds a

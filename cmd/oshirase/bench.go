@@ -21,7 +21,10 @@ Starts a private redis-server, Postfix's smtp-sink, one API process and
     seconds per 1,000 messages (utime+stime of the oshirase processes),
     peak RSS of the workers;
   - a --ingest-row CSV upload through the HTTP API: rows/s, API peak RSS;
-  - Redis memory per recipient.
+  - Redis memory per recipient;
+  - with --webhooks, each campaign once more right after with a local
+    status-webhook receiver taking every event: msg/s with and without,
+    and recipient.sent events per second received.
 Settings for the oshirase processes (WORKER_CONCURRENCY, SMTP_POOL,
 CHUNK_SIZE, GOMAXPROCS, ...) are taken from the environment or --env.
 
@@ -41,10 +44,11 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&env, "env", "KEY=VALUE for the oshirase processes (repeatable)")
 	quiet := fs.Bool("q", false, "no progress lines")
 	repeat := fs.Int("repeat", 1, "runs of each campaign size, each after a ceiling measurement of its own; targets judge the median")
+	hooks := fs.Bool("webhooks", false, "run each campaign again right after with a status-webhook endpoint taking every event; report both rates and the events/s received")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	opts := benchmark.Options{Ingest: *ingest, Workers: *workers, Ceiling: *ceiling, Dir: *dir, Repeat: *repeat,
+	opts := benchmark.Options{Ingest: *ingest, Workers: *workers, Ceiling: *ceiling, Dir: *dir, Repeat: *repeat, Webhooks: *hooks,
 		RedisURL: os.Getenv("REDIS_URL"), Log: stderr}
 	if *quiet {
 		opts.Log = io.Discard

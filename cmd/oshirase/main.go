@@ -37,6 +37,11 @@ Commands:
   hashkey   print the SHA-256 form of an API key for OSHIRASE_API_KEYS
   help      this text and every setting with its default
 
+Client commands (against OSHIRASE_URL with OSHIRASE_KEY; docs/cli.md):
+  campaign  create|upload|start|status|pause|resume|cancel|report
+  recipient find|resend
+  webhook   add|list|delete|rotate|deliveries|redeliver
+
 Every setting is an environment variable and also a flag (REDIS_URL → --redis-url):
 `
 
@@ -99,6 +104,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = bench(ctx, rest, stdout, stderr)
 	case "hashkey":
 		err = hashkey(rest, stdout)
+	case "campaign":
+		err = campaignCmd(ctx, rest, stdout, stderr)
+	case "recipient":
+		err = recipientCmd(ctx, rest, stdout, stderr)
+	case "webhook":
+		err = webhookCmd(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "oshirase: unknown command %q\n\n", cmd)
 		fmt.Fprint(stderr, usage)
@@ -109,6 +120,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "oshirase %s: %v\n", cmd, err)
+		if e, ok := errorsAs[*exitError](err); ok {
+			return e.code
+		}
 		return 1
 	}
 	return 0

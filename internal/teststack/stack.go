@@ -172,3 +172,24 @@ func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bo
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// AuditCount is how many entries of the audit log (of campaign cid, or all
+// when "") have action.
+func AuditCount(t testing.TB, base, cid, action string) int {
+	t.Helper()
+	var audit struct{ Entries []struct{ Action string } }
+	path := "/v1/audit"
+	if cid != "" {
+		path += "?campaign=" + cid
+	}
+	if code, b := Do(t, base, AdminKey, "GET", path, "", nil, &audit); code != 200 {
+		t.Fatalf("GET %s: %d %s", path, code, b)
+	}
+	n := 0
+	for _, e := range audit.Entries {
+		if e.Action == action {
+			n++
+		}
+	}
+	return n
+}
