@@ -512,6 +512,7 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Changed {
 		s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+		s.lifecycle(r, "campaign started", id, "status", string(t.Status), "recipients", c.Counts.Total)
 		s.emit(webhooks.CampaignStarted, id, string(t.Status))
 	}
 	s.campaignAnswer(w, r, id, http.StatusAccepted)
@@ -549,6 +550,11 @@ func (s *Server) cancelCampaign(w http.ResponseWriter, r *http.Request) {
 	s.move(w, r, "campaign.cancel", s.store.Cancel)
 }
 
+// moveLogs is the log line of each move.
+var moveLogs = map[string]string{
+	"campaign.pause": "campaign paused", "campaign.resume": "campaign resumed", "campaign.cancel": "campaign cancelled",
+}
+
 // moveEvents names the status webhook event of each move.
 var moveEvents = map[string]string{
 	"campaign.pause": webhooks.CampaignPaused, "campaign.resume": webhooks.CampaignResumed, "campaign.cancel": webhooks.CampaignCancelled,
@@ -571,6 +577,7 @@ func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn 
 			reason = body.Reason
 		}
 		s.audit(r, store.AuditEntry{Action: action, CampaignID: id, Reason: reason})
+		s.lifecycle(r, moveLogs[action], id, "status", string(t.Status))
 		s.emit(moveEvents[action], id, string(t.Status))
 		if t.Status == notice.CampaignSending { // resumed: a new generation fans out what is left
 			if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
@@ -600,6 +607,7 @@ func (s *Server) schedule(w http.ResponseWriter, r *http.Request, c *notice.Camp
 	}
 	details, _ := json.Marshal(map[string]string{"at": at.UTC().Format(time.RFC3339)})
 	s.audit(r, store.AuditEntry{Action: "campaign.schedule", CampaignID: id, Details: details})
+	s.lifecycle(r, "campaign scheduled", id, "at", at.UTC().Format(time.RFC3339))
 	s.campaignAnswer(w, r, id, http.StatusAccepted)
 }
 

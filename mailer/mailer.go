@@ -6,6 +6,7 @@ package mailer
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/textproto"
 	"net/url"
 	"slices"
@@ -159,6 +160,10 @@ type Options struct {
 	DKIM            *DKIMOptions  // DKIM_DOMAIN, DKIM_SELECTOR, DKIM_KEY_FILE
 	DKIMKeys        []DKIMOptions // DKIM_KEYS: one key per From domain
 	ListUnsubscribe string
+	// Log hears "SMTP relay down" once when connections to the relay start
+	// failing and "SMTP relay back" once when one succeeds again (default:
+	// slog.Default()).
+	Log *slog.Logger
 
 	noPipelining bool // tests: take the command-by-command path
 }

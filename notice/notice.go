@@ -222,6 +222,12 @@ func (c *Counts) Set(s Status, n int64) {
 	}
 }
 
+// Done is the number of recipients in a final state: sent (bounced and
+// complained ones were sent too), failed, suppressed or cancelled.
+func (c Counts) Done() int64 {
+	return c.Sent + c.Failed + c.Suppressed + c.Cancelled + c.Bounced + c.Complained
+}
+
 // Open is the number of recipients not yet in a final state.
 func (c Counts) Open() int64 { return c.Pending + c.Sending + c.Retrying }
 
@@ -360,6 +366,15 @@ const (
 	MinRate = 0.001
 	MaxRate = 1_000_000
 )
+
+// EffectiveRate is the rate a campaign is sent at: its own rate when it
+// has one below the global SMTP_RATE, else SMTP_RATE (0: no limit).
+func EffectiveRate(campaign, global float64) float64 {
+	if campaign > 0 && (global == 0 || campaign < global) {
+		return campaign
+	}
+	return global
+}
 
 // CheckRate says what is wrong with a rate, or returns nil.
 func CheckRate(r float64) error {

@@ -111,7 +111,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
 			return err
 		}
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
+		metrics.CountMessages(c.MetricLabel(), "suppressed", float64(len(ids)))
 		for _, id := range ids {
 			w.emitRecipient(p.CampaignID, id, notice.StatusSuppressed, nil, 0)
 		}
@@ -413,7 +413,7 @@ func (w *Worker) finished(cid string, s store.Step, res store.StepResult) {
 		w.events.Emit(webhooks.Event{Type: webhooks.CampaignDone, Data: webhooks.Data{CampaignID: cid, Status: string(notice.CampaignDone)}})
 	}
 	if res.Done {
-		w.log.Info("campaign done", "campaign", cid)
+		w.log.Info("campaign done", "campaign", cid, "actor", "system")
 	}
 }
 
@@ -461,16 +461,16 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		// pending, the reply kept in its history; the campaign is paused
 		// and resume sends it.
 		step.Finish = notice.StatusPending
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "held").Inc()
+		metrics.CountMessages(c.MetricLabel(), "held", 1)
 		return step
 	}
 	switch {
 	case out == nil:
 		step.Finish = notice.StatusSent
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "sent").Inc()
+		metrics.CountMessages(c.MetricLabel(), "sent", 1)
 	case out.Temporary && w.cfg.ClockNow().Sub(*d.FirstTryAt) < w.cfg.RetryMaxAge:
 		step.Finish = notice.StatusRetrying
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "retried").Inc()
+		metrics.CountMessages(c.MetricLabel(), "retried", 1)
 		if !schedule {
 			break
 		}
@@ -483,7 +483,7 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		}
 	default:
 		step.Finish = notice.StatusFailed
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "failed").Inc()
+		metrics.CountMessages(c.MetricLabel(), "failed", 1)
 		w.permanent(ctx, c, r.ID, r.Email, out)
 		if !schedule {
 			break // a retry task: it is archived itself, with the reply
@@ -537,18 +537,14 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 		a.OK, a.Code, a.Enhanced, a.Text = true, 250, acc.Enhanced, acc.Text
 		d.MessageID, d.SentAt, d.LastError, d.LastCode, d.Enhanced = msgID, &now, "", 250, acc.Enhanced
 		d.History = append(d.History, a)
-		metrics.SMTPReplies.WithLabelValues("250").Inc()
+		metrics.ObserveReply(250, acc.Enhanced)
 		return nil
 	}
 	e := mailer.Classify(err)
 	a.Code, a.Enhanced, a.Text = e.Code, e.Enhanced, e.Text
 	d.LastError, d.LastCode, d.Enhanced = e.Error(), e.Code, e.Enhanced
 	d.History = append(d.History, a)
-	code := "none"
-	if e.Code > 0 {
-		code = strconv.Itoa(e.Code)
-	}
-	metrics.SMTPReplies.WithLabelValues(code).Inc()
+	metrics.ObserveReply(e.Code, e.Enhanced)
 	w.log.Warn("send failed", "campaign", c.ID, "recipient", r.ID, "to", notice.MaskEmail(addr),
 		"code", e.Code, "enhanced", e.Enhanced, "temporary", e.Temporary, "err", notice.MaskAddresses(e.Error()))
 	return e

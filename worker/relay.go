@@ -77,7 +77,7 @@ func (w *Worker) pauseForRelay(ctx context.Context, c *notice.Campaign, kind str
 	}
 	metrics.RelayFailures.WithLabelValues(kind).Add(float64(len(reverted)))
 	w.log.Error("campaign paused: the relay refuses every message; fix the relay, then resume the campaign",
-		"campaign", c.ID, "kind", kind, "stage", e.Stage, "code", e.Code, "enhanced", e.Enhanced,
+		"campaign", c.ID, "actor", "system", "kind", kind, "stage", e.Stage, "code", e.Code, "enhanced", e.Enhanced,
 		"reply", replyText(e), "put_back", len(reverted))
 	details, _ := json.Marshal(map[string]any{"kind": kind, "stage": e.Stage, "code": e.Code, "enhanced": e.Enhanced, "put_back": len(reverted)})
 	if err := w.store.Audit(ctx, store.AuditEntry{
