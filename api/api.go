@@ -82,7 +82,7 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
-	observed  http.Handler // mux behind the access log and HTTP metrics
+	observed  http.Handler        // mux behind the access log and HTTP metrics
 	limiter   *redis_rate.Limiter // the keys' quotas
 	limitLog  logSampler          // "API key reached its limit", sampled
 	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
