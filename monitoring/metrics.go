@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"slices"
 	"time"
 
@@ -34,6 +35,14 @@ func WorkerMetrics(log *slog.Logger) (http.Handler, error) {
 }
 
 func handler(log *slog.Logger, extra ...prometheus.Collector) (http.Handler, error) {
+	reg, err := registry(extra...)
+	if err != nil {
+		return nil, err
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+}
+
+func registry(extra ...prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	if err := metrics.Register(reg); err != nil {
 		return nil, err
@@ -46,8 +55,37 @@ func handler(log *slog.Logger, extra ...prometheus.Collector) (http.Handler, err
 			return nil, err
 		}
 	}
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+	return reg, nil
 }
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Described lists the name of every metric the API's /metrics may carry,
+// including labelled ones no event has created a series of yet (a relay
+// that never refused): for checking dashboards and alert rules.
+func Described() ([]string, error) {
+	reg, err := registry(NewQueueCollector(nil, nil), &CampaignCollector{campaigns: describeOnly{}})
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *prometheus.Desc)
+	go func() { reg.Describe(ch); close(ch) }()
+	var out []string
+	for d := range ch {
+		if m := fqNameRE.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
+	}
+	return out, nil
+}
+
+// describeOnly is a Campaigns with the relayPaused and watcher extras, for
+// Described: Describe never reads it.
+type describeOnly struct{}
+
+func (describeOnly) Active(context.Context) ([]string, error)                   { return nil, nil }
+func (describeOnly) Campaign(context.Context, string) (*notice.Campaign, error) { return nil, nil }
+func (describeOnly) RelayPaused(context.Context) ([]string, error)              { return nil, nil }
 
 // Campaigns is where CampaignCollector reads campaigns (a *store.Store).
 type Campaigns interface {
