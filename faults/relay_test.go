@@ -417,7 +417,7 @@ func TestAsynqmonRunRetriesFailed(t *testing.T) {
 	}
 	insp := asynq.NewInspectorFromRedisClient(h.rdb)
 	archived := func(rid int64) *asynq.TaskInfo {
-		ti, err := insp.GetTaskInfo(notice.QueueBulk, fmt.Sprintf("failed:%s:%d", id, rid))
+		ti, err := insp.GetTaskInfo(notice.QueueRecipients, fmt.Sprintf("failed:%s:%d", id, rid))
 		if err != nil || ti.State != asynq.TaskStateArchived {
 			return nil
 		}

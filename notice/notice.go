@@ -396,7 +396,17 @@ const (
 	// servers take it before the bulk queue's backlog (it can hold nobody
 	// up for long: its rate bounds it).
 	QueuePaced = "paced"
+	// QueueRecipients holds the tasks of one recipient each: a retry after
+	// a temporary refusal, the report of a permanent one (archived with the
+	// reply), a recipient recovered from a dead worker. Apart from the bulk
+	// queue's chunk tasks, so that each queue's counts in asynqmon are of
+	// one kind: failed runs of chunk tasks on bulk, failed recipients here.
+	QueueRecipients = "recipients"
 )
+
+// FailureReportQueues are where a recipient's archived failure report may
+// be: QueueRecipients, or QueueBulk for reports made before it existed.
+var FailureReportQueues = []string{QueueRecipients, QueueBulk}
 
 // StartPayload asks a worker to start a campaign scheduled for At (Unix
 // milliseconds); a campaign since rescheduled, unscheduled, started or
@@ -426,6 +436,12 @@ type DeliverPayload struct {
 	CampaignID  string `json:"campaign_id"`
 	RecipientID int64  `json:"recipient_id"`
 	Resend      int    `json:"resend,omitempty"`
+	// Attempt and LastReply are for operators reading a scheduled retry in
+	// asynqmon (a task scheduled afresh has no error of its own): the
+	// attempt that failed and the server's reply, addresses masked. The
+	// handler reads neither: the recipient's record is the truth.
+	Attempt   int    `json:"attempt,omitempty"`
+	LastReply string `json:"last_reply,omitempty"`
 }
 
 // DefaultTimeZone is the zone notices are dated in unless a campaign says

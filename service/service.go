@@ -174,7 +174,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			// A chunk whose rate turn has come (paced) goes before the
 			// bulk backlog, or a rate-limited campaign would fall short of
 			// its rate behind a big one.
-			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueBulk: 1},
+			// One recipient's retry whose time has come goes before the bulk
+			// backlog too: it waited its turn already.
+			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueRecipients: 2, notice.QueueBulk: 1},
 			StrictPriority:  true,
 			RetryDelayFunc:  worker.RetryDelay,
 			IsFailure:       worker.IsFailure,

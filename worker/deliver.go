@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,11 +58,19 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 // handleChunk delivers the pending recipients of one id range, one Redis
 // round trip per message (finish the previous recipient and claim the next in
 // one script), over one pooled SMTP connection at a time.
-func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
+func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
 	var p notice.ChunkPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
+	// asynqmon shows a chunk task's error as the task's: it says what
+	// became of the chunk's recipients before it, not only the error.
+	var tl tally
+	defer func() {
+		if err != nil {
+			err = tl.wrap(p, err)
+		}
+	}()
 	c, err := w.campaign(ctx, p.CampaignID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -188,6 +197,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		cl := w.hold(p.CampaignID, token, r.ID, p.From, claimedAt)
 		handed := w.handOnSlow(bg, cl, p, todo[i+1:])
 		prev = w.attempt(bg, c, r, true, cl)
+		tl.add(prev)
 		cl.release()
 		if handed.Load() {
 			break // the rest went on in another task while this reply was awaited
@@ -476,7 +486,8 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		}
 		delay := w.backoff(d.Attempts)
 		id := fmt.Sprintf("retry:%s:%d:%d", c.ID, r.ID, d.Attempts)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, delay); err != nil {
+		p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts, LastReply: notice.MaskAddresses(d.LastError)}
+		if err := tasks.Deliver(ctx, w.queue, p, notice.QueueRecipients, id, delay); err != nil {
 			// Leave the claim to expire: the watchdog turns it into a retry.
 			w.log.Error("schedule retry", "campaign", c.ID, "recipient", r.ID, "err", err)
 			return store.Step{}
@@ -491,7 +502,7 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		// A task of its own, archived at once with the SMTP reply as its
 		// error, so operators see permanent failures in asynqmon.
 		id := fmt.Sprintf("failed:%s:%d", c.ID, r.ID)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, 0); err != nil {
+		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts}, notice.QueueRecipients, id, 0); err != nil {
 			w.log.Warn("report permanent failure", "campaign", c.ID, "recipient", r.ID, "err", err)
 		}
 	}
@@ -616,4 +627,59 @@ func limitFor(rate float64, burst int) redis_rate.Limit {
 		period, n = period*10, n*10
 	}
 	return redis_rate.Limit{Rate: max(1, int(math.Round(n))), Burst: burst, Period: period}
+}
+
+// tally counts what became of a chunk's recipients, for its task's error.
+type tally struct {
+	sent, retrying, failed, held int
+	replies                      map[string]int // "550 5.1.1" → recipients
+}
+
+func (t *tally) add(s store.Step) {
+	switch s.Finish {
+	case notice.StatusSent:
+		t.sent++
+		return
+	case notice.StatusRetrying:
+		t.retrying++
+	case notice.StatusFailed:
+		t.failed++
+	case notice.StatusPending:
+		t.held++
+	default:
+		return
+	}
+	if s.Delivery == nil {
+		return
+	}
+	reply := "no reply"
+	if d := s.Delivery; d.LastCode > 0 {
+		reply = strings.TrimSpace(strconv.Itoa(d.LastCode) + " " + d.Enhanced)
+	}
+	if t.replies == nil {
+		t.replies = map[string]int{}
+	}
+	t.replies[reply]++
+}
+
+// wrap says, before err, what the chunk did with its recipients: an
+// operator reading the task in asynqmon sees recipients, not only a task.
+func (t *tally) wrap(p notice.ChunkPayload, err error) error {
+	sum := fmt.Sprintf("chunk of recipients %d–%d: %d sent, %d failed, %d retrying", p.From, p.To-1, t.sent, t.failed, t.retrying)
+	if t.held > 0 {
+		sum += fmt.Sprintf(", %d held for the relay", t.held)
+	}
+	if len(t.replies) > 0 {
+		keys := make([]string, 0, len(t.replies))
+		for k := range t.replies {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s ×%d", k, t.replies[k])
+		}
+		sum += " (" + strings.Join(parts, ", ") + ")"
+	}
+	return fmt.Errorf("%s; then the task stopped: %w", sum, err)
 }

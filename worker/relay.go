@@ -86,9 +86,11 @@ func (w *Worker) pauseForRelay(ctx context.Context, c *notice.Campaign, kind str
 		w.log.Error("audit log write failed", "action", "campaign.pause", "err", err)
 	}
 	for _, rid := range reverted {
-		err := w.inspector.DeleteTask(notice.QueueBulk, fmt.Sprintf("failed:%s:%d", c.ID, rid))
-		if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			w.log.Warn("remove the failure report of a recipient put back", "campaign", c.ID, "recipient", rid, "err", err)
+		for _, q := range notice.FailureReportQueues {
+			err := w.inspector.DeleteTask(q, fmt.Sprintf("failed:%s:%d", c.ID, rid))
+			if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+				w.log.Warn("remove the failure report of a recipient put back", "campaign", c.ID, "recipient", rid, "err", err)
+			}
 		}
 	}
 }

@@ -118,7 +118,7 @@ func (w *Worker) Sweep(ctx context.Context) error {
 		}
 		for _, rid := range stolen.Recipients {
 			tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
-			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueBulk, tid, 0); err != nil {
+			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueRecipients, tid, 0); err != nil {
 				return err
 			}
 		}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -60,9 +61,13 @@ func watchdogFixture(t *testing.T, n int) (*Worker, *store.Store, *asynq.Inspect
 func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
 	t.Helper()
 	var out []string
+	queue := notice.QueueBulk
+	if strings.HasPrefix(prefix, "rc:") {
+		queue = notice.QueueRecipients // one recipient's task
+	}
 	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){insp.ListPendingTasks, insp.ListScheduledTasks} {
-		ts, err := list(notice.QueueBulk)
-		if err != nil {
+		ts, err := list(queue)
+		if err != nil && !errors.Is(err, asynq.ErrQueueNotFound) {
 			t.Fatal(err)
 		}
 		for _, ti := range ts {
