@@ -428,7 +428,7 @@ func TestAsynqmonRunRetriesFailed(t *testing.T) {
 	})
 	run := func(rid int64) {
 		t.Helper()
-		code, _, body := call(t, h.api.Base, "POST", fmt.Sprintf("/monitoring/api/queues/bulk/archived_tasks/failed:%s:%d:run", id, rid))
+		code, _, body := call(t, h.api.Base, "POST", fmt.Sprintf("/monitoring/api/queues/recipients/archived_tasks/failed:%s:%d:run", id, rid))
 		if code != 204 {
 			t.Fatalf("Run: %d %s", code, body)
 		}
