@@ -82,6 +82,7 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
+	observed  http.Handler        // mux behind the access log and HTTP metrics
 	limiter   *redis_rate.Limiter // the keys' quotas
 	limitLog  logSampler          // "API key reached its limit", sampled
 	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
@@ -111,6 +112,7 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 		keys.Guard(st.Redis(), st.Prefix(), cfg.Limits.AuthFailuresPerMinute, log)
 	}
 	s.routes()
+	s.observed = observe(log, s.mux)
 	return s
 }
 
@@ -128,7 +130,7 @@ func (s *Server) HandlePublic(pattern string, h http.Handler) { s.mux.Handle(pat
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
-	s.mux.ServeHTTP(w, r)
+	s.observed.ServeHTTP(w, r)
 }
 
 func (s *Server) routes() {

@@ -306,8 +306,17 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.sentNeverBack(c)
+	var samples []store.Sample
+	if c.Status == notice.CampaignSending {
+		wv, err := s.store.Watch(r.Context(), c.ID)
+		if err != nil {
+			// The ETA falls back to the average since the start.
+			s.log.Warn("campaign progress samples", "campaign", c.ID, "err", err)
+		}
+		samples = wv.Samples
+	}
 	now := time.Now()
-	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, now), Reach: reachOf(c, now, s.cfg.BounceWindow)})
+	writeJSON(w, http.StatusOK, campaignView{Campaign: c, Progress: progressOf(c, now, samples), Reach: reachOf(c, now, s.cfg.BounceWindow)})
 }
 
 // sentNeverBack keeps the sent count this process shows from going down.
@@ -351,28 +360,69 @@ type campaignView struct {
 }
 
 // progress is how a sending campaign drains, for operators watching it:
-// recipients done (sent, failed, suppressed or cancelled), the average rate
-// since it started, and when it will be done at that rate.
+// recipients done (sent, failed, suppressed or cancelled), the recent rate
+// and when it will be done at that rate.
 type progress struct {
-	Done          int64    `json:"done"`
-	RatePerSecond float64  `json:"rate_per_second"`
-	ETASeconds    *float64 `json:"eta_seconds,omitempty"`
+	Done int64 `json:"done"`
+	// RatePerSecond is the rate of the last RateWindowSeconds (recipients
+	// done per second, from the watchdog's samples): after an outage or a
+	// pause it is the rate now, not the average since the start, which
+	// would still carry the outage. Without samples (no worker has swept
+	// the campaign yet) it is the average since the start.
+	RatePerSecond     float64  `json:"rate_per_second"`
+	RateWindowSeconds float64  `json:"rate_window_seconds"`
+	AverageRate       float64  `json:"average_rate_per_second"` // since the start
+	ETASeconds        *float64 `json:"eta_seconds,omitempty"`
 }
 
-func progressOf(c *notice.Campaign, now time.Time) *progress {
+// rateWindow is how far back the ETA's rate looks: long enough to smooth a
+// chunk's stop-and-go, short enough that minutes after an outage the ETA
+// says the truth.
+const rateWindow = 2 * time.Minute
+
+// minRateSpan is the least span of samples the recent rate is taken over;
+// shorter, the average since the start is used.
+const minRateSpan = 20 * time.Second
+
+func progressOf(c *notice.Campaign, now time.Time, samples []store.Sample) *progress {
 	if c.Status != notice.CampaignSending || c.StartedAt == nil {
 		return nil
 	}
 	n := c.Counts
-	p := &progress{Done: n.Sent + n.Failed + n.Suppressed + n.Cancelled + n.Bounced + n.Complained}
+	p := &progress{Done: n.Done()}
 	if d := now.Sub(*c.StartedAt).Seconds(); d > 0 {
-		p.RatePerSecond = math.Round(float64(p.Done)/d*10) / 10
+		p.AverageRate = math.Round(float64(p.Done)/d*10) / 10
+		p.RatePerSecond, p.RateWindowSeconds = p.AverageRate, math.Round(d)
+	}
+	if rate, span, ok := recentRate(samples, now, p.Done); ok {
+		p.RatePerSecond, p.RateWindowSeconds = math.Round(rate*10)/10, math.Round(span.Seconds())
+		if p.RatePerSecond == 0 && rate > 0 {
+			p.RatePerSecond = rate // slower than 0.05/s: do not round it away
+		}
 	}
 	if p.RatePerSecond > 0 {
 		eta := math.Ceil(float64(n.Total-p.Done) / p.RatePerSecond)
 		p.ETASeconds = &eta
 	}
 	return p
+}
+
+// recentRate is the rate of recipients done over the last rateWindow: from
+// the oldest sample in the window to now, when done is the count now. ok is
+// false when the samples span less than minRateSpan.
+func recentRate(samples []store.Sample, now time.Time, done int64) (rate float64, span time.Duration, ok bool) {
+	from := now.Add(-rateWindow)
+	for _, s := range samples {
+		if s.At.Before(from) || s.At.After(now) {
+			continue
+		}
+		span = now.Sub(s.At)
+		if span < minRateSpan || done < s.Done {
+			return 0, 0, false
+		}
+		return float64(done-s.Done) / span.Seconds(), span, true
+	}
+	return 0, 0, false
 }
 
 func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
@@ -512,6 +562,7 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 	}
 	if t.Changed {
 		s.audit(r, store.AuditEntry{Action: "campaign.start", CampaignID: id})
+		s.lifecycle(r, "campaign started", id, "status", string(t.Status), "recipients", c.Counts.Total)
 		s.emit(webhooks.CampaignStarted, id, string(t.Status))
 	}
 	s.campaignAnswer(w, r, id, http.StatusAccepted)
@@ -549,6 +600,11 @@ func (s *Server) cancelCampaign(w http.ResponseWriter, r *http.Request) {
 	s.move(w, r, "campaign.cancel", s.store.Cancel)
 }
 
+// moveLogs is the log line of each move.
+var moveLogs = map[string]string{
+	"campaign.pause": "campaign paused", "campaign.resume": "campaign resumed", "campaign.cancel": "campaign cancelled",
+}
+
 // moveEvents names the status webhook event of each move.
 var moveEvents = map[string]string{
 	"campaign.pause": webhooks.CampaignPaused, "campaign.resume": webhooks.CampaignResumed, "campaign.cancel": webhooks.CampaignCancelled,
@@ -571,6 +627,7 @@ func (s *Server) move(w http.ResponseWriter, r *http.Request, action string, fn 
 			reason = body.Reason
 		}
 		s.audit(r, store.AuditEntry{Action: action, CampaignID: id, Reason: reason})
+		s.lifecycle(r, moveLogs[action], id, "status", string(t.Status))
 		s.emit(moveEvents[action], id, string(t.Status))
 		if t.Status == notice.CampaignSending { // resumed: a new generation fans out what is left
 			if err := tasks.Fanout(r.Context(), s.queue, id, t.Gen); err != nil {
@@ -600,6 +657,7 @@ func (s *Server) schedule(w http.ResponseWriter, r *http.Request, c *notice.Camp
 	}
 	details, _ := json.Marshal(map[string]string{"at": at.UTC().Format(time.RFC3339)})
 	s.audit(r, store.AuditEntry{Action: "campaign.schedule", CampaignID: id, Details: details})
+	s.lifecycle(r, "campaign scheduled", id, "at", at.UTC().Format(time.RFC3339))
 	s.campaignAnswer(w, r, id, http.StatusAccepted)
 }
 

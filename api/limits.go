@@ -183,6 +183,7 @@ func (k *Keys) Authenticate(r *http.Request, surface, secret string) (*Key, erro
 		}
 	}
 	if key, ok := k.Find(secret); ok {
+		noteKey(r, key.Name)
 		return key, nil
 	}
 	metrics.AuthFailures.WithLabelValues(surface).Inc()

@@ -1,10 +1,14 @@
 package api
 
 import (
+	"context"
+	"math"
 	"testing"
 	"time"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
 )
 
 func TestProgressOf(t *testing.T) {
@@ -30,7 +34,7 @@ func TestProgressOf(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := progressOf(&tt.c, now)
+			got := progressOf(&tt.c, now, nil)
 			if (got == nil) != (tt.want == nil) {
 				t.Fatalf("progress %+v, want %+v", got, tt.want)
 			}
@@ -47,5 +51,78 @@ func TestProgressOf(t *testing.T) {
 				t.Errorf("eta %v, want %v", got.ETASeconds, tt.wantETA)
 			}
 		})
+	}
+}
+
+// TestETAAfterOutage: a campaign sends at 10/s for 5 minutes, the relay is
+// down for 5 minutes, then it sends at 10/s again for 2 minutes. The
+// watchdog's samples (written through the real store, every sweep of 2 s,
+// at simulated times) make the ETA the time the rest takes at 10/s — not
+// the average since the start, which still carries the outage.
+func TestETAAfterOutage(t *testing.T) {
+	rdb, _ := testenv.Redis(t, testenv.DBAPI)
+	st := store.New(rdb, "eta")
+	ctx := context.Background()
+	start := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
+	const total, rate = 10_000, 10.0
+	doneAt := func(sec float64) int64 { // the simulated timeline
+		switch {
+		case sec <= 300:
+			return int64(sec * rate)
+		case sec <= 600:
+			return 3000
+		default:
+			return 3000 + int64((sec-600)*rate)
+		}
+	}
+	const end = 720.0
+	for sec := 0.0; sec <= end; sec += 2 {
+		if err := st.RecordSweep(ctx, "c1", start.Add(time.Duration(sec*float64(time.Second))), doneAt(sec), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := st.Watch(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := start.Add(end * time.Second)
+	done := doneAt(end)
+	c := notice.Campaign{Status: notice.CampaignSending, StartedAt: &start,
+		Counts: notice.Counts{Total: total, Sent: done, Pending: total - done}}
+	p := progressOf(&c, now, w.Samples)
+	truth := float64(total-done) / rate // 580 s
+	if p.ETASeconds == nil || math.Abs(*p.ETASeconds-truth) > 0.05*truth {
+		t.Fatalf("ETA %v s after the outage, want %.0f s ± 5%% (progress %+v)", p.ETASeconds, truth, p)
+	}
+	if p.RateWindowSeconds > rateWindow.Seconds() || p.RateWindowSeconds < minRateSpan.Seconds() {
+		t.Errorf("rate window %v s, want within (%v, %v]", p.RateWindowSeconds, minRateSpan.Seconds(), rateWindow.Seconds())
+	}
+	// What the average since the start said (the bug): far from the truth.
+	if old := float64(total-done) / p.AverageRate; old < 1.5*truth {
+		t.Errorf("scenario too mild: the average since the start gives %.0f s", old)
+	}
+	// The watchdog's view: progress moved at the last sweep, no stall.
+	if w.ProgressAt == nil || !w.ProgressAt.Equal(now) || w.StalledAt != nil {
+		t.Errorf("watch: progress_at %v (want %v), stalled_at %v", w.ProgressAt, now, w.StalledAt)
+	}
+
+	// During the outage: the recent rate is 0, so no ETA is promised,
+	// and a stall found by the watchdog is kept until progress resumes.
+	st2 := store.New(rdb, "eta2")
+	for sec := 0.0; sec <= 500; sec += 2 {
+		if err := st2.RecordSweep(ctx, "c1", start.Add(time.Duration(sec*float64(time.Second))), doneAt(sec), sec == 400); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w2, _ := st2.Watch(ctx, "c1")
+	c.Counts = notice.Counts{Total: total, Sent: 3000, Pending: total - 3000}
+	if p := progressOf(&c, start.Add(500*time.Second), w2.Samples); p.RatePerSecond != 0 || p.ETASeconds != nil {
+		t.Errorf("mid-outage progress %+v, want rate 0 and no ETA", p)
+	}
+	if w2.StalledAt == nil || !w2.StalledAt.Equal(start.Add(400*time.Second)) {
+		t.Errorf("stalled_at %v, want the sweep that found the stall", w2.StalledAt)
+	}
+	if w2.ProgressAt == nil || !w2.ProgressAt.Equal(start.Add(300*time.Second)) {
+		t.Errorf("progress_at %v, want the end of sending before the outage", w2.ProgressAt)
 	}
 }

@@ -181,7 +181,7 @@ func noticeOf(c *notice.Campaign, rc *notice.Recipient, now time.Time) Notice {
 		case c.Status == notice.CampaignSending:
 			// Recipients go out roughly in id order: those ahead of this
 			// one at the rate so far.
-			if p := progressOf(c, now); p != nil && p.RatePerSecond > 0 {
+			if p := progressOf(c, now, nil); p != nil && p.RatePerSecond > 0 {
 				ahead := max(0, float64(rc.ID-p.Done))
 				t := now.Add(time.Duration(ahead / p.RatePerSecond * float64(time.Second))).Truncate(time.Second)
 				n.ExpectedAt = &t

@@ -165,8 +165,8 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 
 	// What operators see of failed tasks in asynqmon: the SMTP reply, no
 	// payload data. (The reply text itself is the SMTP server's.)
-	for _, q := range []string{notice.QueueBulk, notice.QueueUrgent} {
-		for _, state := range []string{"archived_tasks", "retry_tasks"} {
+	for _, q := range []string{notice.QueueBulk, notice.QueueUrgent, notice.QueueRecipients} {
+		for _, state := range []string{"archived_tasks", "retry_tasks", "scheduled_tasks"} {
 			req, _ := http.NewRequest("GET", base+"/monitoring/api/queues/"+q+"/"+state, nil)
 			req.SetBasicAuth("", teststack.OperatorKey)
 			resp, err := http.DefaultClient.Do(req)

@@ -417,7 +417,7 @@ func TestAsynqmonRunRetriesFailed(t *testing.T) {
 	}
 	insp := asynq.NewInspectorFromRedisClient(h.rdb)
 	archived := func(rid int64) *asynq.TaskInfo {
-		ti, err := insp.GetTaskInfo(notice.QueueBulk, fmt.Sprintf("failed:%s:%d", id, rid))
+		ti, err := insp.GetTaskInfo(notice.QueueRecipients, fmt.Sprintf("failed:%s:%d", id, rid))
 		if err != nil || ti.State != asynq.TaskStateArchived {
 			return nil
 		}
@@ -428,7 +428,7 @@ func TestAsynqmonRunRetriesFailed(t *testing.T) {
 	})
 	run := func(rid int64) {
 		t.Helper()
-		code, _, body := call(t, h.api.Base, "POST", fmt.Sprintf("/monitoring/api/queues/bulk/archived_tasks/failed:%s:%d:run", id, rid))
+		code, _, body := call(t, h.api.Base, "POST", fmt.Sprintf("/monitoring/api/queues/recipients/archived_tasks/failed:%s:%d:run", id, rid))
 		if code != 204 {
 			t.Fatalf("Run: %d %s", code, body)
 		}

@@ -6,6 +6,7 @@ package mailer
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/textproto"
 	"net/url"
 	"slices"
@@ -164,6 +165,10 @@ type Options struct {
 	// the only way over SMTP to have SendGrid's events name the notice
 	// (SendGrid rewrites the envelope sender and removes the header).
 	SendGridSMTPAPI bool
+	// Log hears "SMTP relay down" once when connections to the relay start
+	// failing and "SMTP relay back" once when one succeeds again (default:
+	// slog.Default()).
+	Log *slog.Logger
 
 	noPipelining bool // tests: take the command-by-command path
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,11 +14,14 @@ import (
 
 	"github.com/wneessen/go-mail"
 	"github.com/wneessen/go-mail/smtp"
+
+	"github.com/oshirase/oshirase/metrics"
 )
 
 // Pool sends over up to PoolSize persistent SMTP connections.
 type Pool struct {
 	o      Options
+	host   string // host:port of SMTP_URL, for the log (never its credentials)
 	client *mail.Client
 	slots  chan struct{}
 	mu     sync.Mutex
@@ -25,6 +29,54 @@ type Pool struct {
 	closed bool
 
 	lastOK atomic.Int64 // unix nanoseconds of the last message the server took
+
+	relay relayState // whether the relay takes connections, for its down/back log lines
+}
+
+// relayState is whether connections to the relay fail, so that an outage
+// is logged twice — when it begins and when it ends — however many
+// messages meet it.
+type relayState struct {
+	mu       sync.Mutex
+	down     bool
+	since    time.Time
+	failures int
+}
+
+// dialed records the outcome of opening a connection to the relay.
+func (p *Pool) dialed(err error) {
+	if err != nil {
+		metrics.SMTPDialErrors.Inc()
+	}
+	r := &p.relay
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err != nil && !r.down:
+		r.down, r.since, r.failures = true, time.Now(), 1
+		p.log().Warn("SMTP relay down: cannot open a connection; messages wait and retry", "relay", p.host, "err", err.Error())
+	case err != nil:
+		r.failures++
+	case r.down:
+		p.log().Info("SMTP relay back: connections open again", "relay", p.host,
+			"down_for", time.Since(r.since).Round(time.Millisecond).String(), "failed_connections", r.failures)
+		r.down, r.failures = false, 0
+	}
+}
+
+func (p *Pool) log() *slog.Logger {
+	if p.o.Log != nil {
+		return p.o.Log
+	}
+	return slog.Default()
+}
+
+// Stats says how many connections are in use and idle now.
+func (p *Pool) Stats() metrics.PoolStats {
+	p.mu.Lock()
+	idle := len(p.idle)
+	p.mu.Unlock()
+	return metrics.PoolStats{InUse: len(p.slots), Idle: idle}
 }
 
 type conn struct {
@@ -89,7 +141,7 @@ func NewPool(o Options) (*Pool, error) {
 			return nil, err
 		}
 	}
-	return &Pool{o: o, client: client, slots: make(chan struct{}, o.PoolSize)}, nil
+	return &Pool{o: o, host: fmt.Sprintf("%s:%d", e.Host, e.Port), client: client, slots: make(chan struct{}, o.PoolSize)}, nil
 }
 
 // get takes a slot and a connection: an idle one unless fresh is set, else
@@ -129,6 +181,7 @@ func (p *Pool) get(ctx context.Context, fresh bool) (c *conn, reused bool, err e
 	dctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
 	defer cancel()
 	sc, err := p.client.DialToSMTPClientWithContext(dctx)
+	p.dialed(err)
 	if err != nil {
 		<-p.slots
 		return nil, false, err
@@ -323,6 +376,7 @@ func (p *Pool) Ping(ctx context.Context) error {
 		dctx, cancel := context.WithTimeout(ctx, p.o.Timeout)
 		defer cancel()
 		sc, err := p.client.DialToSMTPClientWithContext(dctx)
+		p.dialed(err)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -15,12 +17,14 @@ var (
 		Help: "Delivery outcomes by campaign and result (sent, failed, retried, held for the relay, suppressed, resent; bounced, complained after the relay took the notice).",
 	}, []string{"campaign", "result"})
 
-	// SMTPReplies counts SMTP reply codes of failed and successful sends
-	// ("250" for accepted, "none" for failures without a code).
+	// SMTPReplies counts the replies that ended SMTP transactions, by class
+	// (2xx, 4xx, 5xx, none), reply code and enhanced status code (RFC 3463):
+	// 550 5.1.1 (no such mailbox) and 550 5.7.1 (refused by policy) are
+	// different problems. Use ObserveReply: it bounds the label values.
 	SMTPReplies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "oshirase", Name: "smtp_replies_total",
-		Help: "SMTP outcomes by reply code (250 accepted; none = no SMTP code: network error or timeout).",
-	}, []string{"code"})
+		Help: "Replies that ended an SMTP transaction, by class (2xx accepted, 4xx temporary, 5xx permanent, none = no reply: network error or timeout), code (e.g. 550) and enhanced status code (e.g. 5.1.1; none when the server gave none).",
+	}, []string{"class", "code", "enhanced"})
 
 	// Returned counts messages that came back to a return path, by what
 	// became of them.
@@ -140,11 +144,14 @@ var (
 	})
 )
 
+var buildInfo = BuildInfoGauge()
+
 // Register adds oshirase's metrics to r.
 func Register(r prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{Messages, SMTPReplies, SendSeconds, RateWaitSeconds, Ingested, RelayFailures,
 		KeyLimited, AuthFailures, AuthThrottled, CardRefused, RedisWriteRefused, RedisUnreplicated, PossibleDuplicates, Returned,
-		WebhookDeliveries, WebhookLagSeconds, WebhookEventsDropped} {
+		WebhookDeliveries, WebhookLagSeconds, WebhookEventsDropped,
+		SMTPPoolInUse, SMTPPoolIdle, SMTPDialErrors, HTTPRequests, HTTPSeconds, buildInfo} {
 		if err := r.Register(c); err != nil {
 			if _, ok := err.(prometheus.AlreadyRegisteredError); !ok {
 				return err
@@ -152,4 +159,32 @@ func Register(r prometheus.Registerer) error {
 		}
 	}
 	return nil
+}
+
+// campaignsCounted holds the campaign labels Messages has series for.
+var campaignsCounted sync.Map
+
+// CountMessages adds n outcomes of result for campaign (its MetricLabel)
+// to Messages, remembering the campaign so ForgetCampaign can drop it.
+func CountMessages(campaign, result string, n float64) {
+	campaignsCounted.Store(campaign, struct{}{})
+	Messages.WithLabelValues(campaign, result).Add(n)
+}
+
+// CountedCampaigns lists the campaign labels Messages has series for.
+func CountedCampaigns() []string {
+	var out []string
+	campaignsCounted.Range(func(k, _ any) bool {
+		out = append(out, k.(string))
+		return true
+	})
+	return out
+}
+
+// ForgetCampaign drops a campaign's series (a purged or deleted campaign):
+// a long-running worker would otherwise keep a series per campaign it ever
+// sent, for ever.
+func ForgetCampaign(campaign string) {
+	campaignsCounted.Delete(campaign)
+	Messages.DeletePartialMatch(prometheus.Labels{"campaign": campaign})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"slices"
 	"time"
 
@@ -14,13 +15,15 @@ import (
 
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/store"
 )
 
 // Metrics returns the /metrics handler of a process with the API: oshirase's
-// own metrics, asynq's queue metrics and the active campaigns' recipients,
-// both read from Redis at scrape time, and the Go runtime's.
-func Metrics(insp *asynq.Inspector, campaigns Campaigns, log *slog.Logger) (http.Handler, error) {
-	return handler(log, NewQueueCollector(insp, log), &CampaignCollector{campaigns: campaigns, log: log})
+// own metrics, asynq's queue metrics and the active campaigns' state and
+// recipients, both read from Redis at scrape time, and the Go runtime's.
+// rate is SMTP_RATE, the rate of campaigns without one of their own.
+func Metrics(insp *asynq.Inspector, campaigns Campaigns, rate float64, log *slog.Logger) (http.Handler, error) {
+	return handler(log, NewQueueCollector(insp, log), &CampaignCollector{campaigns: campaigns, rate: rate, log: log})
 }
 
 // WorkerMetrics returns the /metrics handler of a worker-only process
@@ -32,6 +35,14 @@ func WorkerMetrics(log *slog.Logger) (http.Handler, error) {
 }
 
 func handler(log *slog.Logger, extra ...prometheus.Collector) (http.Handler, error) {
+	reg, err := registry(extra...)
+	if err != nil {
+		return nil, err
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+}
+
+func registry(extra ...prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	if err := metrics.Register(reg); err != nil {
 		return nil, err
@@ -44,8 +55,37 @@ func handler(log *slog.Logger, extra ...prometheus.Collector) (http.Handler, err
 			return nil, err
 		}
 	}
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogErrorLog{log}, Registry: reg}), nil
+	return reg, nil
 }
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Described lists the name of every metric the API's /metrics may carry,
+// including labelled ones no event has created a series of yet (a relay
+// that never refused): for checking dashboards and alert rules.
+func Described() ([]string, error) {
+	reg, err := registry(NewQueueCollector(nil, nil), &CampaignCollector{campaigns: describeOnly{}})
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan *prometheus.Desc)
+	go func() { reg.Describe(ch); close(ch) }()
+	var out []string
+	for d := range ch {
+		if m := fqNameRE.FindStringSubmatch(d.String()); m != nil {
+			out = append(out, m[1])
+		}
+	}
+	return out, nil
+}
+
+// describeOnly is a Campaigns with the relayPaused and watcher extras, for
+// Described: Describe never reads it.
+type describeOnly struct{}
+
+func (describeOnly) Active(context.Context) ([]string, error)                   { return nil, nil }
+func (describeOnly) Campaign(context.Context, string) (*notice.Campaign, error) { return nil, nil }
+func (describeOnly) RelayPaused(context.Context) ([]string, error)              { return nil, nil }
 
 // Campaigns is where CampaignCollector reads campaigns (a *store.Store).
 type Campaigns interface {
@@ -53,12 +93,42 @@ type Campaigns interface {
 	Campaign(ctx context.Context, id string) (*notice.Campaign, error)
 }
 
-// CampaignCollector exports the recipients of every active campaign by
-// status, so a dashboard shows each campaign drain (asynq's queue size
-// counts chunk tasks of 100, not people).
+// CampaignCollector exports every active (sending or paused) campaign's
+// state, last progress, rate and recipients by status, so a dashboard shows
+// each campaign drain (asynq's queue size counts chunk tasks of 100, not
+// people). It reads Redis at every scrape and keeps nothing: a campaign
+// that ends, is cancelled or purged leaves the active set and its series
+// end with it.
 type CampaignCollector struct {
 	campaigns Campaigns
+	rate      float64 // SMTP_RATE
 	log       *slog.Logger
+}
+
+// watcher is what a Campaigns (a *store.Store) may also tell: the
+// watchdog's view of a campaign (last progress, stall).
+type watcher interface {
+	Watch(ctx context.Context, id string) (store.Watch, error)
+}
+
+// CampaignStates are the values of oshirase_campaign_state's state label:
+// sending; stalled (sending, but the watchdog found nothing working on its
+// pending recipients and no progress since, see worker.Worker.Sweep);
+// paused (by an operator); relay_paused (by the system: the relay refuses
+// every message).
+var CampaignStates = []string{"sending", "stalled", "paused", "relay_paused"}
+
+// stateOf is the state label of a campaign, given the watchdog's view.
+func stateOf(c *notice.Campaign, w store.Watch) string {
+	switch {
+	case c.Status == notice.CampaignPaused && c.PausedReason != "":
+		return "relay_paused"
+	case c.Status == notice.CampaignPaused:
+		return "paused"
+	case w.StalledAt != nil:
+		return "stalled"
+	}
+	return "sending"
 }
 
 // maxCampaignSeries bounds the campaigns one scrape reports.
@@ -76,6 +146,18 @@ type relayPaused interface {
 	RelayPaused(ctx context.Context) ([]string, error)
 }
 
+var (
+	descState = prometheus.NewDesc("oshirase_campaign_state",
+		"1 for the state an active campaign is in, 0 for the others: sending; stalled (sending, but the watchdog found nothing working on its pending recipients and no progress since); paused (by an operator); relay_paused (by the system: the relay refuses every message).",
+		[]string{"campaign", "state"}, nil)
+	descProgressAt = prometheus.NewDesc("oshirase_campaign_last_progress_timestamp_seconds",
+		"Unix time an active campaign's count of recipients done (sent, failed, suppressed, cancelled) last changed, as the watchdog saw it (every 2 s).",
+		[]string{"campaign"}, nil)
+	descRate = prometheus.NewDesc("oshirase_campaign_rate_limit_per_second",
+		"Messages per second an active campaign is sent at most: its own rate, or SMTP_RATE if lower or it has none; 0 = no limit.",
+		[]string{"campaign"}, nil)
+)
+
 var descDuplicates = prometheus.NewDesc("oshirase_campaign_possible_duplicates",
 	"Recipients of an active campaign that may have received their notice twice (an attempt whose outcome was lost was followed by another).", []string{"campaign"}, nil)
 
@@ -86,6 +168,9 @@ func (c *CampaignCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- descRelayPaused
 	}
 	ch <- descDuplicates
+	ch <- descState
+	ch <- descProgressAt
+	ch <- descRate
 }
 
 // Collect implements prometheus.Collector.
@@ -121,6 +206,29 @@ func (c *CampaignCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRecipients, prometheus.GaugeValue, float64(v), id, string(status))
 		}
 		ch <- prometheus.MustNewConstMetric(descDuplicates, prometheus.GaugeValue, float64(n.PossibleDuplicate), id)
+		if cp.Status != notice.CampaignSending && cp.Status != notice.CampaignPaused {
+			continue // done or cancelled, not yet out of the active set: no state to show
+		}
+		var wv store.Watch
+		if wt, ok := c.campaigns.(watcher); ok {
+			if wv, err = wt.Watch(ctx, id); err != nil && c.log != nil {
+				c.log.Warn("campaign metrics", "campaign", id, "err", err)
+			}
+		}
+		state := stateOf(cp, wv)
+		for _, s := range CampaignStates {
+			v := 0.0
+			if s == state {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, v, id, s)
+		}
+		if at := wv.ProgressAt; at != nil {
+			ch <- prometheus.MustNewConstMetric(descProgressAt, prometheus.GaugeValue, float64(at.UnixMilli())/1000, id)
+		} else if cp.StartedAt != nil {
+			ch <- prometheus.MustNewConstMetric(descProgressAt, prometheus.GaugeValue, float64(cp.StartedAt.UnixMilli())/1000, id)
+		}
+		ch <- prometheus.MustNewConstMetric(descRate, prometheus.GaugeValue, notice.EffectiveRate(cp.Rate, c.rate), id)
 	}
 }
 
@@ -134,8 +242,10 @@ func (s slogErrorLog) Println(v ...any) {
 
 // QueueCollector exports asynq's queue state. It is our own, over
 // asynq.Inspector, because asynq/x/metrics is built on go-redis v8 and would
-// pull a second Redis client into the module; the metric names match it, so
-// dashboards made for it work.
+// pull a second Redis client into the module. The names follow it, except
+// its two gauges named like counters (asynq_tasks_enqueued_total,
+// asynq_queue_paused_total), here asynq_queue_tasks and asynq_queue_paused:
+// Prometheus keeps _total for counters, and rate() over a gauge misleads.
 type QueueCollector struct {
 	insp *asynq.Inspector
 	log  *slog.Logger
@@ -147,8 +257,8 @@ func NewQueueCollector(insp *asynq.Inspector, log *slog.Logger) *QueueCollector 
 }
 
 var (
-	descTasks = prometheus.NewDesc("asynq_tasks_enqueued_total",
-		"Number of tasks in a queue by state (pending, active, scheduled, retry, archived, completed, aggregating).",
+	descTasks = prometheus.NewDesc("asynq_queue_tasks",
+		"Tasks in a queue now, by state (pending, active, scheduled, retry, archived, completed, aggregating). Tasks, not recipients: a bulk chunk task carries up to CHUNK_SIZE recipients.",
 		[]string{"queue", "state"}, nil)
 	descSize = prometheus.NewDesc("asynq_queue_size",
 		"Number of tasks in a queue, all states but completed.", []string{"queue"}, nil)
@@ -157,11 +267,11 @@ var (
 	descMemory = prometheus.NewDesc("asynq_queue_memory_usage_approx_bytes",
 		"Approximate Redis memory a queue uses (sampled).", []string{"queue"}, nil)
 	descProcessed = prometheus.NewDesc("asynq_tasks_processed_total",
-		"Tasks processed (succeeded or failed) since the queue was created.", []string{"queue"}, nil)
+		"Task runs (succeeded or failed) since the queue was created. Runs of tasks, not recipients.", []string{"queue"}, nil)
 	descFailed = prometheus.NewDesc("asynq_tasks_failed_total",
-		"Tasks whose processing failed since the queue was created.", []string{"queue"}, nil)
-	descPaused = prometheus.NewDesc("asynq_queue_paused_total",
-		"1 when the queue is paused.", []string{"queue"}, nil)
+		"Task runs that returned an error since the queue was created (on the bulk queue: chunk tasks; on the recipients queue: one recipient's retry or failure report each).", []string{"queue"}, nil)
+	descPaused = prometheus.NewDesc("asynq_queue_paused",
+		"1 when the queue is paused (asynqmon's pause), else 0.", []string{"queue"}, nil)
 	descUp = prometheus.NewDesc("asynq_up",
 		"1 when the queue state could be read from Redis.", nil, nil)
 )

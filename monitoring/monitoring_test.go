@@ -172,7 +172,7 @@ func TestMetrics(t *testing.T) {
 		}
 		for _, want := range []string{
 			`asynq_queue_size{queue="bulk"} 1`,
-			`asynq_tasks_enqueued_total{queue="bulk",state="pending"} 1`,
+			`asynq_queue_tasks{queue="bulk",state="pending"} 1`,
 			`asynq_queue_latency_seconds{queue="bulk"}`,
 			`asynq_tasks_processed_total{queue="bulk"}`,
 			`asynq_tasks_failed_total{queue="bulk"}`,

@@ -222,6 +222,12 @@ func (c *Counts) Set(s Status, n int64) {
 	}
 }
 
+// Done is the number of recipients in a final state: sent (bounced and
+// complained ones were sent too), failed, suppressed or cancelled.
+func (c Counts) Done() int64 {
+	return c.Sent + c.Failed + c.Suppressed + c.Cancelled + c.Bounced + c.Complained
+}
+
 // Open is the number of recipients not yet in a final state.
 func (c Counts) Open() int64 { return c.Pending + c.Sending + c.Retrying }
 
@@ -362,6 +368,15 @@ const (
 	MaxRate = 1_000_000
 )
 
+// EffectiveRate is the rate a campaign is sent at: its own rate when it
+// has one below the global SMTP_RATE, else SMTP_RATE (0: no limit).
+func EffectiveRate(campaign, global float64) float64 {
+	if campaign > 0 && (global == 0 || campaign < global) {
+		return campaign
+	}
+	return global
+}
+
 // CheckRate says what is wrong with a rate, or returns nil.
 func CheckRate(r float64) error {
 	if r == 0 || (r >= MinRate && r <= MaxRate) {
@@ -382,7 +397,17 @@ const (
 	// servers take it before the bulk queue's backlog (it can hold nobody
 	// up for long: its rate bounds it).
 	QueuePaced = "paced"
+	// QueueRecipients holds the tasks of one recipient each: a retry after
+	// a temporary refusal, the report of a permanent one (archived with the
+	// reply), a recipient recovered from a dead worker. Apart from the bulk
+	// queue's chunk tasks, so that each queue's counts in asynqmon are of
+	// one kind: failed runs of chunk tasks on bulk, failed recipients here.
+	QueueRecipients = "recipients"
 )
+
+// FailureReportQueues are where a recipient's archived failure report may
+// be: QueueRecipients, or QueueBulk for reports made before it existed.
+var FailureReportQueues = []string{QueueRecipients, QueueBulk}
 
 // StartPayload asks a worker to start a campaign scheduled for At (Unix
 // milliseconds); a campaign since rescheduled, unscheduled, started or
@@ -412,6 +437,12 @@ type DeliverPayload struct {
 	CampaignID  string `json:"campaign_id"`
 	RecipientID int64  `json:"recipient_id"`
 	Resend      int    `json:"resend,omitempty"`
+	// Attempt and LastReply are for operators reading a scheduled retry in
+	// asynqmon (a task scheduled afresh has no error of its own): the
+	// attempt that failed and the server's reply, addresses masked. The
+	// handler reads neither: the recipient's record is the truth.
+	Attempt   int    `json:"attempt,omitempty"`
+	LastReply string `json:"last_reply,omitempty"`
 }
 
 // DefaultTimeZone is the zone notices are dated in unless a campaign says

@@ -19,7 +19,7 @@ func mountExtras(s *Service) error {
 	}
 	keys := s.API.Keys()
 	s.API.HandlePublic("/monitoring/", monitoring.UI(keys, s.Redis, "/monitoring"))
-	m, err := monitoring.Metrics(monitoring.Inspector(s.Redis), s.Store, s.Log)
+	m, err := monitoring.Metrics(monitoring.Inspector(s.Redis), s.Store, s.Config.SMTPRate, s.Log)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/inbound"
 	"github.com/oshirase/oshirase/mailer"
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
@@ -86,6 +87,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		return nil, fmt.Errorf("templates: %w", err)
 	}
 	s.Templates = ts
+	// go-redis's own lines (a pool that cannot dial, a timeout truncated)
+	// go to the process's log as structured lines, not to stderr as text.
+	redis.SetLogger(redisLogger{log})
 	rdb, err := config.OpenRedis(cfg.RedisURL)
 	if err != nil {
 		return nil, err
@@ -113,7 +117,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 
 	mopts := mailer.Options{
 		URL: cfg.SMTPURL, PoolSize: cfg.SMTPPool, Timeout: cfg.SMTPTimeout, DataTimeout: cfg.SMTPDataTimeout,
-		ListUnsubscribe: cfg.ListUnsubscribe, IdleTimeout: time.Minute, SendGridSMTPAPI: cfg.SendGridSMTPAPI,
+		ListUnsubscribe: cfg.ListUnsubscribe, IdleTimeout: time.Minute, SendGridSMTPAPI: cfg.SendGridSMTPAPI, Log: log,
 	}
 	if cfg.DKIMKeyFile != "" {
 		if cfg.DKIMDomain == "" || cfg.DKIMSelector == "" {
@@ -132,6 +136,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		return nil, fmt.Errorf("smtp: %w", err)
 	}
 	s.Mailer = pool
+	metrics.ObservePool(pool.Stats)
 
 	// Status webhook events of this process (API, worker, bounce receiver).
 	if opts.Worker || opts.API || opts.Inbound || cfg.InboundURL != "" {
@@ -172,7 +177,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			// A chunk whose rate turn has come (paced) goes before the
 			// bulk backlog, or a rate-limited campaign would fall short of
 			// its rate behind a big one.
-			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueBulk: 1},
+			// One recipient's retry whose time has come goes before the bulk
+			// backlog too: it waited its turn already.
+			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueRecipients: 2, notice.QueueBulk: 1},
 			StrictPriority:  true,
 			RetryDelayFunc:  worker.RetryDelay,
 			IsFailure:       worker.IsFailure,
@@ -184,14 +191,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			// run, for ~40 cheap Redis calls a second while idle.
 			TaskCheckInterval:        25 * time.Millisecond,
 			DelayedTaskCheckInterval: time.Second,
-			Logger:                   asynqLogger{log},
+			Logger:                   asynqLogger{log, s.Worker.Explained},
 			LogLevel:                 asynq.WarnLevel,
 		})
 		s.urgent = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 			Concurrency: 4, Queues: map[string]int{notice.QueueUrgent: 1},
 			RetryDelayFunc: worker.RetryDelay, IsFailure: worker.IsFailure, ShutdownTimeout: cfg.ShutdownTimeout,
 			TaskCheckInterval: 50 * time.Millisecond, DelayedTaskCheckInterval: time.Second,
-			Logger: asynqLogger{log}, LogLevel: asynq.WarnLevel,
+			Logger: asynqLogger{log, s.Worker.Explained}, LogLevel: asynq.WarnLevel,
 		})
 	}
 	if opts.Worker {
@@ -200,7 +207,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			Concurrency: max(1, cfg.WebhookConcurrency), Queues: map[string]int{webhooks.Queue: 1},
 			RetryDelayFunc: webhooks.RetryDelay, ShutdownTimeout: webhooks.Timeout + time.Second,
 			TaskCheckInterval: 100 * time.Millisecond, DelayedTaskCheckInterval: time.Second,
-			Logger: asynqLogger{log}, LogLevel: asynq.ErrorLevel,
+			Logger: asynqLogger{l: log}, LogLevel: asynq.ErrorLevel,
 		})
 	}
 	if opts.Worker && !opts.API && cfg.MetricsAddr != "" {
@@ -433,15 +440,29 @@ func (s *Service) Close() {
 	}
 }
 
-// asynqLogger sends asynq's log lines to slog.
-type asynqLogger struct{ l *slog.Logger }
+// asynqLogger sends asynq's log lines to slog. explained (nil: none)
+// says a task was archived for a reason the worker has logged already: its
+// "Retry exhausted" line is dropped (a permanent SMTP answer is one warning,
+// the one with the reply).
+type asynqLogger struct {
+	l         *slog.Logger
+	explained func(taskID string) bool
+}
+
+// exhaustedPrefix starts asynq's line for a task it archives.
+const exhaustedPrefix = "Retry exhausted for task id="
 
 func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
 func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
 func (a asynqLogger) Warn(args ...any) {
-	if msg := fmt.Sprint(args...); !refusedLine(msg) {
-		a.l.Warn(msg, "component", "asynq")
+	msg := fmt.Sprint(args...)
+	if refusedLine(msg) {
+		return
 	}
+	if id, ok := strings.CutPrefix(msg, exhaustedPrefix); ok && a.explained != nil && a.explained(id) {
+		return
+	}
+	a.l.Warn(msg, "component", "asynq")
 }
 
 func (a asynqLogger) Error(args ...any) {
@@ -464,4 +485,11 @@ func refusedLine(msg string) bool {
 }
 func (a asynqLogger) Fatal(args ...any) {
 	a.l.Error(fmt.Sprint(args...), "component", "asynq", "fatal", true)
+}
+
+// redisLogger sends go-redis's own log lines to slog (redis.SetLogger).
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "component", "go-redis")
 }

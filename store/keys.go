@@ -31,6 +31,8 @@ import "strconv"
 //	<p>:{c:ID}:rslock:R:N    STRING while resend N of recipient R is being sent (expires)
 //	<p>:{c:ID}:relay         HASH  the current run of one policy refusal: sig, sent, n, r:<rid> (store/relay.go)
 //	<p>:{c:ID}:reported      HASH  recipient id → the attempt whose permanent failure asynq archived
+//	<p>:{c:ID}:watch         HASH  done, progress_at, stalled_at: the watchdog's view (store/progress.go; expires)
+//	<p>:{c:ID}:samples       ZSET  "ms:done" → ms: recipients done over the last minutes, for the ETA (expires)
 //	<p>:relaypaused          SET   campaigns the system paused because the relay refuses everything
 //	<p>:{c:ID}:out           ZSET  task id of a resend or single notice queued or being sent → deadline (ms) (purge waits)
 //	<p>:idx:email            HASH  lower-cased address → "cid:rid cid:rid ..." (support look-up)
@@ -65,12 +67,14 @@ func (k keys) campaign(id string) ckeys {
 		st: b + "st", dlv: b + "dlv", rs: b + "rs", emails: b + "emails", claim: b + "claim",
 		chunks: b + "chunks", rej: b + "rej", rejCounts: b + "rejn", out: b + "out", relay: b + "relay", reported: b + "reported",
 		att: b + "att", doubt: b + "doubt", bnc: b + "bnc", raw: b + "raw", sx: b + "sx",
+		watch: b + "watch", samples: b + "samples",
 	}
 }
 
 type ckeys struct {
 	def, state, counts, rcpt, st, dlv, rs, emails, claim, chunks, rej, rejCounts, out string
 	relay, reported, att, doubt, bnc, raw, sx                                         string
+	watch, samples                                                                    string
 }
 
 // scriptKeys lists the keys scripts get as KEYS[1..12].
@@ -79,7 +83,7 @@ func (c ckeys) scriptKeys() []string {
 }
 
 func (c ckeys) everything() []string {
-	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw, c.sx}
+	return []string{c.def, c.state, c.counts, c.rcpt, c.st, c.dlv, c.rs, c.emails, c.claim, c.chunks, c.rej, c.rejCounts, c.out, c.relay, c.reported, c.att, c.doubt, c.bnc, c.raw, c.sx, c.watch, c.samples}
 }
 
 // resendLock is the short-lived lock of one resend while it is being sent.

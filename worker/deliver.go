@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,11 +58,19 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 // handleChunk delivers the pending recipients of one id range, one Redis
 // round trip per message (finish the previous recipient and claim the next in
 // one script), over one pooled SMTP connection at a time.
-func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
+func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
 	var p notice.ChunkPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
+	// asynqmon shows a chunk task's error as the task's: it says what
+	// became of the chunk's recipients before it, not only the error.
+	var tl tally
+	defer func() {
+		if err != nil {
+			err = tl.wrap(p, err)
+		}
+	}()
 	c, err := w.campaign(ctx, p.CampaignID)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -111,7 +120,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
 			return err
 		}
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "suppressed").Add(float64(len(ids)))
+		metrics.CountMessages(c.MetricLabel(), "suppressed", float64(len(ids)))
 		for _, id := range ids {
 			w.emitRecipient(p.CampaignID, id, notice.StatusSuppressed, nil, 0)
 		}
@@ -188,6 +197,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) error {
 		cl := w.hold(p.CampaignID, token, r.ID, p.From, claimedAt)
 		handed := w.handOnSlow(bg, cl, p, todo[i+1:])
 		prev = w.attempt(bg, c, r, true, cl)
+		tl.add(prev)
 		cl.release()
 		if handed.Load() {
 			break // the rest went on in another task while this reply was awaited
@@ -413,7 +423,7 @@ func (w *Worker) finished(cid string, s store.Step, res store.StepResult) {
 		w.events.Emit(webhooks.Event{Type: webhooks.CampaignDone, Data: webhooks.Data{CampaignID: cid, Status: string(notice.CampaignDone)}})
 	}
 	if res.Done {
-		w.log.Info("campaign done", "campaign", cid)
+		w.log.Info("campaign done", "campaign", cid, "actor", "system")
 	}
 }
 
@@ -461,29 +471,30 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		// pending, the reply kept in its history; the campaign is paused
 		// and resume sends it.
 		step.Finish = notice.StatusPending
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "held").Inc()
+		metrics.CountMessages(c.MetricLabel(), "held", 1)
 		return step
 	}
 	switch {
 	case out == nil:
 		step.Finish = notice.StatusSent
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "sent").Inc()
+		metrics.CountMessages(c.MetricLabel(), "sent", 1)
 	case out.Temporary && w.cfg.ClockNow().Sub(*d.FirstTryAt) < w.cfg.RetryMaxAge:
 		step.Finish = notice.StatusRetrying
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "retried").Inc()
+		metrics.CountMessages(c.MetricLabel(), "retried", 1)
 		if !schedule {
 			break
 		}
 		delay := w.backoff(d.Attempts)
 		id := fmt.Sprintf("retry:%s:%d:%d", c.ID, r.ID, d.Attempts)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, delay); err != nil {
+		p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts, LastReply: notice.MaskAddresses(d.LastError)}
+		if err := tasks.Deliver(ctx, w.queue, p, notice.QueueRecipients, id, delay); err != nil {
 			// Leave the claim to expire: the watchdog turns it into a retry.
 			w.log.Error("schedule retry", "campaign", c.ID, "recipient", r.ID, "err", err)
 			return store.Step{}
 		}
 	default:
 		step.Finish = notice.StatusFailed
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "failed").Inc()
+		metrics.CountMessages(c.MetricLabel(), "failed", 1)
 		w.permanent(ctx, c, r.ID, r.Email, out)
 		if !schedule {
 			break // a retry task: it is archived itself, with the reply
@@ -491,7 +502,7 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		// A task of its own, archived at once with the SMTP reply as its
 		// error, so operators see permanent failures in asynqmon.
 		id := fmt.Sprintf("failed:%s:%d", c.ID, r.ID)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID}, notice.QueueBulk, id, 0); err != nil {
+		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts}, notice.QueueRecipients, id, 0); err != nil {
 			w.log.Warn("report permanent failure", "campaign", c.ID, "recipient", r.ID, "err", err)
 		}
 	}
@@ -537,18 +548,14 @@ func (w *Worker) send(ctx context.Context, c *notice.Campaign, r *notice.Recipie
 		a.OK, a.Code, a.Enhanced, a.Text = true, 250, acc.Enhanced, acc.Text
 		d.MessageID, d.SentAt, d.LastError, d.LastCode, d.Enhanced = msgID, &now, "", 250, acc.Enhanced
 		d.History = append(d.History, a)
-		metrics.SMTPReplies.WithLabelValues("250").Inc()
+		metrics.ObserveReply(250, acc.Enhanced)
 		return nil
 	}
 	e := mailer.Classify(err)
 	a.Code, a.Enhanced, a.Text = e.Code, e.Enhanced, e.Text
 	d.LastError, d.LastCode, d.Enhanced = e.Error(), e.Code, e.Enhanced
 	d.History = append(d.History, a)
-	code := "none"
-	if e.Code > 0 {
-		code = strconv.Itoa(e.Code)
-	}
-	metrics.SMTPReplies.WithLabelValues(code).Inc()
+	metrics.ObserveReply(e.Code, e.Enhanced)
 	w.log.Warn("send failed", "campaign", c.ID, "recipient", r.ID, "to", notice.MaskEmail(addr),
 		"code", e.Code, "enhanced", e.Enhanced, "temporary", e.Temporary, "err", notice.MaskAddresses(e.Error()))
 	return e
@@ -620,4 +627,59 @@ func limitFor(rate float64, burst int) redis_rate.Limit {
 		period, n = period*10, n*10
 	}
 	return redis_rate.Limit{Rate: max(1, int(math.Round(n))), Burst: burst, Period: period}
+}
+
+// tally counts what became of a chunk's recipients, for its task's error.
+type tally struct {
+	sent, retrying, failed, held int
+	replies                      map[string]int // "550 5.1.1" → recipients
+}
+
+func (t *tally) add(s store.Step) {
+	switch s.Finish {
+	case notice.StatusSent:
+		t.sent++
+		return
+	case notice.StatusRetrying:
+		t.retrying++
+	case notice.StatusFailed:
+		t.failed++
+	case notice.StatusPending:
+		t.held++
+	default:
+		return
+	}
+	if s.Delivery == nil {
+		return
+	}
+	reply := "no reply"
+	if d := s.Delivery; d.LastCode > 0 {
+		reply = strings.TrimSpace(strconv.Itoa(d.LastCode) + " " + d.Enhanced)
+	}
+	if t.replies == nil {
+		t.replies = map[string]int{}
+	}
+	t.replies[reply]++
+}
+
+// wrap says, before err, what the chunk did with its recipients: an
+// operator reading the task in asynqmon sees recipients, not only a task.
+func (t *tally) wrap(p notice.ChunkPayload, err error) error {
+	sum := fmt.Sprintf("chunk of recipients %d–%d: %d sent, %d failed, %d retrying", p.From, p.To-1, t.sent, t.failed, t.retrying)
+	if t.held > 0 {
+		sum += fmt.Sprintf(", %d held for the relay", t.held)
+	}
+	if len(t.replies) > 0 {
+		keys := make([]string, 0, len(t.replies))
+		for k := range t.replies {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = fmt.Sprintf("%s ×%d", k, t.replies[k])
+		}
+		sum += " (" + strings.Join(parts, ", ") + ")"
+	}
+	return fmt.Errorf("%s; then the task stopped: %w", sum, err)
 }

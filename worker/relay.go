@@ -77,7 +77,7 @@ func (w *Worker) pauseForRelay(ctx context.Context, c *notice.Campaign, kind str
 	}
 	metrics.RelayFailures.WithLabelValues(kind).Add(float64(len(reverted)))
 	w.log.Error("campaign paused: the relay refuses every message; fix the relay, then resume the campaign",
-		"campaign", c.ID, "kind", kind, "stage", e.Stage, "code", e.Code, "enhanced", e.Enhanced,
+		"campaign", c.ID, "actor", "system", "kind", kind, "stage", e.Stage, "code", e.Code, "enhanced", e.Enhanced,
 		"reply", replyText(e), "put_back", len(reverted))
 	details, _ := json.Marshal(map[string]any{"kind": kind, "stage": e.Stage, "code": e.Code, "enhanced": e.Enhanced, "put_back": len(reverted)})
 	if err := w.store.Audit(ctx, store.AuditEntry{
@@ -86,9 +86,11 @@ func (w *Worker) pauseForRelay(ctx context.Context, c *notice.Campaign, kind str
 		w.log.Error("audit log write failed", "action", "campaign.pause", "err", err)
 	}
 	for _, rid := range reverted {
-		err := w.inspector.DeleteTask(notice.QueueBulk, fmt.Sprintf("failed:%s:%d", c.ID, rid))
-		if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			w.log.Warn("remove the failure report of a recipient put back", "campaign", c.ID, "recipient", rid, "err", err)
+		for _, q := range notice.FailureReportQueues {
+			err := w.inspector.DeleteTask(q, fmt.Sprintf("failed:%s:%d", c.ID, rid))
+			if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+				w.log.Warn("remove the failure report of a recipient put back", "campaign", c.ID, "recipient", rid, "err", err)
+			}
 		}
 	}
 }

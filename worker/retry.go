@@ -135,6 +135,9 @@ func (w *Worker) reportFailed(ctx context.Context, cid string, rid int64, attemp
 	if err := w.store.MarkReported(ctx, cid, rid, attempts); err != nil {
 		return err // asynq runs it again soon, and it reports then
 	}
+	// The attempt that failed logged its reply ("send failed"): asynq's
+	// "Retry exhausted" for this archive would say it again, wrongly.
+	w.explain(ctx)
 	return failedError(rid, reply)
 }
 
@@ -253,7 +256,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 	}
 	switch {
 	case out == nil:
-		metrics.Messages.WithLabelValues(c.MetricLabel(), "resent").Inc()
+		metrics.CountMessages(c.MetricLabel(), "resent", 1)
 		w.emitRecipient(p.CampaignID, r.ID, notice.StatusSent, &d, p.Resend)
 		return nil
 	case retry:
@@ -261,6 +264,7 @@ func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.Delive
 		return &retryError{Delay: w.backoff(n + 1), Failure: true, Err: fmt.Errorf("resend %d: %s", p.Resend, notice.MaskAddresses(out.Error()))}
 	default:
 		w.permanent(bg, c, r.ID, rs.Email, out)
+		w.explain(ctx) // send logged the reply
 		return fmt.Errorf("resend %d failed permanently: %s: %w", p.Resend, notice.MaskAddresses(out.Error()), asynq.SkipRetry)
 	}
 }
@@ -279,4 +283,34 @@ func (w *Worker) recordResend(ctx context.Context, cid string, rid int64, n int,
 		time.Sleep(delay)
 		delay = min(2*delay, time.Second)
 	}
+}
+
+// explain notes that the task of ctx is archived for a reason already
+// logged (a permanent SMTP answer), so that asynq's own "Retry exhausted"
+// warning for it is dropped (see Explained): one warning per permanent
+// answer, the one with the reply.
+func (w *Worker) explain(ctx context.Context) {
+	id, ok := asynq.GetTaskID(ctx)
+	if !ok {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.explained == nil || len(w.explained) > 10_000 {
+		// Bounded: asynq logs right after the handler returns, so an
+		// entry is consumed at once or its line was never written.
+		w.explained = map[string]struct{}{}
+	}
+	w.explained[id] = struct{}{}
+}
+
+// Explained reports (once) whether task id was archived for a reason the
+// worker logged already; asynq's logger adapter drops its "Retry exhausted"
+// warning for such a task.
+func (w *Worker) Explained(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.explained[id]
+	delete(w.explained, id)
+	return ok
 }

@@ -101,10 +101,7 @@ func (w *Worker) window(c *notice.Campaign) int64 {
 // rateOf is the most messages a second c may send: its own rate or the
 // global one, whichever is lower (0: unlimited).
 func (w *Worker) rateOf(c *notice.Campaign) float64 {
-	if c.Rate > 0 && (w.cfg.Rate == 0 || c.Rate < w.cfg.Rate) {
-		return c.Rate
-	}
-	return w.cfg.Rate
+	return notice.EffectiveRate(c.Rate, w.cfg.Rate)
 }
 
 // topUp hands out the campaign's next chunks while its window has room:

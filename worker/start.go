@@ -66,7 +66,7 @@ func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 	if tr.Changed {
-		w.log.Info("scheduled campaign started", "campaign", p.CampaignID)
+		w.log.Info("campaign started", "campaign", p.CampaignID, "actor", "scheduler", "scheduled", true)
 		w.events.Emit(webhooks.Event{Type: webhooks.CampaignStarted, Data: webhooks.Data{CampaignID: p.CampaignID, Status: string(tr.Status)}})
 		if err := w.store.Audit(context.WithoutCancel(ctx), store.AuditEntry{
 			Actor: "scheduler", Action: "campaign.start", CampaignID: p.CampaignID, Reason: "scheduled for " + c.ScheduledAt.UTC().Format("2006-01-02T15:04:05Z"),

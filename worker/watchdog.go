@@ -2,9 +2,11 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -18,6 +20,8 @@ func (w *Worker) Watch(ctx context.Context) {
 	every := w.sweepEvery()
 	t := time.NewTicker(every)
 	defer t.Stop()
+	forget := time.NewTicker(time.Minute)
+	defer forget.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -26,8 +30,33 @@ func (w *Worker) Watch(ctx context.Context) {
 			if err := w.Sweep(ctx); err != nil && ctx.Err() == nil {
 				w.log.Warn("watchdog sweep", "err", err)
 			}
+		case <-forget.C:
+			if err := w.ForgetPurged(ctx); err != nil && ctx.Err() == nil {
+				w.log.Warn("watchdog: forget purged campaigns' metrics", "err", err)
+			}
 		}
 	}
+}
+
+// ForgetPurged drops the metric series of campaigns purged or deleted since
+// this process counted their messages: a worker that runs for months must
+// not keep a series per campaign it ever sent.
+func (w *Worker) ForgetPurged(ctx context.Context) error {
+	for _, id := range metrics.CountedCampaigns() {
+		if id == notice.KindNotification || id == notice.KindTest {
+			continue // the shared label of single notices and test sends
+		}
+		c, err := w.store.Campaign(ctx, id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			metrics.ForgetCampaign(id)
+		case err != nil:
+			return err
+		case c.PurgedAt != nil:
+			metrics.ForgetCampaign(id)
+		}
+	}
+	return nil
 }
 
 // Sweep runs one watchdog round over the active campaigns.
@@ -89,14 +118,20 @@ func (w *Worker) Sweep(ctx context.Context) error {
 		}
 		for _, rid := range stolen.Recipients {
 			tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
-			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueBulk, tid, 0); err != nil {
+			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueRecipients, tid, 0); err != nil {
 				return err
 			}
 		}
 		if len(stolen.Chunks)+len(stolen.Recipients) > 0 {
 			w.log.Info("watchdog recovered work", "campaign", id, "chunks", len(stolen.Chunks), "recipients", len(stolen.Recipients))
 		}
-		if err := w.unstall(ctx, id, st); err != nil {
+		c, stalled, err := w.unstall(ctx, id, st)
+		if err != nil {
+			return err
+		}
+		// For the API's metrics and ETA: when the campaign last moved,
+		// whether it is stalled, and how fast it went lately.
+		if err := w.store.RecordSweep(ctx, id, w.cfg.ClockNow(), c.Counts.Done(), stalled); err != nil {
 			return err
 		}
 	}
@@ -141,11 +176,12 @@ type stall struct {
 // chunk holds one too), and has made no progress for stallAfter (a few seconds: two sweeps
 // at least). Recipients being sent (claims) do not make it busy: a claim
 // is one recipient's, and may itself be a failover's leftover. Its pending
-// chunks are enqueued again (claims keep that idempotent).
-func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState) error {
+// chunks are enqueued again (claims keep that idempotent). It returns the
+// campaign as read, and whether it was found stalled.
+func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState) (*notice.Campaign, bool, error) {
 	c, err := w.store.Campaign(ctx, id)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	stalled := c.Counts.Pending > 0
 	if stalled {
@@ -155,7 +191,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		// of a task that finished on the old primary, alive for CLAIM_TTL.
 		live, err := w.store.LeasesRenewedSince(ctx, id, time.Now().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
 		if err != nil {
-			return err
+			return nil, false, err
 		}
 		stalled = live == 0
 	}
@@ -185,14 +221,14 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	// dequeue and its lease, or being re-enqueued, is not a stall.
 	stallAfter := max(2*w.sweepEvery(), min(w.cfg.ClaimTTL/2, 5*time.Second))
 	if !long && (!stalled || !seen || prev.open != c.Counts.Open() || now.Sub(prev.since) < stallAfter) {
-		return nil
+		return c, false, nil
 	}
 	w.mu.Lock()
 	delete(w.stalls, id) // the chunks queued below are work: start over
 	w.mu.Unlock()
 	all, err := w.store.PendingChunks(ctx, id, int64(w.cfg.ChunkSize))
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	// Only the ranges already handed out (below the fan-out cursor): the
 	// rest is the window's to hand out (topUp), a few at a time, so that a
@@ -201,7 +237,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 	// would: the next sweep sees it as worked on, not as stalled again.
 	cursor, err := w.store.FanoutCursor(ctx, id, st.Gen)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	stamp := fmt.Sprintf("s%d", time.Now().UnixMilli())
 	size := int64(w.cfg.ChunkSize)
@@ -211,17 +247,17 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 			break
 		}
 		if err := w.store.SetChunkLease(ctx, id, from, time.Now().Add(w.queuedTTL())); err != nil {
-			return err
+			return nil, false, err
 		}
 		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
 		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
-			return err
+			return nil, false, err
 		}
 		chunks = append(chunks, from)
 	}
 	w.log.Warn("watchdog: campaign stalled; pending chunks enqueued again", "campaign", id, "chunks", len(chunks), "pending", c.Counts.Pending,
 		"stalled_for", stalledFor(seen, prev.since, now), "no_progress", long)
-	return nil
+	return c, true, nil
 }
 
 // sweepCancelled settles a cancelled campaign's claims whose worker died:

@@ -2,15 +2,19 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -60,9 +64,13 @@ func watchdogFixture(t *testing.T, n int) (*Worker, *store.Store, *asynq.Inspect
 func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
 	t.Helper()
 	var out []string
+	queue := notice.QueueBulk
+	if strings.HasPrefix(prefix, "rc:") {
+		queue = notice.QueueRecipients // one recipient's task
+	}
 	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){insp.ListPendingTasks, insp.ListScheduledTasks} {
-		ts, err := list(notice.QueueBulk)
-		if err != nil {
+		ts, err := list(queue)
+		if err != nil && !errors.Is(err, asynq.ErrQueueNotFound) {
 			t.Fatal(err)
 		}
 		for _, ti := range ts {
@@ -116,6 +124,17 @@ func TestWatchdogFindsStallInSeconds(t *testing.T) {
 	t.Logf("stalled campaign found in %s: %v", found.Round(time.Millisecond), got)
 	if len(got) != 3 {
 		t.Errorf("re-enqueued %v, want the 3 chunks holding pending recipients (1-5, 6-10, 11-12)", got)
+	}
+	// The stall is recorded for the API's metrics (state "stalled") until
+	// the campaign moves again.
+	var wv store.Watch
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if wv, _ = st.Watch(ctx, cid); wv.StalledAt != nil {
+			break
+		}
+	}
+	if wv.ProgressAt == nil || wv.StalledAt.Before(*wv.ProgressAt) {
+		t.Errorf("watch %+v: stalled before its last progress", wv)
 	}
 }
 
@@ -212,5 +231,60 @@ func TestStallFoundBehindLeftoverLease(t *testing.T) {
 	}
 	if n := len(bulkTasks(t, insp, "chunk:"+cid)); n == 0 {
 		t.Fatal("no chunk enqueued again after a minute and a half without progress behind a leftover lease")
+	}
+}
+
+// TestForgetPurged: a worker drops its per-campaign message counters once
+// the campaign is purged (or gone), and keeps those of the others.
+func TestForgetPurged(t *testing.T) {
+	w, st, _, cid, _ := watchdogFixture(t, 3)
+	ctx := context.Background()
+	gone := &notice.Campaign{Name: "gone", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
+	if err := st.CreateCampaign(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Cancel(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Purge(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	metrics.CountMessages(cid, "sent", 1)
+	metrics.CountMessages(gone.ID, "sent", 2)
+	metrics.CountMessages("deleted-long-ago", "failed", 1)
+	if err := w.ForgetPurged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(metrics.Messages); n != 1 {
+		t.Errorf("%d series of oshirase_messages_total left, want only the live campaign's", n)
+	}
+	if got := testutil.ToFloat64(metrics.Messages.WithLabelValues(cid, "sent")); got != 1 {
+		t.Errorf("the live campaign's count is %v, want 1", got)
+	}
+	if slices.Contains(metrics.CountedCampaigns(), gone.ID) {
+		t.Error("the purged campaign is still tracked")
+	}
+}
+
+// TestChunkErrorSaysRecipients: a chunk task's error, as asynqmon shows it,
+// says what became of the chunk's recipients and with which replies, and
+// still tells asynq how to retry.
+func TestChunkErrorSaysRecipients(t *testing.T) {
+	var tl tally
+	d := func(code int, enh string) *notice.Delivery { return &notice.Delivery{LastCode: code, Enhanced: enh} }
+	for _, s := range []store.Step{
+		{Finish: notice.StatusSent}, {Finish: notice.StatusSent},
+		{Finish: notice.StatusFailed, Delivery: d(550, "5.1.1")}, {Finish: notice.StatusFailed, Delivery: d(550, "5.1.1")},
+		{Finish: notice.StatusRetrying, Delivery: d(451, "4.7.1")}, {Finish: notice.StatusRetrying, Delivery: d(0, "")},
+	} {
+		tl.add(s)
+	}
+	err := tl.wrap(notice.ChunkPayload{From: 101, To: 201}, &retryError{Delay: time.Second, Failure: true, Err: errors.New("record outcome: redis down")})
+	want := "chunk of recipients 101–200: 2 sent, 2 failed, 2 retrying (451 4.7.1 ×1, 550 5.1.1 ×2, no reply ×1); then the task stopped: record outcome: redis down"
+	if err.Error() != want {
+		t.Errorf("error %q\nwant  %q", err, want)
+	}
+	if RetryDelay(1, err, nil) != time.Second || !IsFailure(err) {
+		t.Error("the wrapped error lost its retry delay")
 	}
 }

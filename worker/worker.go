@@ -160,6 +160,8 @@ type Worker struct {
 	progress map[string]progress // under mu: when each campaign last moved (noProgress)
 
 	warned map[string]time.Time // under mu: log lines said at most once per interval
+
+	explained map[string]struct{} // under mu: tasks archived for a reason already logged (explain)
 }
 
 // New returns a Worker.

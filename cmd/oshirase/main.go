@@ -18,6 +18,7 @@ import (
 	_ "time/tzdata" // TZ=Asia/Tokyo works in images without a zoneinfo database
 
 	"github.com/oshirase/oshirase/config"
+	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/service"
 )
 
@@ -35,6 +36,7 @@ Commands:
   preview   render a template to the terminal or an .eml file
   bench     measure throughput end to end (see README)
   hashkey   print the SHA-256 form of an API key for OSHIRASE_API_KEYS
+  version   print the version, VCS revision and Go version (as oshirase_build_info)
   help      this text and every setting with its default
 
 Client commands (against OSHIRASE_URL with OSHIRASE_KEY; docs/cli.md):
@@ -110,6 +112,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = recipientCmd(ctx, rest, stdout, stderr)
 	case "webhook":
 		err = webhookCmd(ctx, rest, stdout, stderr)
+	case "version", "--version", "-version":
+		b := metrics.BuildInfo()
+		fmt.Fprintf(stdout, "oshirase %s (revision %s, %s)\n", b.Version, b.Revision, b.GoVersion)
+		return 0
 	default:
 		fmt.Fprintf(stderr, "oshirase: unknown command %q\n\n", cmd)
 		fmt.Fprint(stderr, usage)

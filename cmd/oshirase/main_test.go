@@ -5,8 +5,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/oshirase/oshirase/metrics"
 )
 
 // TestDemo runs the README's first command as a new user would: nothing
@@ -52,6 +55,19 @@ func TestHelpListsEverySetting(t *testing.T) {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("help lacks %s", v)
 		}
+	}
+}
+
+// TestVersion: `oshirase version` says what oshirase_build_info says.
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, &out, &out); code != 0 {
+		t.Fatalf("version exited %d: %s", code, out.String())
+	}
+	b := metrics.BuildInfo()
+	want := "oshirase " + b.Version + " (revision " + b.Revision + ", " + runtime.Version() + ")\n"
+	if out.String() != want || b.Version == "" || b.Revision == "" {
+		t.Errorf("version printed %q, want %q", out.String(), want)
 	}
 }
 
