@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -61,7 +62,7 @@ func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		name := ""
-		if k := Actor(r.Context()); k != nil {
+		if k := auth.Actor(r.Context()); k != nil {
 			name = k.Name
 		}
 		scope := store.IdemScope(name, r.Method, r.URL.Path, key)

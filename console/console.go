@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -43,7 +44,7 @@ const (
 // API's authentication: it does its own.
 type Console struct {
 	api   *api.Server
-	keys  *api.Keys
+	keys  *auth.Keys
 	store *store.Store
 	log   *slog.Logger
 	ttl   time.Duration
@@ -78,7 +79,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin") // "no-referrer" would make Chromium send "Origin: null"
 	h.Set("Cache-Control", "no-store")
-	if r.Method == http.MethodPost && !api.SameOrigin(r) {
+	if r.Method == http.MethodPost && !auth.SameOrigin(r) {
 		http.Error(w, "cross-origin form post refused", http.StatusForbidden)
 		return
 	}
@@ -90,7 +91,7 @@ type view struct {
 	Lang       string // ja or en
 	Signed     bool
 	Actor      string
-	Role       api.Role
+	Role       auth.Role
 	CSRF       string
 	LoginToken string
 	// FormToken is sent with each resend form as its Idempotency-Key: a
@@ -106,7 +107,7 @@ type view struct {
 type session struct {
 	id   string
 	data *store.Session
-	key  *api.Key
+	key  *auth.Key
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, v view) {
@@ -165,7 +166,7 @@ func (c *Console) current(r *http.Request) (*session, error) {
 	return &session{id: ck.Value, data: data, key: key}, nil
 }
 
-func mayUse(r api.Role) bool { return r == api.RoleAdmin || r == api.RoleSupport }
+func mayUse(r auth.Role) bool { return r == auth.RoleAdmin || r == auth.RoleSupport }
 
 func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 	if l := r.URL.Query().Get("lang"); l == "ja" || l == "en" {
@@ -227,7 +228,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	// Authenticate logs and counts a wrong key (the source, never the
 	// key) and slows down a source that keeps trying.
 	key, err := c.keys.Authenticate(r, "console", r.PostFormValue("key"))
-	var te *api.ThrottledError
+	var te *auth.ThrottledError
 	if errors.As(err, &te) {
 		secs := int(math.Ceil(te.RetryAfter.Seconds()))
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -275,7 +276,7 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session))
 			http.Error(w, "the form's security token is missing or stale; reload the page", http.StatusForbidden)
 			return
 		}
-		h(w, r.WithContext(api.WithActor(r.Context(), s.key)), s)
+		h(w, r.WithContext(auth.WithActor(r.Context(), s.key)), s)
 	}
 }
 

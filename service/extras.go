@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/console"
 	"github.com/oshirase/oshirase/monitoring"
 )
@@ -22,7 +23,7 @@ func mountExtras(s *Service) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	s.API.Handle("GET /metrics", m, api.RoleOperator)
+	s.API.Handle("GET /metrics", m, auth.RoleOperator)
 	s.API.HandlePublic("/support/", console.New(s.API, s.Store, 0, s.Log))
 	return nil
 }
@@ -32,7 +33,7 @@ func mountExtras(s *Service) error {
 // a Prometheus scraping only the API would never see them. /metrics needs an
 // operator or admin key like the API's; /healthz and /readyz are public.
 func (s *Service) workerHTTP() error {
-	ks, err := api.ParseKeys(s.Config.APIKeys)
+	ks, err := auth.ParseKeys(s.Config.APIKeys)
 	if err != nil {
 		return err
 	}
@@ -46,7 +47,7 @@ func (s *Service) workerHTTP() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", api.Healthz)
 	mux.Handle("GET /readyz", api.Ready(s.Store, s.Mailer, s.Log, s.Store, s.guard.readyChecks()...))
-	mux.Handle("GET /metrics", api.NewKeys(ks).Require(m, api.RoleOperator))
+	mux.Handle("GET /metrics", auth.NewKeys(ks).Require(m, auth.RoleOperator))
 	s.metricsHandler = mux
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/inbound"
@@ -206,7 +207,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 	}
 	if opts.API {
-		keys, err := api.ParseKeys(cfg.APIKeys)
+		keys, err := auth.ParseKeys(cfg.APIKeys)
 		if err != nil {
 			return nil, err
 		}
@@ -219,7 +220,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
 			}, DKIMDomains: mopts.DKIMDomains(), IdempotencyTTL: cfg.IdempotencyTTL,
 			BounceWindow: cfg.BounceWindow, RetryMaxAge: cfg.RetryMaxAge,
-			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, auth.NewKeys(keys), pool, log)
 		s.API.SetEvents(s.Events)
 		if err := mountExtras(s); err != nil {
 			return nil, err

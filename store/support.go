@@ -16,7 +16,7 @@ import (
 // in, never holds the key itself.
 type Session struct {
 	KeyName string    `json:"key"`
-	KeyFP   string    `json:"key_fp"` // which secret of that name signed in (api.Key.Fingerprint)
+	KeyFP   string    `json:"key_fp"` // which secret of that name signed in (auth.Key.Fingerprint)
 	CSRF    string    `json:"csrf"`
 	At      time.Time `json:"at"`
 }
