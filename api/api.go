@@ -106,6 +106,9 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 	}
 	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
 		limiter: redis_rate.NewLimiter(st.Redis())}
+	// Managed accounts live beside everything else in Redis; every way
+	// in (API, console, monitoring) shares this key set.
+	keys.UseAccounts(st)
 	if cfg.Limits.AuthFailuresPerMinute > 0 {
 		// The key set is shared with the console and the monitoring UI:
 		// one guard for every way in.
@@ -175,6 +178,14 @@ func (s *Server) routes() {
 	h("GET /v1/webhooks/{id}", s.getWebhook)
 	h("DELETE /v1/webhooks/{id}", s.deleteWebhook)
 	h("POST /v1/webhooks/{id}/rotate", s.rotateWebhook)
+
+	// Accounts: admins only (no roles listed).
+	h("POST /v1/accounts", s.createAccount)
+	h("GET /v1/accounts", s.listAccounts)
+	h("GET /v1/accounts/{name}", s.getAccount)
+	h("PATCH /v1/accounts/{name}", s.patchAccount)
+	h("POST /v1/accounts/{name}/rotate", s.rotateAccount)
+	h("DELETE /v1/accounts/{name}", s.deleteAccount)
 
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.

@@ -25,6 +25,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/oshirase/oshirase/metrics"
+	"github.com/oshirase/oshirase/store"
 )
 
 // Role is what an API key may do.
@@ -36,11 +37,15 @@ const (
 	RoleOperator Role = "operator" // read campaigns, monitoring, metrics
 )
 
-// Key is one API key from OSHIRASE_API_KEYS.
+// Key is one API key from OSHIRASE_API_KEYS, or a managed account (see
+// Account) that made a request.
 type Key struct {
 	Name string
 	Role Role
 	hash [32]byte // SHA-256 of the secret; the secret itself is not kept
+	// Account is the managed account behind the key (nil for a key of
+	// OSHIRASE_API_KEYS), as read for this request.
+	Account *store.Account
 }
 
 // ParseKeys reads "name:role:key,name:role:key". A key of exactly 64 hex
@@ -105,8 +110,10 @@ func HashKey(secret string) string {
 
 // Keys authenticates secrets.
 type Keys struct {
-	keys  []Key
-	guard *authGuard // slows down sources of wrong keys; nil = off
+	keys     []Key
+	guard    *authGuard // slows down sources of wrong keys; nil = off
+	accounts Directory  // managed accounts; nil = only OSHIRASE_API_KEYS
+	touched  lastUsed
 }
 
 // NewKeys returns a Keys over ks.
@@ -164,6 +171,11 @@ func (k *Keys) Require(h http.Handler, roles ...Role) http.Handler {
 		if errors.As(err, &te) {
 			w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(te.RetryAfter)))
 			writeError(w, http.StatusTooManyRequests, "too_many_failures", te.Error())
+			return
+		}
+		if err != nil && !errors.Is(err, ErrBadKey) {
+			slog.Error("authentication failed", "route", r.Pattern, "err", err)
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "keys cannot be checked just now; try again")
 			return
 		}
 		if err != nil {
@@ -287,8 +299,12 @@ func (k *Keys) Authenticate(r *http.Request, surface, secret string) (*Key, erro
 			return nil, &ThrottledError{RetryAfter: max(wait, time.Second)}
 		}
 	}
-	if key, ok := k.Find(secret); ok {
+	key, err := k.lookup(ctx, secret)
+	if err == nil {
 		return key, nil
+	}
+	if !errors.Is(err, ErrBadKey) {
+		return nil, err // Redis is down: not the client's fault, not counted
 	}
 	metrics.AuthFailures.WithLabelValues(surface).Inc()
 	pattern := r.Pattern

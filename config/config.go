@@ -65,8 +65,12 @@ type Config struct {
 	InboundURL             string
 	InboundMaxBytes        int
 	BounceWindow           time.Duration
-	LogFormat              string
-	LogLevel               string
+	// Sign-in to the console through an OpenID provider (all OIDC_*;
+	// off while OIDCIssuer is empty).
+	OIDCIssuer, OIDCClientID, OIDCClientSecret, OIDCRedirectURL string
+	OIDCGroupsClaim, OIDCRoleMap                                string
+	LogFormat                                                   string
+	LogLevel                                                    string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
 	// knowingly (REDIS_ACCEPT_RISK); the others stop the service at start.
 	RedisAcceptRisk RedisRisks
@@ -242,6 +246,12 @@ var settings = []setting{
 	{"INBOUND_URL", "", "where the bounce receiver listens: lmtp://host:port or smtp://host:port; `oshirase inbound` needs it, `oshirase serve` runs the receiver too when it is set. Takes mail only for BOUNCE_DOMAIN (anything else 550: it never relays)", str(func(c *Config) *string { return &c.InboundURL })},
 	{"INBOUND_MAX_BYTES", "1048576", "largest message the bounce receiver takes (552 past it); a DSN with RET=HDRS is a few KB", integer(func(c *Config) *int { return &c.InboundMaxBytes })},
 	{"BOUNCE_WINDOW", "72h", "how long after a campaign's last send a bounce may still come: until it has passed, its sent recipients count as unknown in the campaign's reach summary, after it as reached (no bounce)", dur(func(c *Config) *time.Duration { return &c.BounceWindow })},
+	{"OIDC_ISSUER", "", "OpenID provider of the company (issuer URL, e.g. https://login.example.jp/realms/staff): the support console offers sign-in through it; empty = keys and accounts only", str(func(c *Config) *string { return &c.OIDCIssuer })},
+	{"OIDC_CLIENT_ID", "", "oshirase's client id at the OpenID provider", str(func(c *Config) *string { return &c.OIDCClientID })},
+	{"OIDC_CLIENT_SECRET", "", "oshirase's client secret at the OpenID provider (empty for a public client: PKCE is always used)", str(func(c *Config) *string { return &c.OIDCClientSecret })},
+	{"OIDC_REDIRECT_URL", "", "the console's callback as the provider knows it: https://<host>/support/oidc/callback", str(func(c *Config) *string { return &c.OIDCRedirectURL })},
+	{"OIDC_GROUPS_CLAIM", "groups", "claim of the ID token (or userinfo) that lists the person's groups", str(func(c *Config) *string { return &c.OIDCGroupsClaim })},
+	{"OIDC_ROLE_MAP", "", "groups to roles, group=role,… (e.g. breach-admins=admin,callcentre=support); a person with several gets the most powerful, one with none is refused", str(func(c *Config) *string { return &c.OIDCRoleMap })},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

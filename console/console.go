@@ -43,6 +43,7 @@ const (
 // Console serves the support console. Mount it at /support/ without the
 // API's authentication: it does its own.
 type Console struct {
+	oidc  *auth.OIDC // nil: no sign-in through an identity provider
 	api   *api.Server
 	keys  *auth.Keys
 	store *store.Store
@@ -67,6 +68,7 @@ func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) 
 	c.mux.HandleFunc("POST /support/logout", c.signedIn(c.logout))
 	c.mux.HandleFunc("POST /support/search", c.signedIn(c.search))
 	c.mux.HandleFunc("POST /support/resend", c.signedIn(c.resend))
+	c.accountRoutes()
 	c.mux.HandleFunc("/support/", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/support/", http.StatusSeeOther)
 	})
@@ -94,6 +96,7 @@ type view struct {
 	Role       auth.Role
 	CSRF       string
 	LoginToken string
+	OIDC       bool // sign-in through the identity provider is offered
 	// FormToken is sent with each resend form as its Idempotency-Key: a
 	// reload or a double click posts the same token and sends nothing twice.
 	FormToken string
@@ -159,9 +162,18 @@ func (c *Console) current(r *http.Request) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, ok := c.keys.ByName(data.KeyName)
-	if !ok || !mayUse(key.Role) || !equal(key.Fingerprint(), data.KeyFP) {
-		return nil, nil // the key is gone, may no longer use the console, or was replaced
+	// Resolved on every request (an account is read from Redis): a key or
+	// account removed, disabled, given another role or another key ends
+	// its sessions at once, on every process.
+	key, err := c.keys.Resolve(r.Context(), data.KeyName)
+	if errors.Is(err, auth.ErrBadKey) || errors.Is(err, auth.ErrDisabled) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !mayUse(key.Role) || !equal(sessionFP(key, data.Via), data.KeyFP) {
+		return nil, nil // may no longer use the console, or was replaced
 	}
 	return &session{id: ck.Value, data: data, key: key}, nil
 }
@@ -207,7 +219,7 @@ func (c *Console) signedView(s *session) view {
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	tok := randomToken()
 	http.SetCookie(w, c.cookie(r, loginCookie, tok, 600))
-	c.render(w, r, status, view{LoginToken: tok, Error: msg})
+	c.render(w, r, status, view{LoginToken: tok, Error: msg, OIDC: c.oidc != nil})
 }
 
 func parseForm(w http.ResponseWriter, r *http.Request) error {

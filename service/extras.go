@@ -6,6 +6,7 @@ import (
 
 	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/auth"
+	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/console"
 	"github.com/oshirase/oshirase/monitoring"
 )
@@ -24,8 +25,26 @@ func mountExtras(s *Service) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	s.API.Handle("GET /metrics", m, auth.RoleOperator)
-	s.API.HandlePublic("/support/", console.New(s.API, s.Store, 0, s.Log))
+	con := console.New(s.API, s.Store, 0, s.Log)
+	if s.Config.OIDCIssuer != "" {
+		o, err := oidcFrom(s.Config)
+		if err != nil {
+			return err
+		}
+		con.EnableOIDC(o)
+	}
+	s.API.HandlePublic("/support/", con)
 	return nil
+}
+
+// oidcFrom reads the OIDC_* settings.
+func oidcFrom(c *config.Config) (*auth.OIDC, error) {
+	m, err := auth.ParseRoleMap(c.OIDCRoleMap)
+	if err != nil {
+		return nil, err
+	}
+	return auth.NewOIDC(auth.OIDCConfig{Issuer: c.OIDCIssuer, ClientID: c.OIDCClientID, ClientSecret: c.OIDCClientSecret,
+		RedirectURL: c.OIDCRedirectURL, GroupsClaim: c.OIDCGroupsClaim, RoleMap: m})
 }
 
 // workerHTTP builds a worker-only process's small HTTP server
@@ -47,7 +66,9 @@ func (s *Service) workerHTTP() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", api.Healthz)
 	mux.Handle("GET /readyz", api.Ready(s.Store, s.Mailer, s.Log, s.Store, s.guard.readyChecks()...))
-	mux.Handle("GET /metrics", auth.NewKeys(ks).Require(m, auth.RoleOperator))
+	keys := auth.NewKeys(ks)
+	keys.UseAccounts(s.Store) // operator accounts scrape too
+	mux.Handle("GET /metrics", keys.Require(m, auth.RoleOperator))
 	s.metricsHandler = mux
 	return nil
 }

@@ -212,7 +212,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			return nil, err
 		}
 		if len(keys) == 0 {
-			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
+			log.Warn("OSHIRASE_API_KEYS is empty: only accounts made earlier (/v1/accounts) can use the API")
 		}
 		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout,
 			Checks: s.guard.readyChecks(), Limits: api.Limits{
