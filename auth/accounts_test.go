@@ -267,20 +267,20 @@ func TestLastAdmin(t *testing.T) {
 
 func newKey() (string, string) { return auth.NewSecret() }
 
-// console is a browser on the support console (cookie jar; no JavaScript
+// browser is a browser on the support console (cookie jar; no JavaScript
 // is needed: the console has none).
-type console struct {
+type browser struct {
 	t    *testing.T
 	base string
 	c    *http.Client
 }
 
-func newConsole(t *testing.T, base string) *console {
+func newBrowser(t *testing.T, base string) *browser {
 	jar, _ := cookiejar.New(nil)
-	return &console{t: t, base: base, c: &http.Client{Jar: jar}}
+	return &browser{t: t, base: base, c: &http.Client{Jar: jar}}
 }
 
-func (c *console) do(method, path string, form url.Values, hdr ...string) (int, string) {
+func (c *browser) do(method, path string, form url.Values, hdr ...string) (int, string) {
 	c.t.Helper()
 	var body io.Reader
 	if form != nil {
@@ -306,7 +306,7 @@ func (c *console) do(method, path string, form url.Values, hdr ...string) (int, 
 	return resp.StatusCode, string(b)
 }
 
-func (c *console) signIn(key string) string {
+func (c *browser) signIn(key string) string {
 	c.t.Helper()
 	_, page := c.do("GET", "/support/", nil)
 	code, page := c.do("POST", "/support/login", url.Values{"login_token": {hidden(page, "login_token")}, "key": {key}})
@@ -338,7 +338,7 @@ func byID(page, id string) string {
 // and cross-site posts are refused.
 func TestConsoleAccountsPage(t *testing.T) {
 	ss := stacks(t, 2, nil)
-	adm := newConsole(t, ss[0].Base)
+	adm := newBrowser(t, ss[0].Base)
 	adm.signIn(testenv.AdminKey)
 	code, page := adm.do("GET", "/support/accounts", nil)
 	if code != 200 || !strings.Contains(page, `id="create-form"`) {
@@ -360,7 +360,7 @@ func TestConsoleAccountsPage(t *testing.T) {
 	}
 
 	// The new agent signs in to the console on the other process.
-	agent := newConsole(t, ss[1].Base)
+	agent := newBrowser(t, ss[1].Base)
 	if page := agent.signIn(key); byID(page, "actor") != "agent7" || strings.Contains(page, "accounts-link") {
 		t.Fatalf("agent's page: %.300s", page)
 	}
