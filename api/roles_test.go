@@ -78,6 +78,12 @@ func TestRoles(t *testing.T) {
 		{"POST", "/v1/campaigns/nope/recipients/1/resend", A | S},
 		{"GET", "/v1/audit", A},
 		{"POST", "/v1/notifications", A},
+		{"POST", "/v1/accounts", A},
+		{"GET", "/v1/accounts", A},
+		{"GET", "/v1/accounts/nope", A},
+		{"PATCH", "/v1/accounts/nope", A},
+		{"POST", "/v1/accounts/nope/rotate", A},
+		{"DELETE", "/v1/accounts/nope", A},
 	}
 	callers := []struct {
 		name, auth string
