@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -418,4 +419,31 @@ func TestConsoleAccountsPage(t *testing.T) {
 func codeOf(t *testing.T, base, key string) int {
 	code, _ := call(t, base, key, "GET", "/v1/campaigns", "")
 	return code
+}
+
+// BenchmarkAuthenticate is the cost of finding a request's key: a key of
+// OSHIRASE_API_KEYS (memory) and an account's (read from Redis each time).
+func BenchmarkAuthenticate(b *testing.B) {
+	rdb, _ := testenv.Redis(b, testenv.DBAuth)
+	st := store.New(rdb, "bench")
+	ks, err := auth.ParseKeys(testenv.APIKeys)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := auth.NewKeys(ks)
+	keys.UseAccounts(st)
+	secret, hash := auth.NewSecret()
+	if err := st.CreateAccount(b.Context(), store.Account{Name: "agent", Role: "support", KeyHash: hash}); err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct{ name, secret string }{{"env", testenv.SupportKey}, {"account", secret}} {
+		b.Run(bc.name, func(b *testing.B) {
+			r := httptest.NewRequest("GET", "/v1/campaigns", nil)
+			for b.Loop() {
+				if _, err := keys.Authenticate(r, "api", bc.secret); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -2,6 +2,7 @@ package auth_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -20,6 +21,7 @@ import (
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/console"
 	"github.com/oshirase/oshirase/internal/testenv"
+	"github.com/oshirase/oshirase/service"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
 )
@@ -356,4 +358,62 @@ func replaceParam(u, name, v string) string {
 	q.Set(name, v)
 	p.RawQuery = q.Encode()
 	return p.String()
+}
+
+// TestOIDCSettings: the OIDC_* settings reach the console of `serve` (the
+// sign-in link, the redirect to the provider with PKCE and a nonce), and a
+// half-done configuration stops the start with what is missing.
+func TestOIDCSettings(t *testing.T) {
+	opSrv, _ := startOP(t, "http://127.0.0.1:1/support/oidc/callback")
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		err  string // "" = starts
+	}{
+		{"complete", map[string]string{"OIDC_ROLE_MAP": "breach-admins=admin"}, ""},
+		{"no role map", map[string]string{}, "OIDC_ROLE_MAP"},
+		{"bad role", map[string]string{"OIDC_ROLE_MAP": "breach-admins=root"}, `OIDC_ROLE_MAP entry 1 (breach-admins): role "root"`},
+		{"no client id", map[string]string{"OIDC_ROLE_MAP": "a=admin", "OIDC_CLIENT_ID": ""}, "OIDC_CLIENT_ID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, u := testenv.Redis(t, testenv.DBAuth)
+			env := map[string]string{"REDIS_URL": u, "SMTP_URL": "smtp://127.0.0.1:1?tls=none", "KEY_PREFIX": "acct",
+				"OIDC_ISSUER": opSrv.URL, "OIDC_CLIENT_ID": "oshirase", "OIDC_REDIRECT_URL": "http://127.0.0.1:1/support/oidc/callback"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			cfg := testenv.Config(t, env)
+			cfg.ListenAddr, cfg.APIKeys = "127.0.0.1:0", testenv.APIKeys
+			svc, err := service.New(t.Context(), cfg, slog.New(slog.DiscardHandler), service.Options{API: true})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("start: %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer svc.Close()
+			hs := httptest.NewServer(svc.API)
+			defer hs.Close()
+			b := newBrowser(t, hs.URL)
+			if _, page := b.do("GET", "/support/", nil); !strings.Contains(page, `id="oidc-login"`) {
+				t.Fatalf("no OIDC sign-in on the page: %.300s", page)
+			}
+			b.c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+			req, _ := http.NewRequest("GET", hs.URL+"/support/oidc/login", nil)
+			resp, err := b.c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			loc, _ := url.Parse(resp.Header.Get("Location"))
+			q := loc.Query()
+			if resp.StatusCode != 302 || !strings.HasPrefix(loc.String(), opSrv.URL) || q.Get("code_challenge_method") != "S256" ||
+				q.Get("nonce") == "" || q.Get("state") == "" || q.Get("client_id") != "oshirase" {
+				t.Errorf("redirect to the provider: %d %s", resp.StatusCode, loc)
+			}
+		})
+	}
 }

@@ -199,10 +199,39 @@ func accountFrom(name string, m map[string]string) *Account {
 	return a
 }
 
+// accountByKeyScript finds an account by its key's hash in one round trip
+// (it runs on every request of an account). The account's key is built
+// here from ARGV[2]: it has the hash tag {acct} like KEYS[1], so it is in
+// the same Cluster slot.
+//
+//	KEYS[1] bykey  ARGV[1] key SHA-256 hex  ARGV[2] "<p>:{acct}:a:"
+//	returns {name, field, value, …} (HGETALL of the account), or {} if none
+//	        or the account no longer holds that key
+var accountByKeyScript = redis.NewScript(`
+local name = redis.call('HGET', KEYS[1], ARGV[1])
+if not name then return {} end
+local k = ARGV[2] .. name
+if redis.call('HGET', k, 'key') ~= ARGV[1] then return {} end
+local out = redis.call('HGETALL', k)
+table.insert(out, 1, name)
+return out
+`)
+
 // AccountByKey returns the account whose API key has the SHA-256 hex hash,
 // or ErrNotFound (disabled accounts too: the caller decides).
 func (s *Store) AccountByKey(ctx context.Context, hash string) (*Account, error) {
-	return s.accountBy(ctx, 2, hash, func(a *Account) string { return a.KeyHash })
+	res, err := accountByKeyScript.Run(ctx, s.rdb, []string{s.k.accounts()[2]}, hash, s.k.account("")).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("find account: %w", err)
+	}
+	if len(res) == 0 {
+		return nil, fmt.Errorf("account: %w", ErrNotFound)
+	}
+	m := make(map[string]string, len(res)/2)
+	for i := 1; i+1 < len(res); i += 2 {
+		m[res[i]] = res[i+1]
+	}
+	return accountFrom(res[0], m), nil
 }
 
 // AccountBySubject returns the account an OIDC subject signed in as, or
