@@ -84,7 +84,9 @@ func startOP(t *testing.T, redirect string) (*httptest.Server, *opUsers) {
 	users.groups["id-carol"] = []string{"callcentre"}
 	users.groups["id-nobody"] = []string{"everyone"}
 	srv := httptest.NewUnstartedServer(nil)
-	issuer := "http://" + srv.Listener.Addr().String()
+	// "localhost", not oshirase's 127.0.0.1: another site, as a real
+	// provider is, so that a browser applies its cross-site cookie rules.
+	issuer := "http://" + strings.Replace(srv.Listener.Addr().String(), "127.0.0.1", "localhost", 1)
 	opstorage.RegisterClients(opstorage.WebClient("oshirase", "oshirase-client-secret", redirect))
 	st := &groupsStorage{Storage: opstorage.NewStorage(users), users: users}
 	srv.Config.Handler = exampleop.SetupServer(issuer, st, nil, false)
@@ -112,7 +114,7 @@ func startOIDCStack(t *testing.T) *oidcStack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := auth.NewOIDC(auth.OIDCConfig{Issuer: opSrv.URL, ClientID: "oshirase", ClientSecret: "oshirase-client-secret",
+	o, err := auth.NewOIDC(auth.OIDCConfig{Issuer: opURL(opSrv), ClientID: "oshirase", ClientSecret: "oshirase-client-secret",
 		RedirectURL: base + "/support/oidc/callback", RoleMap: roles})
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +160,7 @@ func (s *oidcStack) toProvider(c *browser, user string) string {
 	if code != 200 || id == "" {
 		c.t.Fatalf("provider's login form: %d %.300s", code, page)
 	}
-	req, _ := http.NewRequest("POST", s.op.URL+"/login/username",
+	req, _ := http.NewRequest("POST", opURL(s.op)+"/login/username",
 		strings.NewReader(url.Values{"id": {id}, "username": {user}, "password": {"pw-" + user}}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := c.c.Do(req)
@@ -378,7 +380,7 @@ func TestOIDCSettings(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, u := testenv.Redis(t, testenv.DBAuth)
 			env := map[string]string{"REDIS_URL": u, "SMTP_URL": "smtp://127.0.0.1:1?tls=none", "KEY_PREFIX": "acct",
-				"OIDC_ISSUER": opSrv.URL, "OIDC_CLIENT_ID": "oshirase", "OIDC_REDIRECT_URL": "http://127.0.0.1:1/support/oidc/callback"}
+				"OIDC_ISSUER": opURL(opSrv), "OIDC_CLIENT_ID": "oshirase", "OIDC_REDIRECT_URL": "http://127.0.0.1:1/support/oidc/callback"}
 			for k, v := range tc.env {
 				env[k] = v
 			}
@@ -410,10 +412,13 @@ func TestOIDCSettings(t *testing.T) {
 			resp.Body.Close()
 			loc, _ := url.Parse(resp.Header.Get("Location"))
 			q := loc.Query()
-			if resp.StatusCode != 302 || !strings.HasPrefix(loc.String(), opSrv.URL) || q.Get("code_challenge_method") != "S256" ||
+			if resp.StatusCode != 302 || !strings.HasPrefix(loc.String(), opURL(opSrv)) || q.Get("code_challenge_method") != "S256" ||
 				q.Get("nonce") == "" || q.Get("state") == "" || q.Get("client_id") != "oshirase" {
 				t.Errorf("redirect to the provider: %d %s", resp.StatusCode, loc)
 			}
 		})
 	}
 }
+
+// opURL is the provider's issuer URL (on localhost).
+func opURL(s *httptest.Server) string { return strings.Replace(s.URL, "127.0.0.1", "localhost", 1) }
