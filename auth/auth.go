@@ -1,7 +1,9 @@
 // Package auth authenticates and authorizes every way into oshirase: the
-// API keys of OSHIRASE_API_KEYS (Keys, Role), the key that made a request
-// (Actor), and the checks browser surfaces share (SameOrigin). The API, the
-// support console and the monitoring UI all use it; none of them owns it.
+// API keys of OSHIRASE_API_KEYS and the managed accounts' keys (Keys, Role;
+// accounts.go), the key that made a request (Actor), the checks browser
+// surfaces share (SameOrigin), the wrong-key guard, and sign-in through an
+// OpenID provider (OIDC). The API, the support console and the monitoring
+// UI all use it; none of them owns it.
 package auth
 
 import (
