@@ -292,6 +292,18 @@ func TestOIDCSignIn(t *testing.T) {
 // sign-in expects is refused, and signs nobody in.
 func TestOIDCCallbackRefusals(t *testing.T) {
 	s := startOIDCStack(t)
+	// Beginning a sign-in is public and stores nothing in Redis.
+	before, _ := s.st.Redis().DBSize(t.Context()).Result()
+	for range 20 {
+		b := s.browser(t)
+		b.c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		if code, _ := b.do("GET", "/support/oidc/login", nil); code != 302 {
+			t.Fatalf("begin sign-in: %d", code)
+		}
+	}
+	if after, _ := s.st.Redis().DBSize(t.Context()).Result(); after != before {
+		t.Errorf("20 sign-ins begun: %d keys in Redis, %d before", after, before)
+	}
 	for _, tc := range []struct {
 		name string
 		// tamper changes the callback URL (or the sign-in kept in Redis)
@@ -308,30 +320,26 @@ func TestOIDCCallbackRefusals(t *testing.T) {
 			return s.browser(c.t), cb
 		}, 403, "did not start here"},
 		{"wrong nonce", func(c *browser, cb string) (*browser, string) {
-			state := param(cb, "state")
-			l, err := s.st.TakeOIDCLogin(c.t.Context(), state)
-			if err != nil {
-				c.t.Fatal(err)
-			}
-			s.st.SaveOIDCLogin(c.t.Context(), state, store.OIDCLogin{Nonce: "not-the-nonce-in-the-token", Verifier: l.Verifier}, 60e9)
+			state, _, verifier := s.pending(c)
+			s.setPending(c, state+".not-the-nonce-in-the-token."+verifier)
 			return c, cb
 		}, 401, "did not sign you in"},
 		{"wrong PKCE verifier", func(c *browser, cb string) (*browser, string) {
-			state := param(cb, "state")
-			l, _ := s.st.TakeOIDCLogin(c.t.Context(), state)
-			s.st.SaveOIDCLogin(c.t.Context(), state, store.OIDCLogin{Nonce: l.Nonce, Verifier: "a" + l.Verifier[1:]}, 60e9)
+			state, nonce, verifier := s.pending(c)
+			s.setPending(c, state+"."+nonce+".a"+verifier[1:])
 			return c, cb
 		}, 401, "did not sign you in"},
 		{"code and state replayed", func(c *browser, cb string) (*browser, string) {
+			state, nonce, verifier := s.pending(c)
 			if code, _ := c.do("GET", cb, nil); code != 200 {
 				c.t.Fatalf("first use: %d", code)
 			}
-			// Replayed by someone who also stole the state cookie.
+			// Replayed by someone who also stole the sign-in's cookie:
+			// the provider takes a code once.
 			thief := s.browser(c.t)
-			u, _ := url.Parse(s.base + "/support/")
-			thief.c.Jar.SetCookies(u, []*http.Cookie{{Name: "oshirase_oidc", Value: param(cb, "state"), Path: "/support/"}})
+			s.setPending(thief, state+"."+nonce+"."+verifier)
 			return thief, cb
-		}, 403, "did not start here"},
+		}, 401, "did not sign you in"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := s.browser(t)
@@ -349,9 +357,24 @@ func TestOIDCCallbackRefusals(t *testing.T) {
 	}
 }
 
-func param(u, name string) string {
-	p, _ := url.Parse(u)
-	return p.Query().Get(name)
+// pending returns the sign-in c's cookie holds: state, nonce, verifier.
+func (s *oidcStack) pending(c *browser) (state, nonce, verifier string) {
+	u, _ := url.Parse(s.base + "/support/oidc/callback")
+	for _, ck := range c.c.Jar.Cookies(u) {
+		if ck.Name == "oshirase_oidc" {
+			p := strings.Split(ck.Value, ".")
+			if len(p) == 3 {
+				return p[0], p[1], p[2]
+			}
+		}
+	}
+	c.t.Fatal("no sign-in cookie")
+	return
+}
+
+func (s *oidcStack) setPending(c *browser, v string) {
+	u, _ := url.Parse(s.base + "/support/")
+	c.c.Jar.SetCookies(u, []*http.Cookie{{Name: "oshirase_oidc", Value: v, Path: "/support/"}})
 }
 
 func replaceParam(u, name, v string) string {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"html/template"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/oshirase/oshirase/auth"
@@ -38,11 +39,10 @@ func (c *Console) oidcLogin(w http.ResponseWriter, r *http.Request) {
 		c.loginPage(w, r, http.StatusBadGateway, tr(r, "The identity provider cannot be reached; try again later."))
 		return
 	}
-	if err := c.store.SaveOIDCLogin(r.Context(), st.State, store.OIDCLogin{Nonce: st.Nonce, Verifier: st.Verifier}, 10*time.Minute); err != nil {
-		c.fail(w, r, err)
-		return
-	}
-	ck := c.cookie(r, oidcCookie, st.State, 600)
+	// The sign-in's state, nonce and PKCE verifier wait in the browser
+	// (an HttpOnly cookie, 10 minutes), not in Redis: this page is public,
+	// and a flood of sign-ins begun must not fill the database.
+	ck := c.cookie(r, oidcCookie, st.State+"."+st.Nonce+"."+st.Verifier, 600)
 	ck.SameSite = http.SameSiteLaxMode
 	http.SetCookie(w, ck)
 	http.Redirect(w, r, st.URL, http.StatusFound)
@@ -58,18 +58,19 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 	clear := c.cookie(r, oidcCookie, "", -1)
 	clear.SameSite = http.SameSiteLaxMode
 	http.SetCookie(w, clear)
-	if err != nil || !equal(ck.Value, q.Get("state")) {
+	var state, nonce, verifier string
+	if err == nil {
+		parts := strings.Split(ck.Value, ".")
+		if len(parts) == 3 {
+			state, nonce, verifier = parts[0], parts[1], parts[2]
+		}
+	}
+	// The state must be the one this browser's cookie holds: nobody can
+	// make a victim's browser finish a sign-in the attacker began. The
+	// cookie is cleared above, and the provider takes a code once.
+	if !equal(state, q.Get("state")) {
 		c.log.Warn("support console: OIDC callback refused: state is not this browser's")
 		c.loginPage(w, r, http.StatusForbidden, tr(r, "This sign-in expired or did not start here; try again."))
-		return
-	}
-	login, err := c.store.TakeOIDCLogin(r.Context(), q.Get("state"))
-	if errors.Is(err, store.ErrNotFound) {
-		c.loginPage(w, r, http.StatusForbidden, tr(r, "This sign-in expired or did not start here; try again."))
-		return
-	}
-	if err != nil {
-		c.fail(w, r, err)
 		return
 	}
 	if e := q.Get("error"); e != "" || q.Get("code") == "" {
@@ -77,7 +78,7 @@ func (c *Console) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		c.loginPage(w, r, http.StatusUnauthorized, tr(r, "Your identity provider did not sign you in; try again."))
 		return
 	}
-	id, err := c.oidc.Finish(r.Context(), q.Get("code"), login.Verifier, login.Nonce)
+	id, err := c.oidc.Finish(r.Context(), q.Get("code"), verifier, nonce)
 	if errors.Is(err, auth.ErrNoRole) {
 		c.log.Warn("support console: OIDC sign-in refused: no role for the groups", "name", id.Name, "groups", id.Groups)
 		c.loginPage(w, r, http.StatusForbidden, tr(r, "None of your groups is given a role here; ask an admin."))

@@ -2,9 +2,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -291,48 +288,4 @@ func (s *Store) TouchAccount(ctx context.Context, name string, t time.Time) erro
 		return fmt.Errorf("account %s: last used: %w", name, err)
 	}
 	return nil
-}
-
-// OIDCLogin is an OIDC sign-in under way, kept until the provider sends
-// the browser back (at most 10 minutes).
-type OIDCLogin struct {
-	Nonce    string `json:"nonce"`
-	Verifier string `json:"verifier"` // PKCE
-}
-
-// oidcKey holds a sign-in under the hash of its state:
-//
-//	<p>:oidc:<sha256 hex of state>   STRING OIDCLogin (JSON), 10 minutes
-func (s *Store) oidcKey(state string) string {
-	h := sha256.Sum256([]byte(state))
-	return s.k.p + ":oidc:" + hex.EncodeToString(h[:])
-}
-
-// SaveOIDCLogin keeps l under its state for ttl.
-func (s *Store) SaveOIDCLogin(ctx context.Context, state string, l OIDCLogin, ttl time.Duration) error {
-	b, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	if err := s.rdb.Set(ctx, s.oidcKey(state), b, ttl).Err(); err != nil {
-		return fmt.Errorf("save OIDC sign-in: %w", err)
-	}
-	return nil
-}
-
-// TakeOIDCLogin returns and removes the sign-in of state (ErrNotFound when
-// there is none: expired, used, or never begun): a state works once.
-func (s *Store) TakeOIDCLogin(ctx context.Context, state string) (*OIDCLogin, error) {
-	b, err := s.rdb.GetDel(ctx, s.oidcKey(state)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("OIDC sign-in: %w", ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("take OIDC sign-in: %w", err)
-	}
-	var l OIDCLogin
-	if err := json.Unmarshal(b, &l); err != nil {
-		return nil, fmt.Errorf("decode OIDC sign-in: %w", err)
-	}
-	return &l, nil
 }

@@ -39,7 +39,6 @@ import "strconv"
 //	<p>:session:, <p>:flash:  STRING console sessions and their one-time page (support.go)
 //	<p>:idem:<sha256>        HASH  an Idempotency-Key's claim and first answer (idempotency.go)
 //	<p>:{acct}:…             accounts: records, key and OIDC indexes, enabled admins (accounts.go)
-//	<p>:oidc:<sha256>        STRING an OIDC sign-in under way: nonce, PKCE verifier (accounts.go)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 
