@@ -1,7 +1,7 @@
 package api
 
 import (
-	"context"
+	"github.com/oshirase/oshirase/auth"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -18,16 +18,6 @@ import (
 
 // reqInfo is filled in while a request is served, for its log line.
 type reqInfo struct{ key string }
-
-type reqInfoKey struct{}
-
-// noteKey records the name of the key that authenticated r, for the access
-// log (Keys.Authenticate calls it).
-func noteKey(r *http.Request, name string) {
-	if info, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
-		info.key = name
-	}
-}
 
 // statusRecorder remembers the status an answer was given.
 type statusRecorder struct {
@@ -78,7 +68,8 @@ func observe(log *slog.Logger, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		info := &reqInfo{}
-		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, info))
+		// auth.Keys.Authenticate names the key that authenticated r.
+		r = r.WithContext(auth.WithNote(r.Context(), func(name string) { info.key = name }))
 		rec := &statusRecorder{ResponseWriter: w}
 		defer func() {
 			// After the handler, even one that panicked (net/http
@@ -117,7 +108,7 @@ func observe(log *slog.Logger, h http.Handler) http.Handler {
 // cancelled) with who made it: the key's name.
 func (s *Server) lifecycle(r *http.Request, msg, id string, attrs ...any) {
 	actor := ""
-	if k := Actor(r.Context()); k != nil {
+	if k := auth.Actor(r.Context()); k != nil {
 		actor = k.Name
 	}
 	s.log.Info(msg, append([]any{"campaign", id, "actor", actor}, attrs...)...)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
@@ -78,7 +79,7 @@ type Server struct {
 	store     *store.Store
 	queue     tasks.Enqueuer
 	templates *templates.Set
-	keys      *Keys
+	keys      *auth.Keys
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
@@ -91,7 +92,7 @@ type Server struct {
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
 // console) with Handle before serving.
-func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys *Keys, smtp Pinger, log *slog.Logger) *Server {
+func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys *auth.Keys, smtp Pinger, log *slog.Logger) *Server {
 	if cfg.MaxUploadBytes <= 0 {
 		cfg.MaxUploadBytes = 2 << 30
 	}
@@ -106,6 +107,9 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 	}
 	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
 		limiter: redis_rate.NewLimiter(st.Redis())}
+	// Managed accounts live beside everything else in Redis; every way
+	// in (API, console, monitoring) shares this key set.
+	keys.UseAccounts(st)
 	if cfg.Limits.AuthFailuresPerMinute > 0 {
 		// The key set is shared with the console and the monitoring UI:
 		// one guard for every way in.
@@ -117,10 +121,10 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 }
 
 // Keys returns the server's key set, for handlers mounted beside the API.
-func (s *Server) Keys() *Keys { return s.keys }
+func (s *Server) Keys() *auth.Keys { return s.keys }
 
 // Handle mounts h at pattern behind the given roles.
-func (s *Server) Handle(pattern string, h http.Handler, roles ...Role) {
+func (s *Server) Handle(pattern string, h http.Handler, roles ...auth.Role) {
 	s.mux.Handle(pattern, s.keys.Require(h, roles...))
 }
 
@@ -134,8 +138,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) routes() {
-	all := []Role{RoleSupport, RoleOperator}
-	h := func(pattern string, fn http.HandlerFunc, roles ...Role) { s.Handle(pattern, fn, roles...) }
+	all := []auth.Role{auth.RoleSupport, auth.RoleOperator}
+	h := func(pattern string, fn http.HandlerFunc, roles ...auth.Role) { s.Handle(pattern, fn, roles...) }
 
 	s.mux.HandleFunc("GET /healthz", Healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
@@ -144,8 +148,8 @@ func (s *Server) routes() {
 	h("GET /v1/campaigns", s.listCampaigns, all...)
 	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
 	h("POST /v1/campaigns/{id}/recipients", s.idempotentUpload(s.uploadRecipients))
-	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, RoleSupport)
-	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, RoleSupport)
+	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, auth.RoleSupport)
+	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, auth.RoleSupport)
 	h("GET /v1/campaigns/{id}/rejections", s.listRejections)
 	h("POST /v1/campaigns/{id}/start", s.idempotent(s.startCampaign))
 	h("DELETE /v1/campaigns/{id}/schedule", s.unscheduleCampaign)
@@ -162,12 +166,12 @@ func (s *Server) routes() {
 	h("GET /v1/templates", s.listTemplates, all...)
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)
 
-	h("GET /v1/suppressions", s.listSuppressions, RoleSupport)
+	h("GET /v1/suppressions", s.listSuppressions, auth.RoleSupport)
 	h("POST /v1/suppressions", s.idempotent(s.addSuppression))
 	h("DELETE /v1/suppressions/{email}", s.deleteSuppression)
 
-	h("GET /v1/recipients", s.lookupRecipients, RoleSupport)
-	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.idempotent(s.resend), RoleSupport)
+	h("GET /v1/recipients", s.lookupRecipients, auth.RoleSupport)
+	h("POST /v1/campaigns/{id}/recipients/{rid}/resend", s.idempotent(s.resend), auth.RoleSupport)
 	h("GET /v1/audit", s.auditLog)
 	h("POST /v1/notifications", s.idempotent(s.notify))
 
@@ -179,9 +183,17 @@ func (s *Server) routes() {
 	h("GET /v1/webhooks/{id}/deliveries", s.webhookDeliveries)
 	h("POST /v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", s.idempotent(s.redeliverWebhook))
 
+	// Accounts: admins only (no roles listed).
+	h("POST /v1/accounts", s.createAccount)
+	h("GET /v1/accounts", s.listAccounts)
+	h("GET /v1/accounts/{name}", s.getAccount)
+	h("PATCH /v1/accounts/{name}", s.patchAccount)
+	h("POST /v1/accounts/{name}/rotate", s.rotateAccount)
+	h("DELETE /v1/accounts/{name}", s.deleteAccount)
+
 	// Anything else under /v1 needs a key like the rest (no probing for
 	// endpoints without one), then is a JSON 405 or 404, not the mux's text.
-	s.Handle("/v1/", http.HandlerFunc(s.noRoute), RoleSupport, RoleOperator)
+	s.Handle("/v1/", http.HandlerFunc(s.noRoute), auth.RoleSupport, auth.RoleOperator)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/store"
@@ -16,7 +17,7 @@ import (
 // audit for code paths (Resend, Notify) that the support console shares
 // with the API and that have no request at hand.
 func (s *Server) auditCtx(ctx context.Context, e store.AuditEntry) {
-	if k := Actor(ctx); k != nil {
+	if k := auth.Actor(ctx); k != nil {
 		e.Actor = k.Name
 	}
 	// The log is append-only and outlives a purge: a card number typed into
@@ -34,7 +35,7 @@ func (s *Server) auditCtx(ctx context.Context, e store.AuditEntry) {
 // must not happen unaudited (an upload of personal data): its error means
 // "do not go ahead".
 func (s *Server) auditFirst(ctx context.Context, e store.AuditEntry) error {
-	if k := Actor(ctx); k != nil {
+	if k := auth.Actor(ctx); k != nil {
 		e.Actor = k.Name
 	}
 	if err := s.store.Audit(context.WithoutCancel(ctx), e); err != nil {
@@ -122,7 +123,7 @@ func (s *Server) noteCards(ctx context.Context, errs []fieldError) {
 	}
 	metrics.CardRefused.WithLabelValues("request").Add(float64(len(fields)))
 	actor := ""
-	if k := Actor(ctx); k != nil {
+	if k := auth.Actor(ctx); k != nil {
 		actor = k.Name
 	}
 	s.log.Warn("refused what looked like a full card number", "fields", fields, "key", actor)

@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -24,12 +25,12 @@ func contentServer(t *testing.T, dkimDomains ...string) (*httptest.Server, *stor
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := api.ParseKeys(testenv.APIKeys)
+	keys, err := auth.ParseKeys(testenv.APIKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	st := store.New(rdb, "content")
-	srv := api.New(api.Config{DKIMDomains: dkimDomains}, st, asynq.NewClientFromRedisClient(rdb), ts, api.NewKeys(keys), nil, nil)
+	srv := api.New(api.Config{DKIMDomains: dkimDomains}, st, asynq.NewClientFromRedisClient(rdb), ts, auth.NewKeys(keys), nil, nil)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	return hs, st

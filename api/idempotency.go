@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -207,7 +208,7 @@ func (s *Server) keepClaim(ctx context.Context, scope, token string) func() {
 }
 
 func actorName(r *http.Request) string {
-	if k := Actor(r.Context()); k != nil {
+	if k := auth.Actor(r.Context()); k != nil {
 		return k.Name
 	}
 	return ""

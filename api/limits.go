@@ -2,19 +2,16 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/metrics"
 )
 
@@ -77,7 +74,7 @@ func (s *Server) quota(ctx context.Context, what string) error {
 	case limitStarts:
 		n, per, limit = s.cfg.Limits.StartsPerHour, "hour", redis_rate.PerHour(s.cfg.Limits.StartsPerHour)
 	}
-	k := Actor(ctx)
+	k := auth.Actor(ctx)
 	if n <= 0 || k == nil {
 		return nil
 	}
@@ -116,114 +113,4 @@ func (l *logSampler) allow(name string, every time.Duration) bool {
 	}
 	l.last[name] = now
 	return true
-}
-
-// authGuard slows down a source address that keeps presenting wrong keys:
-// each wrong key takes a token of a per-address GCRA bucket
-// (AuthFailuresPerMinute, as large a burst); while the bucket is empty,
-// every attempt from the address — with a right key too, so that guessing
-// gains nothing — is answered 429 without the key being looked at. One
-// token comes back every 60/N seconds: a source stops failing and is let in
-// again within seconds, so colleagues behind the same NAT as a mistyping
-// script are not locked out for long.
-type authGuard struct {
-	limiter *redis_rate.Limiter
-	prefix  string
-	limit   redis_rate.Limit
-	log     *slog.Logger
-}
-
-// Guard makes k slow down sources that present wrong keys (see authGuard);
-// perMinute 0 leaves it off.
-func (k *Keys) Guard(rdb redis.UniversalClient, prefix string, perMinute int, log *slog.Logger) {
-	if perMinute <= 0 {
-		k.guard = nil
-		return
-	}
-	if log == nil {
-		log = slog.Default()
-	}
-	k.guard = &authGuard{limiter: redis_rate.NewLimiter(rdb), prefix: prefix, limit: redis_rate.PerMinute(perMinute), log: log}
-}
-
-// ThrottledError is an attempt refused because its source failed too often.
-type ThrottledError struct{ RetryAfter time.Duration }
-
-func (e *ThrottledError) Error() string {
-	return fmt.Sprintf("too many wrong keys from this address; try again in %s", roundUp(e.RetryAfter))
-}
-
-// ErrBadKey is a missing or wrong key.
-var ErrBadKey = errors.New("a valid API key is required")
-
-// Authenticate returns the key whose secret r presents (secret: from the
-// Authorization header, or a sign-in form), on behalf of surface (api,
-// console, monitoring: for logs and metrics). A wrong key is logged with the
-// source address (never the key) and counted; a source that failed too
-// often gets a *ThrottledError. An empty secret is no attempt.
-func (k *Keys) Authenticate(r *http.Request, surface, secret string) (*Key, error) {
-	if secret == "" {
-		return nil, ErrBadKey
-	}
-	ctx := r.Context()
-	src := source(r)
-	g := k.guard
-	if g != nil {
-		// Peek at the bucket (cost 0): empty means throttled.
-		res, err := g.limiter.AllowN(ctx, g.key(src), g.limit, 0)
-		if err != nil {
-			// Fail open: a Redis hiccup must not lock everyone out, and
-			// the key is still checked.
-			g.log.Warn("auth failure limiter", "err", err)
-		} else if res.Remaining < 1 {
-			metrics.AuthThrottled.WithLabelValues(surface).Inc()
-			emission := g.limit.Period / time.Duration(g.limit.Rate)
-			wait := res.ResetAfter - time.Duration(g.limit.Burst-1)*emission
-			return nil, &ThrottledError{RetryAfter: max(wait, time.Second)}
-		}
-	}
-	if key, ok := k.Find(secret); ok {
-		noteKey(r, key.Name)
-		return key, nil
-	}
-	metrics.AuthFailures.WithLabelValues(surface).Inc()
-	pattern := r.Pattern
-	if pattern == "" {
-		pattern = r.URL.Path // the console's and monitoring's own paths hold no addresses
-	}
-	log := slog.Default()
-	if g != nil {
-		log = g.log
-	}
-	log.Warn("wrong API key", "surface", surface, "source", src, "route", pattern)
-	if g != nil {
-		res, err := g.limiter.Allow(ctx, g.key(src), g.limit)
-		if err != nil {
-			g.log.Warn("auth failure limiter", "err", err)
-		} else if res.Remaining < 1 {
-			g.log.Warn("source throttled after repeated wrong API keys", "surface", surface, "source", src,
-				"max_per_minute", g.limit.Rate)
-		}
-	}
-	return nil, ErrBadKey
-}
-
-func (g *authGuard) key(src string) string { return g.prefix + ":authfail:" + src }
-
-// source is the address a request came from: an IPv6 address by its /64,
-// which one host usually holds whole. Forwarded headers are not trusted
-// (anyone can send them); behind a proxy every client shares its address.
-func source(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		host = r.RemoteAddr
-	}
-	ip := net.ParseIP(host)
-	if ip == nil {
-		return host
-	}
-	if ip.To4() == nil {
-		return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
-	}
-	return ip.String()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -31,12 +32,12 @@ func privateRedis(t *testing.T, port int, args ...string) (*redis.Client, *httpt
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := api.ParseKeys(testenv.APIKeys)
+	keys, err := auth.ParseKeys(testenv.APIKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := asynq.NewClientFromRedisClient(rdb)
-	hs := httptest.NewServer(api.New(api.Config{}, store.New(rdb, "oom"), q, ts, api.NewKeys(keys), nil, nil))
+	hs := httptest.NewServer(api.New(api.Config{}, store.New(rdb, "oom"), q, ts, auth.NewKeys(keys), nil, nil))
 	t.Cleanup(hs.Close)
 	return rdb, hs
 }

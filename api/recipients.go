@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
@@ -216,7 +217,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 		// the numbers (the rejections list says which lines).
 		metrics.CardRefused.WithLabelValues("upload").Add(float64(ans.cards))
 		actor := ""
-		if k := Actor(ctx); k != nil {
+		if k := auth.Actor(ctx); k != nil {
 			actor = k.Name
 		}
 		s.log.Warn("upload refused rows that looked like they held a full card number", "campaign", id, "rows", ans.cards, "key", actor)
@@ -697,7 +698,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	}
 	// Answer with the address as it is kept (and listed, and matched).
 	sup := store.Suppression{Email: store.EmailKey(rc.Email), Reason: req.Reason, At: time.Now().UTC()}
-	if k := Actor(r.Context()); k != nil {
+	if k := auth.Actor(r.Context()); k != nil {
 		sup.Actor = k.Name
 	}
 	if err := s.store.Suppress(r.Context(), sup); err != nil {

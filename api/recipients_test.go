@@ -16,6 +16,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -30,12 +31,12 @@ func uploadServer(t *testing.T, max int64) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := api.ParseKeys(testenv.APIKeys)
+	keys, err := auth.ParseKeys(testenv.APIKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := asynq.NewClientFromRedisClient(rdb)
-	srv := api.New(api.Config{MaxUploadBytes: max}, store.New(rdb, "up"), q, ts, api.NewKeys(keys), nil, nil)
+	srv := api.New(api.Config{MaxUploadBytes: max}, store.New(rdb, "up"), q, ts, auth.NewKeys(keys), nil, nil)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	return hs

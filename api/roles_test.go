@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
@@ -25,13 +26,13 @@ func rolesServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := api.ParseKeys("admin:admin:" + testenv.AdminKey + ",support:support:" + api.HashKey(testenv.SupportKey) +
-		",ops:operator:sha256:" + api.HashKey(testenv.OperatorKey))
+	keys, err := auth.ParseKeys("admin:admin:" + testenv.AdminKey + ",support:support:" + auth.HashKey(testenv.SupportKey) +
+		",ops:operator:sha256:" + auth.HashKey(testenv.OperatorKey))
 	if err != nil {
 		t.Fatal(err)
 	}
 	q := asynq.NewClientFromRedisClient(rdb)
-	srv := api.New(api.Config{}, store.New(rdb, "roles"), q, ts, api.NewKeys(keys), nil, nil)
+	srv := api.New(api.Config{}, store.New(rdb, "roles"), q, ts, auth.NewKeys(keys), nil, nil)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	return hs
@@ -77,6 +78,12 @@ func TestRoles(t *testing.T) {
 		{"POST", "/v1/campaigns/nope/recipients/1/resend", A | S},
 		{"GET", "/v1/audit", A},
 		{"POST", "/v1/notifications", A},
+		{"POST", "/v1/accounts", A},
+		{"GET", "/v1/accounts", A},
+		{"GET", "/v1/accounts/nope", A},
+		{"PATCH", "/v1/accounts/nope", A},
+		{"POST", "/v1/accounts/nope/rotate", A},
+		{"DELETE", "/v1/accounts/nope", A},
 	}
 	callers := []struct {
 		name, auth string
@@ -89,7 +96,7 @@ func TestRoles(t *testing.T) {
 		{"operator basic auth", basic("anyone", testenv.OperatorKey), O},
 		{"no key", "", 0},
 		{"bad key", "Bearer not-a-key-0123456789abcdef", 0},
-		{"support key's hash as key", "Bearer " + api.HashKey(testenv.SupportKey), 0},
+		{"support key's hash as key", "Bearer " + auth.HashKey(testenv.SupportKey), 0},
 	}
 	for _, e := range endpoints {
 		for _, c := range callers {
@@ -189,7 +196,7 @@ func TestParseKeysErrors(t *testing.T) {
 		{"a:admin:0123456789abcdef,a:support:0123456789abcdef", "used twice"},
 		{"a:admin:sha256:abc", "64 hex digits"},
 	} {
-		if _, err := api.ParseKeys(tt.in); err == nil || !strings.Contains(err.Error(), tt.want) {
+		if _, err := auth.ParseKeys(tt.in); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseKeys(%q) = %v, want an error with %q", tt.in, err, tt.want)
 		}
 	}

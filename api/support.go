@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -39,19 +39,6 @@ type InvalidError struct {
 }
 
 func (e *InvalidError) Error() string { return e.Msg }
-
-// ByName returns the key called name: the support console keeps only a key's
-// name in its session and resolves it on every request, so a key removed from
-// OSHIRASE_API_KEYS ends its sessions too.
-func (k *Keys) ByName(name string) (*Key, bool) {
-	var found *Key
-	for i := range k.keys {
-		if subtle.ConstantTimeCompare([]byte(k.keys[i].Name), []byte(name)) == 1 {
-			found = &k.keys[i]
-		}
-	}
-	return found, found != nil
-}
 
 // CampaignRef is the part of a campaign a look-up shows.
 type CampaignRef struct {
@@ -213,7 +200,7 @@ type ResendRequest struct {
 }
 
 // Resend records a new delivery of a recipient's notice and queues it on
-// the urgent queue. The actor is the key in ctx (WithActor). The original
+// the urgent queue. The actor is the key in ctx (auth.WithActor). The original
 // delivery stays as it was; the resend has its own status and Message-ID.
 func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRequest) (*notice.Resend, error) {
 	req.Reason = strings.TrimSpace(req.Reason)
@@ -269,7 +256,7 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	if req.Locale != "" && req.Locale != rc.EffectiveLocale(c.DefaultLocale) {
 		rs.Locale = req.Locale
 	}
-	if k := Actor(ctx); k != nil {
+	if k := auth.Actor(ctx); k != nil {
 		rs.Actor = k.Name
 	}
 	n, err := s.store.AddResend(ctx, cid, rid, rs)

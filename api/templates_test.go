@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
@@ -26,11 +27,11 @@ func templateServer(t *testing.T) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := api.ParseKeys(testenv.APIKeys)
+	keys, err := auth.ParseKeys(testenv.APIKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := api.New(api.Config{}, store.New(rdb, "tpl"), asynq.NewClientFromRedisClient(rdb), ts, api.NewKeys(keys), nil, nil)
+	srv := api.New(api.Config{}, store.New(rdb, "tpl"), asynq.NewClientFromRedisClient(rdb), ts, auth.NewKeys(keys), nil, nil)
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
 	return hs

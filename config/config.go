@@ -74,8 +74,12 @@ type Config struct {
 	// SendGridSMTPAPI puts each notice's bounce token in an X-SMTPAPI
 	// header's unique_args, so SendGrid's events name it (SENDGRID_SMTPAPI).
 	SendGridSMTPAPI bool
-	LogFormat       string
-	LogLevel        string
+	// Sign-in to the console through an OpenID provider (all OIDC_*;
+	// off while OIDCIssuer is empty).
+	OIDCIssuer, OIDCClientID, OIDCClientSecret, OIDCRedirectURL string
+	OIDCGroupsClaim, OIDCRoleMap                                string
+	LogFormat                                                   string
+	LogLevel                                                    string
 	// RedisAcceptRisk says which unsafe Redis settings the operator runs
 	// knowingly (REDIS_ACCEPT_RISK); the others stop the service at start.
 	RedisAcceptRisk RedisRisks
@@ -273,6 +277,12 @@ var settings = []setting{
 		c.SendGridSMTPAPI = b
 		return nil
 	}},
+	{"OIDC_ISSUER", "", "OpenID provider of the company (issuer URL, e.g. https://login.example.jp/realms/staff): the support console offers sign-in through it; empty = keys and accounts only", str(func(c *Config) *string { return &c.OIDCIssuer })},
+	{"OIDC_CLIENT_ID", "", "oshirase's client id at the OpenID provider", str(func(c *Config) *string { return &c.OIDCClientID })},
+	{"OIDC_CLIENT_SECRET", "", "oshirase's client secret at the OpenID provider (empty for a public client: PKCE is always used)", str(func(c *Config) *string { return &c.OIDCClientSecret })},
+	{"OIDC_REDIRECT_URL", "", "the console's callback as the provider knows it: https://<host>/support/oidc/callback", str(func(c *Config) *string { return &c.OIDCRedirectURL })},
+	{"OIDC_GROUPS_CLAIM", "groups", "claim of the ID token (or userinfo) that lists the person's groups", str(func(c *Config) *string { return &c.OIDCGroupsClaim })},
+	{"OIDC_ROLE_MAP", "", "groups to roles, group=role,… (e.g. breach-admins=admin,callcentre=support); a person with several gets the most powerful, one with none is refused", str(func(c *Config) *string { return &c.OIDCRoleMap })},
 	{"LOG_FORMAT", "", "json or text (default: json for serve/api/worker, text for demo and bench)", str(func(c *Config) *string { return &c.LogFormat })},
 	{"LOG_LEVEL", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

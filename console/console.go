@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
 
@@ -42,8 +43,9 @@ const (
 // Console serves the support console. Mount it at /support/ without the
 // API's authentication: it does its own.
 type Console struct {
+	oidc  *auth.OIDC // nil: no sign-in through an identity provider
 	api   *api.Server
-	keys  *api.Keys
+	keys  *auth.Keys
 	store *store.Store
 	log   *slog.Logger
 	ttl   time.Duration
@@ -67,6 +69,7 @@ func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) 
 	c.mux.HandleFunc("POST /support/search", c.signedIn(c.search))
 	c.mux.HandleFunc("POST /support/resend", c.signedIn(c.resend))
 	c.mux.HandleFunc("GET /support/notice", c.signedInGet(c.noticePage))
+	c.accountRoutes()
 	c.mux.HandleFunc("/support/", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/support/", http.StatusSeeOther)
 	})
@@ -79,7 +82,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin") // "no-referrer" would make Chromium send "Origin: null"
 	h.Set("Cache-Control", "no-store")
-	if r.Method == http.MethodPost && !api.SameOrigin(r) {
+	if r.Method == http.MethodPost && !auth.SameOrigin(r) {
 		http.Error(w, "cross-origin form post refused", http.StatusForbidden)
 		return
 	}
@@ -91,9 +94,10 @@ type view struct {
 	Lang       string // ja or en
 	Signed     bool
 	Actor      string
-	Role       api.Role
+	Role       auth.Role
 	CSRF       string
 	LoginToken string
+	OIDC       bool // sign-in through the identity provider is offered
 	// FormToken is sent with each resend form as its Idempotency-Key: a
 	// reload or a double click posts the same token and sends nothing twice.
 	FormToken string
@@ -106,7 +110,7 @@ type view struct {
 type session struct {
 	id   string
 	data *store.Session
-	key  *api.Key
+	key  *auth.Key
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, v view) {
@@ -158,14 +162,23 @@ func (c *Console) current(r *http.Request) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, ok := c.keys.ByName(data.KeyName)
-	if !ok || !mayUse(key.Role) || !equal(key.Fingerprint(), data.KeyFP) {
-		return nil, nil // the key is gone, may no longer use the console, or was replaced
+	// Resolved on every request (an account is read from Redis): a key or
+	// account removed, disabled, given another role or another key ends
+	// its sessions at once, on every process.
+	key, err := c.keys.Resolve(r.Context(), data.KeyName)
+	if errors.Is(err, auth.ErrBadKey) || errors.Is(err, auth.ErrDisabled) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !mayUse(key.Role) || !equal(sessionFP(key, data.Via), data.KeyFP) {
+		return nil, nil // may no longer use the console, or was replaced
 	}
 	return &session{id: ck.Value, data: data, key: key}, nil
 }
 
-func mayUse(r api.Role) bool { return r == api.RoleAdmin || r == api.RoleSupport }
+func mayUse(r auth.Role) bool { return r == auth.RoleAdmin || r == auth.RoleSupport }
 
 func (c *Console) index(w http.ResponseWriter, r *http.Request) {
 	if l := r.URL.Query().Get("lang"); l == "ja" || l == "en" {
@@ -214,7 +227,7 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request, status int, 
 	tok := randomToken()
 	http.SetCookie(w, c.cookie(r, loginCookie, tok, 600))
 	// A shared search link opened before signing in comes back to it.
-	v := view{LoginToken: tok, Error: msg}
+	v := view{LoginToken: tok, Error: msg, OIDC: c.oidc != nil}
 	v.Query = r.FormValue("q")
 	c.render(w, r, status, v)
 }
@@ -237,7 +250,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	// Authenticate logs and counts a wrong key (the source, never the
 	// key) and slows down a source that keeps trying.
 	key, err := c.keys.Authenticate(r, "console", r.PostFormValue("key"))
-	var te *api.ThrottledError
+	var te *auth.ThrottledError
 	if errors.As(err, &te) {
 		secs := int(math.Ceil(te.RetryAfter.Seconds()))
 		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
@@ -285,7 +298,7 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session))
 			http.Error(w, "the form's security token is missing or stale; reload the page", http.StatusForbidden)
 			return
 		}
-		h(w, r.WithContext(api.WithActor(r.Context(), s.key)), s)
+		h(w, r.WithContext(auth.WithActor(r.Context(), s.key)), s)
 	}
 }
 

@@ -72,7 +72,10 @@ func tr(r *http.Request, format string, args ...any) string {
 // pages holds the page template per language; its t function translates.
 var pages = map[string]*template.Template{"en": parsePage("en"), "ja": parsePage("ja")}
 
-func parsePage(lang string) *template.Template {
+func parsePage(lang string) *template.Template { return parseTemplate(lang, "page.html") }
+
+// parseTemplate parses templates/name with the t function of lang.
+func parseTemplate(lang, name string) *template.Template {
 	t := func(s string) string { return s }
 	if lang == "ja" {
 		t = func(s string) string {
@@ -82,7 +85,7 @@ func parsePage(lang string) *template.Template {
 			return s
 		}
 	}
-	return template.Must(template.New("page.html").Funcs(template.FuncMap{
+	return template.Must(template.New(name).Funcs(template.FuncMap{
 		"t":       t,
 		"fmtTime": fmtTime,
 		// status words as the agent reads them (失敗, 送信済み, …)
@@ -112,7 +115,7 @@ func parsePage(lang string) *template.Template {
 			}
 			return fmtTime(*t)
 		},
-	}).ParseFS(files, "templates/page.html"))
+	}).ParseFS(files, "templates/"+name))
 }
 
 // fmtTime shows t in the server's time zone (TZ; Asia/Tokyo shows JST).

@@ -2,6 +2,7 @@ package console
 
 import (
 	"errors"
+	"github.com/oshirase/oshirase/auth"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -221,7 +222,7 @@ func (c *Console) signedInGet(h func(http.ResponseWriter, *http.Request, *sessio
 			c.loginPage(w, r, http.StatusUnauthorized, tr(r, "Please sign in."))
 			return
 		}
-		h(w, r.WithContext(api.WithActor(r.Context(), s.key)), s)
+		h(w, r.WithContext(auth.WithActor(r.Context(), s.key)), s)
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 	"github.com/hibiken/asynqmon"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/config"
 )
 
@@ -24,14 +24,14 @@ import (
 //
 // The handlers share rdb and are never closed: asynqmon's Close would close
 // the service's own Redis client.
-func UI(keys *api.Keys, rdb redis.UniversalClient, root string) http.Handler {
+func UI(keys *auth.Keys, rdb redis.UniversalClient, root string) http.Handler {
 	root = "/" + strings.Trim(root, "/")
 	opt := config.ConnOpt{Client: rdb}
 	full := asynqmon.New(asynqmon.Options{RootPath: root, RedisConnOpt: opt})
 	readOnly := asynqmon.New(asynqmon.Options{RootPath: root, RedisConnOpt: opt, ReadOnly: true})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, err := keys.Authenticate(r, "monitoring", api.Secret(r))
-		var te *api.ThrottledError
+		key, err := keys.Authenticate(r, "monitoring", auth.Secret(r))
+		var te *auth.ThrottledError
 		if errors.As(err, &te) {
 			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(te.RetryAfter.Seconds())))))
 			http.Error(w, te.Error(), http.StatusTooManyRequests)
@@ -45,7 +45,7 @@ func UI(keys *api.Keys, rdb redis.UniversalClient, root string) http.Handler {
 		// The browser keeps the basic-auth key for /monitoring/, so a form
 		// on another site could make an admin's browser pause queues or
 		// delete tasks: changes must come from asynqmon's own page.
-		if r.Method != http.MethodGet && r.Method != http.MethodHead && !api.SameOrigin(r) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !auth.SameOrigin(r) {
 			http.Error(w, "cross-site request refused", http.StatusForbidden)
 			return
 		}
@@ -54,9 +54,9 @@ func UI(keys *api.Keys, rdb redis.UniversalClient, root string) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("X-Frame-Options", "DENY")
 		switch key.Role {
-		case api.RoleAdmin:
+		case auth.RoleAdmin:
 			full.ServeHTTP(w, r)
-		case api.RoleOperator:
+		case auth.RoleOperator:
 			readOnly.ServeHTTP(w, r)
 		default:
 			http.Error(w, "role "+string(key.Role)+" may not use the monitoring UI", http.StatusForbidden)

@@ -5,6 +5,8 @@ import (
 	"net/http"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
+	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/console"
 	"github.com/oshirase/oshirase/inbound"
 	"github.com/oshirase/oshirase/monitoring"
@@ -23,8 +25,16 @@ func mountExtras(s *Service) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	s.API.Handle("GET /metrics", m, api.RoleOperator)
-	s.API.HandlePublic("/support/", console.New(s.API, s.Store, 0, s.Log))
+	s.API.Handle("GET /metrics", m, auth.RoleOperator)
+	con := console.New(s.API, s.Store, 0, s.Log)
+	if s.Config.OIDCIssuer != "" {
+		o, err := oidcFrom(s.Config)
+		if err != nil {
+			return err
+		}
+		con.EnableOIDC(o)
+	}
+	s.API.HandlePublic("/support/", con)
 	// Provider webhooks are public: each request is authenticated by its
 	// signature (SNS's, SendGrid's), not by an API key. Mounted even when
 	// off, to say so (404) rather than ask for a key.
@@ -38,12 +48,22 @@ func mountExtras(s *Service) error {
 	return nil
 }
 
+// oidcFrom reads the OIDC_* settings.
+func oidcFrom(c *config.Config) (*auth.OIDC, error) {
+	m, err := auth.ParseRoleMap(c.OIDCRoleMap)
+	if err != nil {
+		return nil, err
+	}
+	return auth.NewOIDC(auth.OIDCConfig{Issuer: c.OIDCIssuer, ClientID: c.OIDCClientID, ClientSecret: c.OIDCClientSecret,
+		RedirectURL: c.OIDCRedirectURL, GroupsClaim: c.OIDCGroupsClaim, RoleMap: m})
+}
+
 // workerHTTP builds a worker-only process's small HTTP server
 // (METRICS_ADDR): its delivery metrics live in this process, so without it
 // a Prometheus scraping only the API would never see them. /metrics needs an
 // operator or admin key like the API's; /healthz and /readyz are public.
 func (s *Service) workerHTTP() error {
-	ks, err := api.ParseKeys(s.Config.APIKeys)
+	ks, err := auth.ParseKeys(s.Config.APIKeys)
 	if err != nil {
 		return err
 	}
@@ -57,7 +77,9 @@ func (s *Service) workerHTTP() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", api.Healthz)
 	mux.Handle("GET /readyz", api.Ready(s.Store, s.Mailer, s.Log, s.Store, s.guard.readyChecks()...))
-	mux.Handle("GET /metrics", api.NewKeys(ks).Require(m, api.RoleOperator))
+	keys := auth.NewKeys(ks)
+	keys.UseAccounts(s.Store) // operator accounts scrape too
+	mux.Handle("GET /metrics", keys.Require(m, auth.RoleOperator))
 	s.metricsHandler = mux
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/inbound"
@@ -216,12 +217,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		}
 	}
 	if opts.API {
-		keys, err := api.ParseKeys(cfg.APIKeys)
+		keys, err := auth.ParseKeys(cfg.APIKeys)
 		if err != nil {
 			return nil, err
 		}
 		if len(keys) == 0 {
-			log.Warn("OSHIRASE_API_KEYS is empty: every /v1 request will be refused (401)")
+			log.Warn("OSHIRASE_API_KEYS is empty: only accounts made earlier (/v1/accounts) can use the API")
 		}
 		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout,
 			Checks: s.guard.readyChecks(), Limits: api.Limits{
@@ -229,7 +230,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
 			}, DKIMDomains: mopts.DKIMDomains(), IdempotencyTTL: cfg.IdempotencyTTL,
 			BounceWindow: cfg.BounceWindow, RetryMaxAge: cfg.RetryMaxAge,
-			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, api.NewKeys(keys), pool, log)
+			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, s.Store, s.Queue, ts, auth.NewKeys(keys), pool, log)
 		s.API.SetEvents(s.Events)
 		if err := mountExtras(s); err != nil {
 			return nil, err

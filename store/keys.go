@@ -43,6 +43,7 @@ import "strconv"
 //	<p>:webhooks, <p>:webhooks:v  HASH, STRING  webhook endpoints and their change counter (webhooks.go)
 //	<p>:wh:<id>:log          STREAM an endpoint's delivery log, the last 1,000 attempts (webhooklog.go)
 //	<p>:idem:<sha256>        HASH  an Idempotency-Key's claim and first answer (idempotency.go)
+//	<p>:{acct}:…             accounts: records, key and OIDC indexes, enabled admins (accounts.go)
 //	<p>:epoch                STRING start-up marker (durability.go); <p>:epoch:{N}, one per Cluster master
 type keys struct{ p string }
 

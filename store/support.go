@@ -16,7 +16,8 @@ import (
 // in, never holds the key itself.
 type Session struct {
 	KeyName string    `json:"key"`
-	KeyFP   string    `json:"key_fp"` // which secret of that name signed in (api.Key.Fingerprint)
+	KeyFP   string    `json:"key_fp"`        // which secret of that name signed in (auth.Key.Fingerprint)
+	Via     string    `json:"via,omitempty"` // "oidc" for a sign-in through the identity provider (KeyFP: its subject's)
 	CSRF    string    `json:"csrf"`
 	At      time.Time `json:"at"`
 }
@@ -69,6 +70,9 @@ type ConsoleFlash struct {
 	Query string `json:"q"`
 	Flash string `json:"flash,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Secret is a new API key (accounts page): shown once, and kept no
+	// longer than the redirect that shows it takes.
+	Secret string `json:"secret,omitempty"`
 }
 
 // flashKey holds a session's one-time flash, under the session id's hash:

@@ -18,7 +18,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/config"
 	"github.com/oshirase/oshirase/internal/apiclient"
 	"github.com/oshirase/oshirase/internal/sample"
@@ -27,7 +27,7 @@ import (
 	"github.com/oshirase/oshirase/smtpsink"
 )
 
-func apiHashKey(k string) string { return api.HashKey(k) }
+func apiHashKey(k string) string { return auth.HashKey(k) }
 
 // demo runs a whole campaign on this machine: an embedded Redis and an
 // in-process SMTP sink unless REDIS_URL / SMTP_URL point elsewhere.
