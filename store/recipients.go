@@ -213,28 +213,6 @@ func (s *Store) Rejections(ctx context.Context, cid string, offset, limit int64)
 	return lr.Val(), ll.Val(), nil
 }
 
-var codeStatus = [...]notice.Status{
-	codePending: notice.StatusPending, codeSending: notice.StatusSending, codeRetrying: notice.StatusRetrying,
-	codeSent: notice.StatusSent, codeFailed: notice.StatusFailed, codeSuppressed: notice.StatusSuppressed,
-	codeCancelled: notice.StatusCancelled, codeBounced: notice.StatusBounced, codeComplained: notice.StatusComplained,
-}
-
-func statusOf(b byte) notice.Status {
-	if int(b) < len(codeStatus) {
-		return codeStatus[b]
-	}
-	return notice.StatusPending
-}
-
-func codeOf(s notice.Status) int {
-	for i, st := range codeStatus {
-		if st == s {
-			return i
-		}
-	}
-	return codePending
-}
-
 // Chunk is what a worker needs to deliver recipients [From, To): profiles,
 // current status and delivery records, read in one round trip.
 type Chunk struct {
@@ -319,9 +297,11 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 				return nil, fmt.Errorf("decode returned %d of %s: %w", r.ID, cid, err)
 			}
 		}
-		r.Status = notice.StatusPending
+		r.Status = notice.StatusPending // beyond the status string: never written, so pending
 		if j := r.ID - from; j < int64(len(cs)) {
-			r.Status = statusOf(cs[j])
+			if r.Status, err = statusOf(cs[j]); err != nil {
+				return nil, fmt.Errorf("recipient %d of %s: %w", r.ID, cid, err)
+			}
 		}
 		c.Recipients = append(c.Recipients, r)
 	}
@@ -372,8 +352,14 @@ func (s *Store) Recipients(ctx context.Context, cid string, want notice.Status, 
 			if i := id - from; i < int64(len(codes)) {
 				code = codes[i]
 			}
-			if want != "" && statusOf(code) != want {
-				continue
+			if want != "" {
+				st, err := statusOf(code)
+				if err != nil {
+					return nil, fmt.Errorf("recipient %d of %s: %w", id, cid, err)
+				}
+				if st != want {
+					continue
+				}
 			}
 			if len(pick) == limit {
 				next = id
@@ -480,14 +466,21 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 	if st.Lease > 0 {
 		lease = itoa(st.Lease)
 	}
+	finish := codePending // no finish (FinishID 0): not read
+	if st.FinishID > 0 {
+		var err error
+		if finish, err = codeOf(st.Finish); err != nil {
+			return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+		}
+	}
 	claims := st.ClaimID > 0 && !st.Renew
 	wait := s.waitN > 0 && (st.FinishID > 0 || claims)
 	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait,
-		ms(now), st.Token, st.FinishID, codeOf(st.Finish), dlv,
+		ms(now), st.Token, st.FinishID, finish, dlv,
 		st.ClaimID, ms(now.Add(st.ClaimTTL)), st.Gen, b2s(st.ClaimRetrying),
 		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew), sentAt, b2s(st.Reassert))
 	if v == nil {
-		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, scriptStatusError(err))
 	}
 	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1,
 		Reasserted: v[5].(int64) == 1, Doubted: v[6].(int64) == 1}
@@ -499,7 +492,10 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 	case c == -1000:
 		r.Stopped = true
 	case c >= 10:
-		r.Current = statusOf(byte(c - 10))
+		var serr error
+		if r.Current, serr = statusOf(byte(c - 10)); serr != nil {
+			return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, serr)
+		}
 	}
 	if err != nil {
 		return r, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
@@ -535,17 +531,28 @@ func (s *Store) Mark(ctx context.Context, cid string, rids []int64, from []notic
 	if len(rids) == 0 {
 		return 0, nil
 	}
+	code, err := codeOf(to)
+	if err != nil {
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+	}
 	allowed := ""
 	for _, f := range from {
-		allowed += strconv.Itoa(codeOf(f))
+		c, err := codeOf(f)
+		if err != nil {
+			return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+		}
+		allowed += strconv.Itoa(c)
 	}
-	args := []any{ms(time.Now()), codeOf(to), allowed}
+	if err := checkMoves(from, to); err != nil {
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+	}
+	args := []any{ms(time.Now()), code, allowed}
 	for _, r := range rids {
 		args = append(args, r)
 	}
 	n, err := markScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, scriptStatusError(err))
 	}
 	return n, nil
 }
@@ -555,12 +562,19 @@ func (s *Store) Release(ctx context.Context, cid, token string, to notice.Status
 	if len(rids) == 0 {
 		return nil
 	}
-	args := []any{token, codeOf(to)}
+	if err := checkMoves([]notice.Status{notice.StatusSending}, to); err != nil {
+		return fmt.Errorf("release recipients of %s: %w", cid, err)
+	}
+	code, err := codeOf(to)
+	if err != nil {
+		return fmt.Errorf("release recipients of %s: %w", cid, err)
+	}
+	args := []any{token, code}
 	for _, r := range rids {
 		args = append(args, r)
 	}
 	if err := releaseScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Err(); err != nil {
-		return fmt.Errorf("release recipients of %s: %w", cid, err)
+		return fmt.Errorf("release recipients of %s: %w", cid, scriptStatusError(err))
 	}
 	return nil
 }

@@ -75,8 +75,8 @@ local run = redis.call('HKEYS', KEYS[12])
 for _, f in ipairs(run) do
   if string.sub(f, 1, 2) == 'r:' then
     local rid = tonumber(string.sub(f, 3))
-    if getst(rid) == 4 then
-      setst(rid, 0)
+    if getst(rid) == ST.failed then
+      setst(rid, ST.pending)
       out[#out+1] = rid
     end
   end
@@ -115,8 +115,8 @@ if st[1] == 'paused' and st[2] then
   for _, f in ipairs(redis.call('HKEYS', KEYS[12])) do
     if string.sub(f, 1, 2) == 'r:' then
       local rid = tonumber(string.sub(f, 3))
-      if getst(rid) == 4 then
-        setst(rid, 0)
+      if getst(rid) == ST.failed then
+        setst(rid, ST.pending)
         n = n + 1
       end
     end
@@ -178,8 +178,8 @@ var retryFailedScript = redis.NewScript(luaPrelude + `
 local out = {''}
 for i = 2, #ARGV do
   local rid = tonumber(ARGV[i])
-  if getst(rid) == 4 then
-    setst(rid, 2)
+  if getst(rid) == ST.failed then
+    setst(rid, ST.retrying)
     out[#out+1] = rid
   end
 end

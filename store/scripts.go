@@ -2,41 +2,31 @@ package store
 
 import "github.com/redis/go-redis/v9"
 
-// Status codes as stored in the one-byte-per-recipient status string. 0 is
-// pending so that SETRANGE's zero padding means "pending" for free.
-const (
-	codePending    = 0
-	codeSending    = 1
-	codeRetrying   = 2
-	codeSent       = 3
-	codeFailed     = 4
-	codeSuppressed = 5
-	codeCancelled  = 6
-	codeBounced    = 7 // after sent: a DSN said it failed
-	codeComplained = 8 // after sent: an ARF complaint
-)
-
 // luaPrelude is shared by the scripts that move recipients between states.
 // KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
 // 10 att, 11 doubt, 12 relay (the current run of one relay refusal, store/relay.go).
-const luaPrelude = `
-local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled','bounced','complained'}
+var luaPrelude = luaStatus + `
 local function getst(rid)
   local cur = redis.call('GETRANGE', KEYS[3], rid, rid)
-  if cur == '' then return 0 end
-  return string.byte(cur)
+  if cur == '' then return ST.pending end
+  local c = string.byte(cur)
+  if c >= NSTATUS then error({err = 'UNKNOWNSTATUS ' .. c .. ' of recipient ' .. rid}) end
+  return c
 end
+-- setst is the only write of a recipient's status: it keeps the counts in
+-- step and refuses a move the state machine does not allow.
 local function setst(rid, new)
   local c = getst(rid)
   if c == new then return c end
+  if new < 0 or new >= NSTATUS then error({err = 'UNKNOWNSTATUS ' .. new .. ' for recipient ' .. rid}) end
+  if not canmove(c, new) then error({err = 'BADTRANSITION ' .. NAMES[c] .. ' -> ' .. NAMES[new] .. ' of recipient ' .. rid}) end
   redis.call('SETRANGE', KEYS[3], rid, string.char(new))
   redis.call('HINCRBY', KEYS[2], NAMES[c], -1)
   redis.call('HINCRBY', KEYS[2], NAMES[new], 1)
   return c
 end
-local function final(c) return c >= 3 end
 local function open()
-  local v = redis.call('HMGET', KEYS[2], 'pending', 'sending', 'retrying')
+  local v = redis.call('HMGET', KEYS[2], NAMES[ST.pending], NAMES[ST.sending], NAMES[ST.retrying])
   return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
 end
 -- maybeDone marks a sending campaign done once nothing is left open.
@@ -76,10 +66,10 @@ for i = 3, #ARGV, 2 do
 end
 if added > 0 then
   redis.call('HINCRBY', KEYS[2], 'total', added)
-  redis.call('HINCRBY', KEYS[2], 'pending', added)
+  redis.call('HINCRBY', KEYS[2], NAMES[ST.pending], added)
   -- pre-extend the status string so that GETRANGE over the whole id range is cheap
   local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-  if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(0)) end
+  if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(ST.pending)) end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('HSET', KEYS[1], 'upload_line', ARGV[2], 'upload_updated_at', ARGV[1])
@@ -135,18 +125,18 @@ if frid > 0 then
   local c = getst(frid)
   local who = owner(frid)
   -- A retry of a cancelled campaign will never run: the recipient is cancelled.
-  if code == 2 and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = 6 end
+  if code == ST.retrying and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = ST.cancelled end
   -- A refusal of the run that paused the campaign for the relay, recorded
   -- after the pause (its send was in flight then): the relay refused it,
   -- not the mailbox, so it is held (pending) like the others of the run.
-  if code == 4 and redis.call('HGET', KEYS[1], 'paused_reason') and redis.call('HEXISTS', KEYS[12], 'r:' .. frid) == 1 then code = 0 end
-  if code == 3 then
+  if code == ST.failed and redis.call('HGET', KEYS[1], 'paused_reason') and redis.call('HEXISTS', KEYS[12], 'r:' .. frid) == 1 then code = ST.pending end
+  if code == ST.sent then
     -- "sent" is a fact about the world: it wins even over a cancellation,
     -- and over a claim another worker took after ours expired.
-    if (not final(c)) or c == 6 then
+    if (not isfinal(c)) or c == ST.cancelled then
       setst(frid, code)
       finished = 1
-    elseif c == 3 and ARGV[14] ~= '' then
+    elseif c == ST.sent and ARGV[14] ~= '' then
       -- Already sent by another attempt (ours was taken over, or a
       -- failover lost our first record of it): both went out. Our own
       -- step run again (a lost reply) carries the same sent_at.
@@ -155,7 +145,7 @@ if frid > 0 then
       if ok and type(d) == 'table' and type(d.sent_at) == 'string' then prev = d.sent_at end
       if prev ~= ARGV[14] then doubt(frid, 'sent_twice', prev, ARGV[14]) end
     end
-  elseif (not final(c)) and not (c == 1 and who and who ~= token) then
+  elseif (not isfinal(c)) and not (c == ST.sending and who and who ~= token) then
     -- Any other outcome is ours to record only while nobody else has
     -- taken the recipient over.
     setst(frid, code)
@@ -175,11 +165,11 @@ local mine = false
 if crid > 0 and renew then
   local c = getst(crid)
   local who, dl = owner(crid)
-  if c == 1 then mine = (who == token) end
-  if (not mine) and ARGV[15] == '1' and (c == 0 or c == 2 or (c == 1 and (who == nil or who == 'steal' or dl < now))) then
+  if c == ST.sending then mine = (who == token) end
+  if (not mine) and ARGV[15] == '1' and (c == ST.pending or c == ST.retrying or (c == ST.sending and (who == nil or who == 'steal' or dl < now))) then
     -- Our message is in flight but the claim is gone: taken back before
     -- the watchdog or another task hands the recipient to a second sender.
-    setst(crid, 1)
+    setst(crid, ST.sending)
     if redis.call('HEXISTS', KEYS[10], crid) == 0 then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
     mine, reasserted = true, 1
   end
@@ -196,9 +186,9 @@ elseif crid > 0 then
     claimed = -1000
   else
     local c = getst(crid)
-    local ok = (not renew) and (c == 0 or (c == 2 and ARGV[9] == '1'))
+    local ok = (not renew) and (c == ST.pending or (c == ST.retrying and ARGV[9] == '1'))
     local who
-    if c == 1 then
+    if c == ST.sending then
       local dl
       who, dl = owner(crid)
       -- 'steal': the watchdog took it from a dead worker and queued a
@@ -206,13 +196,13 @@ elseif crid > 0 then
       if who == token or ((not renew) and (dl < now or who == 'steal')) then ok = true else claimed = -1 end
     end
     if ok then
-      if c == 1 and who ~= token then
+      if c == ST.sending and who ~= token then
         -- Taken over from an attempt that never recorded its outcome: it
         -- may have reached the relay, and this one will too.
         doubt(crid, 'takeover', redis.call('HGET', KEYS[10], crid) or '?', ARGV[1])
       end
       if who ~= token then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
-      setst(crid, 1)
+      setst(crid, ST.sending)
       redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
       claimed = 1
     elseif claimed == 0 then
@@ -237,7 +227,7 @@ for i = 4, #ARGV do
   local rid = tonumber(ARGV[i])
   local c = getst(rid)
   if string.find(ARGV[3], tostring(c), 1, true) then
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
+    if c == ST.sending then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -257,7 +247,7 @@ for i = 1, #s do
   local c = string.byte(s, i)
   if string.find(ARGV[3], tostring(c), 1, true) then
     local rid = from + i - 1
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
+    if c == ST.sending then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -273,7 +263,7 @@ local n = 0
 for i = 3, #ARGV do
   local rid = tonumber(ARGV[i])
   local cl = redis.call('HGET', KEYS[4], rid)
-  if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == 1 then
+  if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == ST.sending then
     redis.call('HDEL', KEYS[4], rid)
     redis.call('HDEL', KEYS[10], rid)
     setst(rid, tonumber(ARGV[2]))
@@ -330,7 +320,7 @@ for i = 1, #cl, 2 do
   local orphan = pre ~= '' and string.sub(who, 1, #pre) == pre and not live[who]
   if dl < now or orphan then
     local rid = tonumber(cl[i])
-    if getst(rid) == 1 then
+    if getst(rid) == ST.sending then
       -- Not released but handed over: the recipient stays "sending" under
       -- a 'steal' claim that any task may take, and that expires in its
       -- turn. So if the task the caller is about to queue never gets
