@@ -119,6 +119,7 @@ func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recip
 // and returns the entries that were there before: the address's notices in
 // other campaigns.
 //
+// indexScript adds recipients to the support look-up.
 // KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid").
 // Returns the earlier entries. A ref already there is not added twice
 // (RepairIndex may index a recipient again).
@@ -475,25 +476,29 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 	}
 	claims := st.ClaimID > 0 && !st.Renew
 	wait := s.waitN > 0 && (st.FinishID > 0 || claims)
-	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait,
-		ms(now), st.Token, st.FinishID, finish, dlv,
-		st.ClaimID, ms(now.Add(st.ClaimTTL)), st.Gen, b2s(st.ClaimRetrying),
-		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew), sentAt, b2s(st.Reassert))
+	argv := stepArgv(now, st, finish, dlv, lease, sentAt)
+	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait, argv...)
 	if v == nil {
 		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, scriptStatusError(err))
 	}
-	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1,
-		Reasserted: v[5].(int64) == 1, Doubted: v[6].(int64) == 1}
-	switch c := v[1].(int64); {
-	case c == 1:
+	r := StepResult{
+		Finished:   v[stepReplyFinished].(int64) == 1,
+		Campaign:   notice.CampaignStatus(v[stepReplyStatus].(string)),
+		Gen:        v[stepReplyGen].(int64),
+		Done:       v[stepReplyDone].(int64) == 1,
+		Reasserted: v[stepReplyReasserted].(int64) == 1,
+		Doubted:    v[stepReplyDoubted].(int64) == 1,
+	}
+	switch c := v[stepReplyClaimed].(int64); {
+	case c == claimGranted:
 		r.Claimed = true
-	case c == -1:
+	case c == claimBusy:
 		r.Busy, r.Current = true, notice.StatusSending
-	case c == -1000:
+	case c == claimStopped:
 		r.Stopped = true
-	case c >= 10:
+	case c >= claimCurrent:
 		var serr error
-		if r.Current, serr = statusOf(byte(c - 10)); serr != nil {
+		if r.Current, serr = statusOf(byte(c - claimCurrent)); serr != nil {
 			return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, serr)
 		}
 	}
@@ -516,6 +521,28 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 		}
 	}
 	return r, nil
+}
+
+// stepArgv is the step script's ARGV, in the order its head names them
+// (see stepScript).
+func stepArgv(now time.Time, st Step, finish int, delivery, lease, sentAt string) []any {
+	return []any{
+		ms(now),                  //  1 now_ms
+		st.Token,                 //  2 token
+		st.FinishID,              //  3 finish_rid
+		finish,                   //  4 finish_code
+		delivery,                 //  5 delivery
+		st.ClaimID,               //  6 claim_rid
+		ms(now.Add(st.ClaimTTL)), //  7 claim_dl
+		st.Gen,                   //  8 want_gen
+		b2s(st.ClaimRetrying),    //  9 retrying
+		lease,                    // 10 lease
+		ms(now.Add(st.LeaseTTL)), // 11 lease_dl
+		b2s(st.DropLease),        // 12 drop_lease
+		b2s(st.Renew),            // 13 renew
+		sentAt,                   // 14 sent_at
+		b2s(st.Reassert),         // 15 reassert
+	}
 }
 
 func b2s(b bool) string {
@@ -711,6 +738,8 @@ func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.R
 
 // addRefScript adds "cid:rid" to an address's entry of the look-up hash
 // unless it is there already (a resend to the original address).
+// KEYS: 1 look-up hash. ARGV: 1 address, 2 "cid:rid".
+// Returns 1 if added, 0 if it was there.
 var addRefScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
@@ -732,7 +761,8 @@ func (s *Store) LockResend(ctx context.Context, cid string, rid int64, n int, to
 	return ok, nil
 }
 
-// unlockScript deletes KEYS[1] only if it still holds ARGV[1].
+// unlockScript deletes a resend lock only if it is still ours.
+// KEYS: 1 the lock. ARGV: 1 the owner's token. Returns 1 if deleted, else 0.
 var unlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -844,6 +874,7 @@ func (s *Store) PendingChunks(ctx context.Context, cid string, size int64) ([]in
 
 // unindexScript removes "cid:rid" refs from addresses' entries of the
 // look-up hash, and an entry left empty.
+// KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid"). Returns 0.
 var unindexScript = redis.NewScript(`
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])

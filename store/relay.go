@@ -170,7 +170,7 @@ func (s *Store) RelayPaused(ctx context.Context) ([]string, error) {
 
 // retryFailedScript sends failed recipients again.
 //
-// KEYS: 1-11 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
+// KEYS: 1-12 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
 // Returns {status, moved rids...}: the recipients that were failed are now
 // retrying (their retry tasks are the caller's to enqueue); a done campaign
 // they belong to is sending again (finished_at cleared) until they finish.

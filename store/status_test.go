@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
@@ -174,5 +175,31 @@ func TestDesignDocNamesEveryKey(t *testing.T) {
 		if !strings.Contains(string(doc), "`"+n+"`") {
 			t.Errorf("docs/design.md does not name key %s", n)
 		}
+	}
+}
+
+// The step script's head names each of its stepArgc ARGV once, in order,
+// stepArgv builds that many, and a call with another count is refused
+// rather than read shifted.
+func TestStepScriptContract(t *testing.T) {
+	script := stepSource
+	for i := 1; i <= stepArgc; i++ {
+		want := fmt.Sprintf("ARGV[%d]", i)
+		if n := strings.Count(script, want); n != 1 {
+			t.Errorf("step script reads ARGV[%d] %d times by name, want once at its head", i, n)
+		}
+	}
+	if strings.Contains(script, fmt.Sprintf("ARGV[%d]", stepArgc+1)) {
+		t.Errorf("step script reads past ARGV[%d]", stepArgc)
+	}
+	if n := len(stepArgv(time.Now(), Step{}, 0, "", "", "")); n != stepArgc {
+		t.Fatalf("stepArgv builds %d ARGV, the script takes %d", n, stepArgc)
+	}
+	rdb, _ := testenv.Redis(t, testenv.DBStore)
+	s := New(rdb, "t")
+	args := stepArgv(time.Now(), Step{Token: "x"}, 0, "", "", "")
+	err := stepScript.Run(context.Background(), rdb, s.k.campaign("c").scriptKeys(), args[:stepArgc-1]...).Err()
+	if err == nil || !strings.Contains(err.Error(), "STEPARGS") {
+		t.Fatalf("step with %d ARGV: %v, want STEPARGS", stepArgc-1, err)
 	}
 }

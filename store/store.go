@@ -244,7 +244,9 @@ func (s *Store) Start(ctx context.Context, id string) (Transition, error) {
 	return t, err
 }
 
-// scheduleScript sets (ARGV[1] > 0) or clears a draft's scheduled start.
+// scheduleScript sets or clears a draft's scheduled start.
+// KEYS: 1 state. ARGV: 1 the start (unix ms; "0" clears it).
+// Returns 1; errors NOCAMPAIGN, NOTDRAFT <status>.
 var scheduleScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return redis.error_reply('NOCAMPAIGN') end
