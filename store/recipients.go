@@ -74,7 +74,7 @@ func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recip
 		return &AddResult{}, nil
 	}
 	args := make([]any, 0, 2+2*len(rs))
-	args = append(args, ms(time.Now()), line)
+	args = append(args, ms(s.Now()), line)
 	for i := range rs {
 		p, err := json.Marshal(toProfile(&rs[i]))
 		if err != nil {
@@ -444,7 +444,7 @@ type Step struct {
 // writes the outcome again: running a Step again with its token is
 // harmless).
 func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error) {
-	now := time.Now()
+	now := s.Now()
 	dlv, sentAt := "", ""
 	if st.Delivery != nil {
 		d := *st.Delivery
@@ -573,7 +573,7 @@ func (s *Store) Mark(ctx context.Context, cid string, rids []int64, from []notic
 	if err := checkMoves(from, to); err != nil {
 		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
 	}
-	args := []any{ms(time.Now()), code, allowed}
+	args := []any{ms(s.Now()), code, allowed}
 	for _, r := range rids {
 		args = append(args, r)
 	}
@@ -623,7 +623,7 @@ func (s *Store) Steal(ctx context.Context, cid string, leaseTTL time.Duration) (
 // tasks that have ended, so their claims should be gone — an outcome
 // written, then lost with a primary that failed over.
 func (s *Store) StealOrphans(ctx context.Context, cid string, leaseTTL time.Duration, prefix string, live ...string) (Stolen, error) {
-	now := time.Now()
+	now := s.Now()
 	args := []any{ms(now), ms(now.Add(leaseTTL)), prefix}
 	for _, t := range live {
 		args = append(args, t)
@@ -709,7 +709,7 @@ type HandOut struct {
 // window live chunk leases has room for, each with a lease of leaseTTL.
 func (s *Store) HandOut(ctx context.Context, cid string, size, window int64, leaseTTL time.Duration) (HandOut, error) {
 	ck := s.k.campaign(cid)
-	now := time.Now()
+	now := s.Now()
 	v, err := handOutScript.Run(ctx, s.rdb, []string{ck.state, ck.chunks}, size, window, ms(now), ms(now.Add(leaseTTL))).Int64Slice()
 	if err != nil {
 		return HandOut{}, fmt.Errorf("hand out chunks of %s: %w", cid, err)
@@ -827,7 +827,7 @@ func (s *Store) updateResends(ctx context.Context, cid string, rid int64, fn fun
 
 // LiveLeases is how many of a campaign's chunk leases have not expired.
 func (s *Store) LiveLeases(ctx context.Context, cid string) (int64, error) {
-	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(time.Now())), "+inf").Result()
+	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(s.Now())), "+inf").Result()
 	if err != nil {
 		return 0, fmt.Errorf("chunk leases of %s: %w", cid, err)
 	}
@@ -908,7 +908,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		return 0, err
 	}
 	ck := s.k.campaign(cid)
-	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(time.Now())).Err(); err != nil {
+	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(s.Now())).Err(); err != nil {
 		kind, arg, _ := strings.Cut(err.Error(), " ")
 		switch kind {
 		case "NOTFINISHED":
@@ -938,7 +938,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att, ck.bnc, ck.raw)
-		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
+		p.HSet(ctx, ck.state, "purged_at", ms(s.Now()))
 		return nil
 	})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -95,7 +94,7 @@ func (s *Store) PauseForRelay(ctx context.Context, cid, reason string) (changed 
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
 	ck := s.k.campaign(cid)
-	v, err := relayPauseScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), reason).Int64Slice()
+	v, err := relayPauseScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now()), reason).Int64Slice()
 	if err != nil {
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
@@ -130,7 +129,7 @@ return n
 // clearRelayPause forgets why the system paused cid, if it did.
 func (s *Store) clearRelayPause(ctx context.Context, cid string) error {
 	ck := s.k.campaign(cid)
-	if err := relayClearScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now())).Err(); err != nil {
+	if err := relayClearScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now())).Err(); err != nil {
 		return fmt.Errorf("clear the relay pause of %s: %w", cid, err)
 	}
 	return s.rdb.SRem(ctx, s.k.relayPaused(), cid).Err()
@@ -211,7 +210,7 @@ func (s *Store) RetryFailed(ctx context.Context, cid string, rids []int64) ([]in
 		return nil, nil
 	}
 	args := make([]any, 0, len(rids)+1)
-	args = append(args, ms(time.Now()))
+	args = append(args, ms(s.Now()))
 	for _, r := range rids {
 		args = append(args, r)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oshirase/oshirase/internal/clock"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -103,6 +104,8 @@ func TestTransitions(t *testing.T) {
 
 func TestStepClaimFinish(t *testing.T) {
 	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -131,7 +134,7 @@ func TestStepClaimFinish(t *testing.T) {
 		t.Fatalf("claim of a sent recipient: %+v", r)
 	}
 	// An expired claim can be taken over.
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond)
 	if r := claim("b", 2, time.Minute); !r.Claimed {
 		t.Fatalf("takeover of an expired claim: %+v", r)
 	}
@@ -170,6 +173,8 @@ func TestStepClaimFinish(t *testing.T) {
 
 func TestStealExpired(t *testing.T) {
 	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
 	ctx := context.Background()
 	c := newCampaign(t, s, 5)
 	tr, _ := s.Start(ctx, c.ID)
@@ -179,7 +184,7 @@ func TestStealExpired(t *testing.T) {
 	if _, err := s.Do(ctx, c.ID, store.Step{Token: "live", ClaimID: 3, ClaimTTL: time.Hour, Gen: tr.Gen}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond) // past the dead claim's deadline, not the live one's
 	st, err := s.Steal(ctx, c.ID, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -213,18 +218,20 @@ func TestStealExpired(t *testing.T) {
 // left with nothing to send it.
 func TestStealHandoverExpires(t *testing.T) {
 	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
 	if _, err := s.Do(ctx, c.ID, store.Step{Token: "dead", ClaimID: 2, ClaimTTL: time.Millisecond, Gen: tr.Gen}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond)
 	if st, _ := s.Steal(ctx, c.ID, 10*time.Millisecond); len(st.Recipients) != 1 {
 		t.Fatalf("first steal: %+v", st)
 	}
 	// ... and the watchdog dies before queuing the task.
-	time.Sleep(20 * time.Millisecond)
+	sim.Advance(20 * time.Millisecond)
 	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 1 || st.Recipients[0] != 2 {
 		t.Fatalf("second steal after the handover expired: %+v", st)
 	}
@@ -235,6 +242,8 @@ func TestStealHandoverExpires(t *testing.T) {
 // send after resume), but claims nothing new.
 func TestRenewWhilePaused(t *testing.T) {
 	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -253,7 +262,7 @@ func TestRenewWhilePaused(t *testing.T) {
 	if _, err := s.Resume(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(80 * time.Millisecond) // past the first claim's deadline, not the renewed one's
+	sim.Advance(80 * time.Millisecond) // past the first claim's deadline, not the renewed one's
 	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 0 {
 		t.Fatalf("the renewed claim was stolen: %+v", st)
 	}

@@ -153,7 +153,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		// its lease with each message and every few seconds while it
 		// waits (hold, take), but a failover can leave behind the lease
 		// of a task that finished on the old primary, alive for CLAIM_TTL.
-		live, err := w.store.LeasesRenewedSince(ctx, id, time.Now().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
+		live, err := w.store.LeasesRenewedSince(ctx, id, w.cfg.ClockNow().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
 		if err != nil {
 			return err
 		}
@@ -210,7 +210,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		if from >= cursor && !long {
 			break
 		}
-		if err := w.store.SetChunkLease(ctx, id, from, time.Now().Add(w.queuedTTL())); err != nil {
+		if err := w.store.SetChunkLease(ctx, id, from, w.cfg.ClockNow().Add(w.queuedTTL())); err != nil {
 			return err
 		}
 		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}

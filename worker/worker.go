@@ -88,7 +88,10 @@ type Config struct {
 	// RecordTimeout is how long a handler keeps trying to record an
 	// outcome while Redis is unreachable (default 1m).
 	RecordTimeout time.Duration
-	ClockNow      func() time.Time
+	// ClockNow is the time instants written to Redis are computed from
+	// (claims, first attempts, retry ages, lease deadlines). Default: the
+	// store's clock (store.Store.SetClock), so worker and store agree.
+	ClockNow func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -109,9 +112,6 @@ func (c *Config) defaults() {
 	}
 	if c.RecordTimeout <= 0 {
 		c.RecordTimeout = time.Minute
-	}
-	if c.ClockNow == nil {
-		c.ClockNow = time.Now
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 1
@@ -165,6 +165,9 @@ type Worker struct {
 // New returns a Worker.
 func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sender, log *slog.Logger) *Worker {
 	cfg.defaults()
+	if cfg.ClockNow == nil {
+		cfg.ClockNow = st.Now
+	}
 	if log == nil {
 		log = slog.Default()
 	}
