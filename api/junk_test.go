@@ -36,7 +36,7 @@ func campaignBytes(t *testing.T, rdb *redis.Client, id string) int64 {
 // than half of those read otherwise.
 func TestUploadJunkBounded(t *testing.T) {
 	hs := uploadServer(t, 0)
-	rdb := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBBench})
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBAPI})
 	defer rdb.Close()
 	const n = 200000
 	rows := func(header string, row func(i int) string) []byte {

@@ -352,11 +352,22 @@ func (s *Store) Inactive(ctx context.Context, id string) error {
 }
 
 // DeleteCampaign removes a campaign and all its keys (tests and demo clean-up).
+// The sets that name it go first: a campaign still listed as active (or
+// paused for the relay) but with its keys gone would be swept by every
+// watchdog round. An error stops it before the keys are deleted, so a
+// failed delete leaves a whole campaign that can be deleted again.
 func (s *Store) DeleteCampaign(ctx context.Context, id string) error {
-	ck := s.k.campaign(id)
-	if err := s.rdb.Del(ctx, ck.everything()...).Err(); err != nil {
-		return err
+	if err := s.rdb.SRem(ctx, s.k.active(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
 	}
-	s.rdb.SRem(ctx, s.k.active(), id)
-	return s.rdb.ZRem(ctx, s.k.campaigns(), id).Err()
+	if err := s.rdb.SRem(ctx, s.k.relayPaused(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	if err := s.rdb.ZRem(ctx, s.k.campaigns(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	if err := s.rdb.Del(ctx, s.k.campaign(id).everything()...).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/oshirase/oshirase/internal/clock"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
@@ -487,5 +489,56 @@ func TestPurgeWaitsForMessagesInFlight(t *testing.T) {
 	}
 	if n, err := s.Purge(ctx, c.ID); err != nil || n != 2 {
 		t.Fatalf("purge after it finished: %d %v", n, err)
+	}
+}
+
+// failCmd fails every command named name, as a Redis that went away
+// between two calls would.
+type failCmd struct{ name string }
+
+func (f failCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f failCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == f.name {
+			err := errors.New("injected failure of " + f.name)
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f failCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestDeleteCampaignUnlistsFirst: DeleteCampaign takes the campaign off
+// the active set before deleting its keys and says when it could not; a
+// failed delete leaves the whole campaign, never keys gone under an entry
+// the watchdog still sweeps.
+func TestDeleteCampaignUnlistsFirst(t *testing.T) {
+	rdb, _ := testenv.Redis(t, testenv.DBStore)
+	s := store.New(rdb, "t")
+	ctx := context.Background()
+	c := newCampaign(t, s, 2)
+	if _, err := s.Start(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	broken := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBStore})
+	t.Cleanup(func() { broken.Close() })
+	broken.AddHook(failCmd{"srem"})
+	if err := store.New(broken, "t").DeleteCampaign(ctx, c.ID); err == nil {
+		t.Fatal("DeleteCampaign hid the failure to unlist the campaign")
+	}
+	if got, err := s.Campaign(ctx, c.ID); err != nil || got.Counts.Total != 2 {
+		t.Fatalf("a failed delete removed the campaign's keys: %+v %v", got, err)
+	}
+	if err := s.DeleteCampaign(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s.Active(ctx); len(ids) != 0 {
+		t.Fatalf("deleted campaign still active: %v", ids)
+	}
+	if _, err := s.Campaign(ctx, c.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted campaign: %v", err)
 	}
 }
