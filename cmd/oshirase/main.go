@@ -35,7 +35,8 @@ Commands:
   preview   render a template to the terminal or an .eml file
   bench     measure throughput end to end (see README)
   hashkey   print the SHA-256 form of an API key for OSHIRASE_API_KEYS
-  help      this text and every setting with its default
+  healthcheck  ask this host's oshirase process for /healthz (--path /readyz): exit 0 when it answers 200
+  help      this text and every setting with its default (--markdown: the settings as a Markdown table)
 
 Every setting is an environment variable and also a flag (REDIS_URL → --redis-url):
 `
@@ -80,6 +81,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "help", "-h", "--help", "-help":
+		if len(rest) > 0 && rest[0] == "--markdown" {
+			config.Markdown(stdout) // docs/configuration.md's table
+			return 0
+		}
 		fmt.Fprint(stdout, usage)
 		config.Usage(stdout)
 		return 0
@@ -99,6 +104,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = bench(ctx, rest, stdout, stderr)
 	case "hashkey":
 		err = hashkey(rest, stdout)
+	case "healthcheck":
+		err = healthcheck(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "oshirase: unknown command %q\n\n", cmd)
 		fmt.Fprint(stderr, usage)
