@@ -53,6 +53,7 @@ func postfixRecipe(t *testing.T) string {
 // failed, Status: 4.2.0": final, so bounced too — but not suppressed, the
 // address itself is fine.
 func TestThroughRealPostfix(t *testing.T) {
+	testenv.Slow(t, "a real Postfix")
 	recipe := postfixRecipe(t)
 	t.Run("queue 2m", func(t *testing.T) { throughPostfix(t, recipe, "2m") })
 	t.Run("queue expired", func(t *testing.T) { throughPostfix(t, recipe, "0") })

@@ -7,11 +7,14 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // TestDemo runs the README's first command as a new user would: nothing
 // configured, so an embedded Redis and SMTP sink.
 func TestDemo(t *testing.T) {
+	testenv.Slow(t, "a whole demo run")
 	t.Setenv("REDIS_URL", "")
 	t.Setenv("SMTP_URL", "")
 	dir := t.TempDir()

@@ -195,3 +195,12 @@ func FreePort(t testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// Slow skips t under `go test -short` (the quick loop, under a minute for
+// the whole module), saying why it is slow. scripts/test.sh runs it.
+func Slow(t testing.TB, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("slow (%s): skipped under -short", why)
+	}
+}
