@@ -83,13 +83,7 @@ func TestScriptsRefuseMovesNotAllowed(t *testing.T) {
 	rdb, _ := testenv.Redis(t, testenv.DBStore)
 	ctx := context.Background()
 	s := New(rdb, "t")
-	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
-	if err := s.CreateCampaign(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "a@example.jp", Locale: "ja"}}); err != nil {
-		t.Fatal(err)
-	}
+	c := statusCampaign(t, s, "a@example.jp")
 	ck := s.k.campaign(c.ID)
 	for fc, from := range codeStatus {
 		for tc, to := range codeStatus {
@@ -130,13 +124,7 @@ func TestUnknownStatusIsAnError(t *testing.T) {
 	rdb, _ := testenv.Redis(t, testenv.DBStore)
 	ctx := context.Background()
 	s := New(rdb, "t")
-	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
-	if err := s.CreateCampaign(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.AddRecipients(ctx, c.ID, []notice.Recipient{{Email: "a@example.jp"}, {Email: "b@example.jp"}}); err != nil {
-		t.Fatal(err)
-	}
+	c := statusCampaign(t, s, "a@example.jp", "b@example.jp")
 	ck := s.k.campaign(c.ID)
 	if err := rdb.SetRange(ctx, ck.st, 2, string([]byte{42})).Err(); err != nil {
 		t.Fatal(err)
@@ -202,4 +190,22 @@ func TestStepScriptContract(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "STEPARGS") {
 		t.Fatalf("step with %d ARGV: %v, want STEPARGS", stepArgc-1, err)
 	}
+}
+
+// statusCampaign is a draft campaign of recipients at addrs (ids 1, 2, …).
+func statusCampaign(t *testing.T, s *Store, addrs ...string) *notice.Campaign {
+	t.Helper()
+	ctx := context.Background()
+	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
+	if err := s.CreateCampaign(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	var rs []notice.Recipient
+	for _, a := range addrs {
+		rs = append(rs, notice.Recipient{Email: a, Locale: "ja"})
+	}
+	if _, err := s.AddRecipients(ctx, c.ID, rs); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -5,15 +5,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oshirase/oshirase/internal/clock"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 )
 
 func TestStepRenewAndTakeover(t *testing.T) {
-	s := newStore(t)
-	sim := clock.NewSim(time.Now()) // claims expire when the test says so
-	s.SetClock(sim)
+	s, sim := newSimStore(t) // claims expire when the test says so
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)

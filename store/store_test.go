@@ -20,6 +20,15 @@ func newStore(t *testing.T) *store.Store {
 	return store.New(rdb, "t")
 }
 
+// newSimStore is newStore on a simulated clock: claims and leases expire
+// when the test moves it, not while it sleeps.
+func newSimStore(t *testing.T) (*store.Store, *clock.Sim) {
+	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
+	return s, sim
+}
+
 func newCampaign(t *testing.T, s *store.Store, n int) *notice.Campaign {
 	t.Helper()
 	ctx := context.Background()
@@ -105,9 +114,7 @@ func TestTransitions(t *testing.T) {
 }
 
 func TestStepClaimFinish(t *testing.T) {
-	s := newStore(t)
-	sim := clock.NewSim(time.Now())
-	s.SetClock(sim)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -174,9 +181,7 @@ func TestStepClaimFinish(t *testing.T) {
 }
 
 func TestStealExpired(t *testing.T) {
-	s := newStore(t)
-	sim := clock.NewSim(time.Now())
-	s.SetClock(sim)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 5)
 	tr, _ := s.Start(ctx, c.ID)
@@ -219,9 +224,7 @@ func TestStealExpired(t *testing.T) {
 // claim expires and the next sweep steals the recipient again: it is never
 // left with nothing to send it.
 func TestStealHandoverExpires(t *testing.T) {
-	s := newStore(t)
-	sim := clock.NewSim(time.Now())
-	s.SetClock(sim)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -243,9 +246,7 @@ func TestStealHandoverExpires(t *testing.T) {
 // campaign is paused keeps its claim alive (it must not expire into a second
 // send after resume), but claims nothing new.
 func TestRenewWhilePaused(t *testing.T) {
-	s := newStore(t)
-	sim := clock.NewSim(time.Now())
-	s.SetClock(sim)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
