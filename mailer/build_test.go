@@ -16,7 +16,6 @@ import (
 // TestBuildEncoding: a Japanese body goes out base64 (half the size of
 // quoted-printable), an English one quoted-printable; both decode to the text.
 func TestBuildEncoding(t *testing.T) {
-	t.Parallel()
 	ja := strings.Repeat("お客様のクレジットカード情報が流出した可能性がございます。\n", 40)
 	en := strings.Repeat("Your card details may have been exposed; please have the card reissued.\n", 40)
 	for _, tt := range []struct {
@@ -52,7 +51,6 @@ func TestBuildEncoding(t *testing.T) {
 // TestSetHTMLCharset: the HTML part declares exactly the charset its MIME
 // part has, whether the document declared another, none, or has no head.
 func TestSetHTMLCharset(t *testing.T) {
-	t.Parallel()
 	const eq = `<meta http-equiv="Content-Type" content="text/html; charset=iso-2022-jp">`
 	for _, tt := range []struct{ name, in, want string }{
 		{"meta charset", `<html><head><meta charset="utf-8"><title>t</title></head><body>x</body></html>`,
@@ -78,7 +76,6 @@ func TestSetHTMLCharset(t *testing.T) {
 // TestDotStuff: lines starting with "." get one more (RFC 5321 4.5.2), the
 // body ends with CRLF "." CRLF, and the caller's bytes are left alone.
 func TestDotStuff(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct{ in, want string }{
 		{"a\r\nb\r\n", "a\r\nb\r\n.\r\n"},
 		{"a\r\nb", "a\r\nb\r\n.\r\n"},
@@ -101,7 +98,6 @@ func TestDotStuff(t *testing.T) {
 // TestEncodeWordsUTF8: each encoded-word holds as many whole characters as
 // fit in maxRaw bytes (at least one), and the words decode back exactly.
 func TestEncodeWordsUTF8(t *testing.T) {
-	t.Parallel()
 	dec := new(mime.WordDecoder)
 	for _, s := range []string{
 		"a", "山田 太郎", "【重要】「サンプル商事オンラインストア」におけるクレジットカード情報流出のお詫びとカード再発行のお願い",
@@ -139,7 +135,6 @@ func TestEncodeWordsUTF8(t *testing.T) {
 // TestBodyEncoding: base64 for mostly non-ASCII text, quoted-printable
 // otherwise, at every length (the count runs eight bytes at a time).
 func TestBodyEncoding(t *testing.T) {
-	t.Parallel()
 	slow := func(s string) mail.Encoding {
 		high := 0
 		for i := 0; i < len(s); i++ {

@@ -32,7 +32,6 @@ type checkmailResult struct {
 // 1.0 with no HTML_OBFUSCATE rule, and the rules that fired are logged.
 func TestNoticesPassIndependentCheckers(t *testing.T) {
 	testenv.Slow(t, "runs SpamAssassin and Python")
-	t.Parallel()
 	py := python(t)
 	if py == "" {
 		t.Skip("python3 with the email package not found")

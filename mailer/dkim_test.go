@@ -85,7 +85,6 @@ func TestDKIM(t *testing.T) {
 }
 
 func TestDKIMKeyErrors(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.pem")
 	os.WriteFile(bad, []byte("not a key"), 0o600)
@@ -195,7 +194,6 @@ func TestDKIMKeyPerDomain(t *testing.T) {
 }
 
 func TestParseDKIMKeys(t *testing.T) {
-	t.Parallel()
 	got, err := ParseDKIMKeys(" Example.COM.:s1:/k/a.pem , example.jp:s2:C:\\keys\\b.pem,")
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +213,6 @@ func TestParseDKIMKeys(t *testing.T) {
 }
 
 func TestAligned(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct {
 		from, d string
 		want    bool

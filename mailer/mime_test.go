@@ -201,7 +201,6 @@ var metaRE = regexp.MustCompile(`(?i)<meta[^>]*charset=["']?([a-z0-9-]+)`)
 // exactly what was rendered.
 func TestEveryNotice(t *testing.T) {
 	testenv.Slow(t, "renders every notice")
-	t.Parallel()
 	notices := allNotices(t, &Options{})
 	if len(notices) < 12 {
 		t.Fatalf("only %d notices", len(notices))
@@ -296,7 +295,6 @@ func TestEveryNotice(t *testing.T) {
 }
 
 func TestListUnsubscribeWhenConfigured(t *testing.T) {
-	t.Parallel()
 	msg, err := Build(testMessage("a@example.com"), &Options{ListUnsubscribe: "<mailto:unsubscribe@example.jp>"})
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +315,6 @@ func TestListUnsubscribeWhenConfigured(t *testing.T) {
 // decode back exactly, long names folded into several words.
 func TestISO2022JPHeaders(t *testing.T) {
 	testenv.Slow(t, "every notice in ISO-2022-JP")
-	t.Parallel()
 	long := strings.Repeat("株式会社サンプル　", 8) + "お客様相談室"
 	m := &Message{From: long + " <notice@example.jp>", ReplyTo: "\"Sample, Support\" <support@example.jp>", To: "taro@example.jp", ToName: "山田　太郎",
 		Subject: "【重要】クレジットカード情報流出のお詫びとカード再発行のお願い – 株式会社サンプル", Text: "本文です。\n", HTML: "<html><head><meta charset=\"utf-8\"></head><body>本文</body></html>",
@@ -392,7 +389,6 @@ func TestISO2022JPHeaders(t *testing.T) {
 // TestISO2022JPRefuses: characters ISO-2022-JP cannot carry fail the build
 // with an error naming them; nothing is replaced or dropped.
 func TestISO2022JPRefuses(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct {
 		name, part string
 		char       rune
@@ -433,7 +429,6 @@ func TestISO2022JPRefuses(t *testing.T) {
 // and other fields add no header and no recipient — neither in the message
 // nor in the SMTP envelope the server sees.
 func TestHeaderInjection(t *testing.T) {
-	t.Parallel()
 	const evil = "\r\nBcc: evil@example.com"
 	for _, tt := range []struct {
 		name    string
@@ -532,7 +527,6 @@ func TestHeaderInjection(t *testing.T) {
 // names; this holds for whatever reaches the mailer anyway.
 func TestEncodedWordNameStaysText(t *testing.T) {
 	testenv.Slow(t, "many encodings")
-	t.Parallel()
 	const evil = "=?utf-8?q?evil=40attacker.com?="
 	var raws [][]byte
 	for _, cs := range []string{"utf-8", "iso-2022-jp"} {

@@ -51,7 +51,6 @@ func testMessage(to string) *Message {
 // TestPoolReuse: 500 messages from 16 goroutines over a pool of 4 open at
 // most 8 sessions (4, plus a few replaced after MaxPerConn), not 500.
 func TestPoolReuse(t *testing.T) {
-	t.Parallel()
 	sink := startSink(t, smtpsink.Options{})
 	p := newPool(t, Options{URL: sink.URL(), PoolSize: 4})
 	var wg sync.WaitGroup
@@ -89,7 +88,6 @@ func TestPoolReuse(t *testing.T) {
 
 // TestPoolMaxPerConn: a connection is replaced after MaxPerConn messages.
 func TestPoolMaxPerConn(t *testing.T) {
-	t.Parallel()
 	sink := startSink(t, smtpsink.Options{})
 	p := newPool(t, Options{URL: sink.URL(), PoolSize: 1, MaxPerConn: 10})
 	for i := 0; i < 30; i++ {
@@ -105,7 +103,6 @@ func TestPoolMaxPerConn(t *testing.T) {
 // TestPoolReplies: the server's answer becomes a classified *Error, and the
 // connection survives answers that leave it usable.
 func TestPoolReplies(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct {
 		name     string
 		stage    smtpsink.Stage
@@ -163,7 +160,6 @@ func TestPoolReplies(t *testing.T) {
 // TestPoolServerDown: a refused connection is temporary; after the outage
 // the pool dials again.
 func TestPoolServerDown(t *testing.T) {
-	t.Parallel()
 	sink := startSink(t, smtpsink.Options{})
 	p := newPool(t, Options{URL: sink.URL(), PoolSize: 2, Timeout: 2 * time.Second})
 	if err := p.Send(context.Background(), testMessage("a@example.com")); err != nil {
@@ -190,7 +186,6 @@ func TestPoolServerDown(t *testing.T) {
 // idle in the pool. The next message must not fail on the dead connection:
 // nothing of it was sent, so the pool dials again and delivers it once.
 func TestPoolRestartedServer(t *testing.T) {
-	t.Parallel()
 	sink := startSink(t, smtpsink.Options{})
 	p := newPool(t, Options{URL: sink.URL(), PoolSize: 1})
 	for _, to := range []string{"a@example.com", "b@example.com"} {
@@ -214,7 +209,6 @@ func TestPoolRestartedServer(t *testing.T) {
 
 // TestPoolClosed: a closed pool refuses to send instead of dialling.
 func TestPoolClosed(t *testing.T) {
-	t.Parallel()
 	sink := startSink(t, smtpsink.Options{})
 	p := newPool(t, Options{URL: sink.URL()})
 	p.Close()
@@ -270,7 +264,6 @@ func TestPoolContextWhileWaiting(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct {
 		in   string
 		want Endpoint
@@ -311,7 +304,6 @@ func TestParseURL(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	t.Parallel()
 	if Classify(nil) != nil {
 		t.Error("Classify(nil) != nil")
 	}
@@ -381,7 +373,6 @@ func (s *countSession) Data(r io.Reader) error {
 }
 
 func TestPoolTLS(t *testing.T) {
-	t.Parallel()
 	t.Run("smtps", func(t *testing.T) {
 		addr, got := tlsServer(t, true)
 		p := newPool(t, Options{URL: "smtps://" + addr + "?insecure_skip_verify=1"})
@@ -481,7 +472,6 @@ func TestPoolServerHangs(t *testing.T) {
 }
 
 func TestParseAccepted(t *testing.T) {
-	t.Parallel()
 	for _, tt := range []struct {
 		in   string
 		want Accepted
@@ -504,7 +494,6 @@ func TestParseAccepted(t *testing.T) {
 // may take longer than Timeout (DataTimeout; Slow hears of it), and a Guard
 // that says no before MAIL or before the end of DATA sends nothing.
 func TestPoolEndOfDataAndGuard(t *testing.T) {
-	t.Parallel()
 	no := errors.New("claim lost")
 	for _, plain := range []bool{false, true} {
 		for _, tt := range []struct {
