@@ -429,6 +429,7 @@ func TestISO2022JPRefuses(t *testing.T) {
 // and other fields add no header and no recipient — neither in the message
 // nor in the SMTP envelope the server sees.
 func TestHeaderInjection(t *testing.T) {
+	testenv.Slow(t, "one SMTP session per injection case and charset")
 	const evil = "\r\nBcc: evil@example.com"
 	for _, tt := range []struct {
 		name    string

@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/oshirase/oshirase/notice"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // nasty are field values that have broken renderers: markup, entities,
@@ -175,6 +177,7 @@ func nastify(v any) any {
 // locale, kind of campaign data and recipient, Prepared.Render returns what
 // Set.Render returns, byte for byte.
 func TestPreparedEqualsRender(t *testing.T) {
+	testenv.Slow(t, "compares every template shape with a full render")
 	t.Parallel()
 	dir := t.TempDir()
 	writeEverything(t, dir)
