@@ -22,6 +22,8 @@ import (
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // send is teststack.Do that also returns the answer's headers and lets a
@@ -84,6 +86,7 @@ func retryAfter(t *testing.T, what string, resp *http.Response, body []byte) int
 // every resend to another domain is in the audit log with its reason and the
 // whole target address.
 func TestStolenSupportKeyResends(t *testing.T) {
+	testenv.Slow(t, "waits out quotas")
 	st, sink := startSupportStack(t, map[string]string{"RESENDS_PER_HOUR": "3"})
 	cid, ids := sentCampaign(t, st, "card leak", []notice.Recipient{{Email: "victim@example.jp", Name: "山田 太郎", Locale: "ja", CardLast4: "1234"}})
 	path := st.Base + fmt.Sprintf("/v1/campaigns/%s/recipients/%d/resend", cid, ids[0])
@@ -184,6 +187,7 @@ func TestStolenAdminKeyNotifications(t *testing.T) {
 // guessing goes no faster — on the API, the console's sign-in and the
 // monitoring UI's basic auth.
 func TestWrongKeysSlowedDown(t *testing.T) {
+	testenv.Slow(t, "waits out the auth limiter")
 	for _, surface := range []string{"api", "console", "monitoring"} {
 		t.Run(surface, func(t *testing.T) {
 			st, _ := startSupportStack(t, map[string]string{"AUTH_FAILURES_PER_MINUTE": "10"})

@@ -35,8 +35,9 @@ func campaignBytes(t *testing.T, rdb *redis.Client, id string) int64 {
 // wrong header or a wrong file, after 10,000 invalid rows that are more
 // than half of those read otherwise.
 func TestUploadJunkBounded(t *testing.T) {
+	testenv.Slow(t, "200,000-row uploads")
 	hs := uploadServer(t, 0)
-	rdb := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBBench})
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBAPI})
 	defer rdb.Close()
 	const n = 200000
 	rows := func(header string, row func(i int) string) []byte {

@@ -69,6 +69,7 @@ type oomAnswer struct {
 // the campaign a draft (or says the start is incomplete), and a start
 // again completes it.
 func TestUploadRedisOutOfMemory(t *testing.T) {
+	testenv.Slow(t, "fills a private Redis")
 	rdb, hs := privateRedis(t, 6400, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
 	ctx := context.Background()
 	id := newCampaign(t, hs)

@@ -19,6 +19,7 @@ import (
 // report and the recipient API find nobody, another campaign to the same
 // address is untouched, the counts stay, and the purge is audited.
 func TestPurge(t *testing.T) {
+	testenv.Slow(t, "purges a large campaign")
 	st, _ := startSupportStack(t, nil)
 	const shared = "shared@example.jp"
 	rcpts := []notice.Recipient{{Email: shared, Name: "山田 太郎", Locale: "ja", CardLast4: "1234"}}

@@ -23,10 +23,10 @@ import (
 	"github.com/oshirase/oshirase/templates"
 )
 
-// uploadServer is an API over Redis DB 7 with an upload limit of max bytes.
+// uploadServer is an API over the api package's test database with an upload limit of max bytes.
 func uploadServer(t *testing.T, max int64) *httptest.Server {
 	t.Helper()
-	rdb, _ := testenv.Redis(t, testenv.DBBench)
+	rdb, _ := testenv.Redis(t, testenv.DBAPI)
 	ts, err := templates.Load("")
 	if err != nil {
 		t.Fatal(err)

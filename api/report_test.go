@@ -20,6 +20,7 @@ import (
 // with one bounced address and one whose address a spreadsheet would take
 // for a formula, over real HTTP from a real stack.
 func TestCampaignReport(t *testing.T) {
+	testenv.Slow(t, "large reports")
 	_, url := testenv.Redis(t, testenv.DBSupport)
 	const bounced = "gone@example.jp"
 	sink, err := smtpsink.Start(smtpsink.Options{Keep: true, Reply: func(st smtpsink.Stage, _, rcpt string, _ int) *smtp.SMTPError {

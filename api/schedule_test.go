@@ -12,12 +12,15 @@ import (
 
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // TestScheduledStart: a draft scheduled to start sends nothing before its
 // time and everything after it; only the latest schedule counts; an
 // unscheduled one stays a draft.
 func TestScheduledStart(t *testing.T) {
+	testenv.Slow(t, "waits for a scheduled start")
 	st, sink := startSupportStack(t, nil)
 	ctx := context.Background()
 	draft := func(name string) string {

@@ -46,6 +46,7 @@ func browser(t *testing.T) context.Context {
 // reason and sees the new delivery arrive and show as sent — in a real
 // Chromium against the whole service.
 func TestSupportConsoleBrowser(t *testing.T) {
+	testenv.Slow(t, "a real browser")
 	ctx := browser(t)
 	st, sink := startSupportStack(t, nil)
 	const addr = "Customer.One@Example.jp"

@@ -12,6 +12,7 @@ import (
 // whether it is a hard bounce (suppressed), the status and the token the
 // returned headers carry.
 func TestCorpus(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		file, kind    string
 		hard          bool

@@ -94,6 +94,7 @@ const vacationEN = "From: jane@example.com\r\nTo: b-tok@bounces.example.jp\r\nX-
 const plain = "From: someone@example.com\r\nTo: b-tok@bounces.example.jp\r\nSubject: hello\r\n\r\nwhat is this?\r\n"
 
 func TestParse(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		msg       string
@@ -130,6 +131,7 @@ func TestParse(t *testing.T) {
 }
 
 func TestParseMalformed(t *testing.T) {
+	t.Parallel()
 	for _, m := range []string{
 		"Content-Type: multipart/report; report-type=delivery-status; boundary=X\r\n\r\n--X\r\nContent-Type: text/plain\r\n\r\nhi\r\n--X--\r\n",
 		"Content-Type: multipart/report; report-type=delivery-status; boundary=X\r\n\r\n--X\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n--X--\r\n",

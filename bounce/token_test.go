@@ -8,6 +8,7 @@ import (
 )
 
 func TestTokenRoundTrip(t *testing.T) {
+	t.Parallel()
 	c, err := New("Bounces.Example.JP.", "0123456789abcdef-secret")
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +37,7 @@ func TestTokenRoundTrip(t *testing.T) {
 }
 
 func TestTokenRefused(t *testing.T) {
+	t.Parallel()
 	c, _ := New("bounces.example.jp", "0123456789abcdef-secret")
 	other, _ := New("bounces.example.jp", "another-secret-0123456789")
 	tok, _ := c.Encode(Ref{Campaign: "abcdefghijklm", Recipient: 42, Delivery: 1})
@@ -67,6 +69,7 @@ func TestTokenRefused(t *testing.T) {
 }
 
 func TestNewChecks(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ domain, secret string }{{"", "0123456789abcdef"}, {"x@y.jp", "0123456789abcdef"}, {"bounces.example.jp", "short"}, {"localhost", "0123456789abcdef"}} {
 		if _, err := New(tc.domain, tc.secret); err == nil {
 			t.Errorf("New(%q, %q) accepted", tc.domain, tc.secret)
@@ -75,6 +78,7 @@ func TestNewChecks(t *testing.T) {
 }
 
 func TestXText(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ in, out string }{
 		{"taro@example.jp", "taro@example.jp"},
 		{"a+b=c@example.jp", "a+2Bb+3Dc@example.jp"},

@@ -342,3 +342,19 @@ func Usage(w io.Writer) {
 	}
 	tw.Flush()
 }
+
+// Markdown writes every setting as a Markdown table, for
+// `oshirase help --markdown` and docs/configuration.md (kept equal to it by
+// TestConfigurationDoc; `go generate ./config` rewrites it).
+func Markdown(w io.Writer) {
+	fmt.Fprintln(w, "| variable | flag | default | meaning |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, s := range settings {
+		def := "(none)"
+		if s.def != "" {
+			def = "`" + s.def + "`"
+		}
+		help := strings.ReplaceAll(s.help, "|", `\|`)
+		fmt.Fprintf(w, "| `%s` | `--%s` | %s | %s |\n", s.env, flagName(s.env), def, help)
+	}
+}

@@ -8,6 +8,7 @@ import (
 )
 
 func TestParseRedisURL(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		url  string
 		kind string // single, sentinel, cluster
@@ -100,6 +101,7 @@ func TestParseRedisURL(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
+	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"redis+sentinel://:pw@s1:26379/m", "redis+sentinel://***@s1:26379/m"},
 		{"redis+sentinel://s1:26379/m?sentinel_username=sen&sentinel_password=pw", "redis+sentinel://s1:26379/m?sentinel_username=sen&sentinel_password=***"},

@@ -3,6 +3,7 @@ package faults_test
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,6 +34,14 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test here times real processes, outages and retries: none
+		// is short. `go test -short ./...` is the quick loop; the fault
+		// tests run in scripts/test.sh.
+		fmt.Println("faults: end-to-end fault tests skipped under -short")
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

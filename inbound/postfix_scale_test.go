@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 )
@@ -26,6 +27,7 @@ import (
 // 400 recipients by default (about 20 s); POSTFIX_CAMPAIGN_SIZE=10000 is
 // the figure (see docs/bounces.md for the measured run).
 func TestPostfixCampaignCounts(t *testing.T) {
+	testenv.Slow(t, "a real Postfix, 400 recipients")
 	recipe := postfixRecipe(t)
 	n := 400
 	if v := os.Getenv("POSTFIX_CAMPAIGN_SIZE"); v != "" {

@@ -202,6 +202,7 @@ func (r *relay) campaign(rcpts []notice.Recipient) (string, []int64) {
 //     sent — and, once the queue life (5s) is over, gives them up with
 //     "failed 4.2.0": their history reads delayed, then bounced.
 func TestThroughRealPostfix(t *testing.T) {
+	testenv.Slow(t, "a real Postfix")
 	recipe := postfixRecipe(t)
 	t.Run("queue 2m", func(t *testing.T) { throughPostfix(t, recipe, "2m") })
 	t.Run("queue expired", func(t *testing.T) { throughPostfix(t, recipe, "0") })

@@ -6,6 +6,7 @@ import (
 )
 
 func TestLooksLikeCardNumber(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		s    string
 		want bool
@@ -75,6 +76,7 @@ func TestLooksLikeCardNumber(t *testing.T) {
 // TestCardWindowsFollowLuhn checks the windowed rule against a brute force
 // over group shapes: a card-shaped window is found wherever it sits in a run.
 func TestCardWindowsFollowLuhn(t *testing.T) {
+	t.Parallel()
 	pan := "4111 1111 1111 1111"
 	for _, pre := range []string{"", "1 ", "12 ", "123 ", "1234 ", "12345 ", "1234 5678 ", "1-2-3-"} {
 		for _, post := range []string{"", " 1", " 12", " 123", " 1234", " 12345", "-0-0"} {
@@ -101,6 +103,7 @@ func BenchmarkLooksLikeCardNumber(b *testing.B) {
 // invisible format characters or any punctuation or symbol are still a card
 // number (issue 13); what the detector must not take for one stays clear.
 func TestCardNumberUnicodeSeparators(t *testing.T) {
+	t.Parallel()
 	join := func(sep string) string {
 		return "4111" + sep + "1111" + sep + "1111" + sep + "1111"
 	}
@@ -143,6 +146,7 @@ func TestCardNumberUnicodeSeparators(t *testing.T) {
 }
 
 func TestMaskCardNumbers(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct{ in, want string }{
 		{"no number here", "no number here"},
 		{"call 090-1234-5678", "call 090-1234-5678"},

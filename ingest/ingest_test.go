@@ -49,6 +49,7 @@ const (
 )
 
 func TestRejections(t *testing.T) {
+	t.Parallel()
 	cardMsg := "looks like a full card number"
 	tests := []struct {
 		name  string
@@ -147,6 +148,7 @@ func goodRow(hdr string) string {
 }
 
 func TestAccepted(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		hdr  string
@@ -218,6 +220,7 @@ func TestAccepted(t *testing.T) {
 }
 
 func TestBOM(t *testing.T) {
+	t.Parallel()
 	rows, rejs := parseAll(t, "\xef\xbb\xbf"+header+"taro@example.jp,Taro,en,C1,VISA,1234\n", CSV)
 	if len(rejs) != 0 || len(rows) != 1 || rows[0].Recipient.Email != "taro@example.jp" {
 		t.Fatalf("rows %+v rejections %+v", rows, rejs)
@@ -239,6 +242,7 @@ func shiftJIS(t testing.TB, s string) []byte {
 }
 
 func TestShiftJIS(t *testing.T) {
+	t.Parallel()
 	// ソ and 表 have 0x5C ('\\') as their second byte in Shift_JIS; ① is a
 	// CP932 (NEC) extension that Excel writes.
 	names := []string{"山田 太郎", "佐藤 花子", "高橋 ソフト", "渡辺 表示", "①番"}
@@ -283,6 +287,7 @@ func TestShiftJIS(t *testing.T) {
 }
 
 func TestNotUTF8NorShiftJIS(t *testing.T) {
+	t.Parallel()
 	body := header + "taro@example.jp,\x80\x80\xff\xfe,ja,C1,VISA,1234\n"
 	_, err := NewParser(strings.NewReader(body), CSV)
 	var ie *Error
@@ -295,6 +300,7 @@ func TestNotUTF8NorShiftJIS(t *testing.T) {
 }
 
 func TestQuotedNewlinesAndLines(t *testing.T) {
+	t.Parallel()
 	body := header +
 		"a@example.jp,\"Smith, John\",en,C1,VISA,1111\n" + // line 2
 		"b@example.jp,\"multi\nline\",en,C2,VISA,2222\n" + // lines 3-4, rejected (LF in name)
@@ -319,6 +325,7 @@ func TestQuotedNewlinesAndLines(t *testing.T) {
 }
 
 func TestFatal(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, body, msg string
 		f               Format
@@ -350,6 +357,7 @@ func TestFatal(t *testing.T) {
 }
 
 func TestTruncated(t *testing.T) {
+	t.Parallel()
 	// An upload cut inside a quoted field: the rows before it count, and the
 	// parser ends (rejection, then EOF) instead of hanging or panicking.
 	body := header + "a@example.jp,Ann,en,C1,VISA,1111\n" + "b@example.jp,\"Bo"
@@ -360,6 +368,7 @@ func TestTruncated(t *testing.T) {
 }
 
 func TestJSON(t *testing.T) {
+	t.Parallel()
 	body := `[
  {"email":"a@example.jp","name":"山田 太郎","locale":"ja","customer_id":"12345","card_last4":"0001","plan":"gold","points":1200,"memo":null},
  {"email":"\"a@b.c\" <evil@x.y>"},
@@ -414,6 +423,7 @@ func TestJSON(t *testing.T) {
 }
 
 func TestRejectionJSONHasNoDigits(t *testing.T) {
+	t.Parallel()
 	_, rejs := parseAll(t, "email,a,b\nx@example.jp,"+visa16+",4111-1111-1111-1111\n", CSV)
 	b, _ := json.Marshal(rejs)
 	if len(rejs) != 1 || bytes.Contains(b, []byte("1111")) {

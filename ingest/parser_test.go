@@ -11,6 +11,7 @@ import (
 )
 
 func TestFormatFromContentType(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		ct   string
 		want Format
@@ -37,6 +38,7 @@ func TestFormatFromContentType(t *testing.T) {
 }
 
 func TestBlankRows(t *testing.T) {
+	t.Parallel()
 	// Excel writes emptied rows as commas; some editors leave spaces.
 	body := header + "a@example.jp,Ann,en,C1,VISA,1111\n" + // 2
 		",,,,,\n" + // 3
@@ -51,6 +53,7 @@ func TestBlankRows(t *testing.T) {
 }
 
 func TestMultilineLineNumbers(t *testing.T) {
+	t.Parallel()
 	// A quoted field may hold line breaks in an extra column's value only if
 	// it is rejected; what matters here is that the lines after stay right.
 	body := header +
@@ -73,6 +76,7 @@ func TestMultilineLineNumbers(t *testing.T) {
 }
 
 func TestBadBytesAfterPeek(t *testing.T) {
+	t.Parallel()
 	// The charset is guessed from the first 64 KiB; a bad byte later costs
 	// its row only.
 	t.Run("utf-8", func(t *testing.T) {
@@ -129,6 +133,7 @@ func drain(t testing.TB, p *Parser) ([]Row, []Rejection) {
 }
 
 func TestOpenQuoteIsBounded(t *testing.T) {
+	t.Parallel()
 	// A quote left open would swallow the rest of the upload into one field;
 	// past the record limit that is fatal, and the rows before it stand.
 	var b bytes.Buffer
@@ -171,6 +176,7 @@ func (f *failingReader) Read(b []byte) (int, error) {
 }
 
 func TestReadErrorIsWrapped(t *testing.T) {
+	t.Parallel()
 	errBoom := errors.New("connection reset")
 	var b bytes.Buffer
 	genCSV(&b, 5000)
@@ -199,6 +205,7 @@ func TestReadErrorIsWrapped(t *testing.T) {
 }
 
 func TestJSONFatal(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, body string
 		rows       int    // good elements before the error
@@ -241,6 +248,7 @@ func TestJSONFatal(t *testing.T) {
 }
 
 func TestEOFIsSticky(t *testing.T) {
+	t.Parallel()
 	for _, f := range []Format{CSV, JSON} {
 		body := header + "a@example.jp,,,,,\n"
 		if f == JSON {
@@ -262,6 +270,7 @@ func TestEOFIsSticky(t *testing.T) {
 }
 
 func TestHeaderNames(t *testing.T) {
+	t.Parallel()
 	for _, hdr := range []string{"email,\"me\nmo\"\n", "email," + strings.Repeat("x", 101) + "\n", "email,4111 1111 1111 1111\n"} {
 		_, err := NewParser(strings.NewReader(hdr+"a@example.jp,x\n"), CSV)
 		if err == nil {

@@ -9,6 +9,7 @@ import (
 )
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		r     notice.Recipient
@@ -71,6 +72,7 @@ func TestValidate(t *testing.T) {
 // TestValidateExtraOrder: with several bad extra fields, the one whose name
 // sorts first is reported, every time (map order is random).
 func TestValidateExtraOrder(t *testing.T) {
+	t.Parallel()
 	for i := 0; i < 50; i++ {
 		r := notice.Recipient{Email: "a@example.jp", Extra: map[string]string{}}
 		for _, k := range []string{"k", "d", "x", "b", "q", "m"} {
@@ -94,6 +96,7 @@ func TestValidateExtraOrder(t *testing.T) {
 // normalisation is stored in that form, with a warning; what never could is
 // refused with the field and why (issue 13).
 func TestAddressesThatCannotBeSent(t *testing.T) {
+	t.Parallel()
 	for _, tt := range []struct {
 		in, want string // want "" = refused
 		warn     string // a warning that must be given
@@ -148,6 +151,7 @@ func TestAddressesThatCannotBeSent(t *testing.T) {
 // encoded-word would be decoded by mail programs into an address-looking
 // name; it is refused with the field.
 func TestEncodedWordNameRefused(t *testing.T) {
+	t.Parallel()
 	for _, name := range []string{"=?utf-8?q?evil=40attacker.com?=", "Taro =?UTF-8?B?ZXZpbEBhdHRhY2tlci5jb20=?=", "=?iso-2022-jp?Q?x?="} {
 		r := notice.Recipient{Email: "a@example.jp", Name: name}
 		if rej := Validate(&r); rej == nil || rej.Field != "name" || !strings.Contains(rej.Error, "encoded-word") {

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // checkmailResult is what scripts/checkmail.py says of one message.
@@ -29,6 +31,7 @@ type checkmailResult struct {
 // installed, in local mode (no network): every notice must score below
 // 1.0 with no HTML_OBFUSCATE rule, and the rules that fired are logged.
 func TestNoticesPassIndependentCheckers(t *testing.T) {
+	testenv.Slow(t, "runs SpamAssassin and Python")
 	py := python(t)
 	if py == "" {
 		t.Skip("python3 with the email package not found")

@@ -17,6 +17,8 @@ import (
 	"github.com/oshirase/oshirase/internal/mimetest"
 	"github.com/oshirase/oshirase/smtpsink"
 	"github.com/oshirase/oshirase/templates"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // pyParse is run by Python 3's email package — a MIME parser written by
@@ -198,6 +200,7 @@ var metaRE = regexp.MustCompile(`(?i)<meta[^>]*charset=["']?([a-z0-9-]+)`)
 // Python's email package — and checks that everything decodes back to
 // exactly what was rendered.
 func TestEveryNotice(t *testing.T) {
+	testenv.Slow(t, "renders every notice")
 	notices := allNotices(t, &Options{})
 	if len(notices) < 12 {
 		t.Fatalf("only %d notices", len(notices))
@@ -311,6 +314,7 @@ func TestListUnsubscribeWhenConfigured(t *testing.T) {
 // ISO-2022-JP message are ISO-2022-JP (never UTF-8 encoded-words) and
 // decode back exactly, long names folded into several words.
 func TestISO2022JPHeaders(t *testing.T) {
+	testenv.Slow(t, "every notice in ISO-2022-JP")
 	long := strings.Repeat("株式会社サンプル　", 8) + "お客様相談室"
 	m := &Message{From: long + " <notice@example.jp>", ReplyTo: "\"Sample, Support\" <support@example.jp>", To: "taro@example.jp", ToName: "山田　太郎",
 		Subject: "【重要】クレジットカード情報流出のお詫びとカード再発行のお願い – 株式会社サンプル", Text: "本文です。\n", HTML: "<html><head><meta charset=\"utf-8\"></head><body>本文</body></html>",
@@ -425,6 +429,7 @@ func TestISO2022JPRefuses(t *testing.T) {
 // and other fields add no header and no recipient — neither in the message
 // nor in the SMTP envelope the server sees.
 func TestHeaderInjection(t *testing.T) {
+	testenv.Slow(t, "one SMTP session per injection case and charset")
 	const evil = "\r\nBcc: evil@example.com"
 	for _, tt := range []struct {
 		name    string
@@ -522,6 +527,7 @@ func TestHeaderInjection(t *testing.T) {
 // never the address-looking string it would decode to. Uploads refuse such
 // names; this holds for whatever reaches the mailer anyway.
 func TestEncodedWordNameStaysText(t *testing.T) {
+	testenv.Slow(t, "many encodings")
 	const evil = "=?utf-8?q?evil=40attacker.com?="
 	var raws [][]byte
 	for _, cs := range []string{"utf-8", "iso-2022-jp"} {

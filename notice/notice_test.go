@@ -3,6 +3,7 @@ package notice
 import "testing"
 
 func TestMasking(t *testing.T) {
+	t.Parallel()
 	cases := []struct{ in, want string }{
 		{"taro@example.jp", "t***@example.jp"},
 		{"550 5.1.1 <taro.yamada@example.jp>: Recipient address rejected", "550 5.1.1 <t***@example.jp>: Recipient address rejected"},
@@ -20,6 +21,7 @@ func TestMasking(t *testing.T) {
 }
 
 func TestParseStatus(t *testing.T) {
+	t.Parallel()
 	for _, s := range Statuses {
 		if got, err := ParseStatus(string(s)); err != nil || got != s {
 			t.Errorf("ParseStatus(%q) = %q, %v", s, got, err)

@@ -18,6 +18,8 @@ import (
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/smtpsink"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // startSentinels runs n Sentinels watching the primary at primaryPort as
@@ -92,6 +94,7 @@ type failoverCase struct {
 // OSHIRASE_FAILOVER_MATRIX=1 runs the configurations the README's numbers
 // compare instead, whose duplicates are only reported.
 func TestSentinelFaults(t *testing.T) {
+	testenv.Slow(t, "Sentinel failovers")
 	needRedisTools(t)
 	cases := []failoverCase{
 		{name: "SENTINEL FAILOVER, two replicas, WAIT 2", replicas: 2, waitReplicas: 2, maxDup: concurrencyFaults},

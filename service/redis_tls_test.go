@@ -22,6 +22,7 @@ import (
 // default), which tls_cert_file and tls_key_file give. The plain ports are
 // off, so nothing can have gone around TLS.
 func TestCampaignOverRedisTLS(t *testing.T) {
+	testenv.Slow(t, "a private TLS Redis")
 	needRedisTools(t)
 	const n = 120
 	tl := testenv.NewTLSFiles(t)

@@ -348,6 +348,7 @@ func isDone(c *notice.Campaign) bool { return c.Status == notice.CampaignDone }
 // (campaign list, address index, asynq's queues) sit on other nodes. Any
 // script or transaction that mixes slots fails with CROSSSLOT.
 func TestCampaignOnRedisCluster(t *testing.T) {
+	testenv.Slow(t, "a private Redis Cluster")
 	needRedisTools(t)
 	const (
 		prefix     = "topo"
@@ -735,6 +736,7 @@ func infoField(t *testing.T, c *redis.Client, section, field string) string {
 // Either way nothing may be lost: the watchdog re-takes what the failover
 // left claimed, leased or unqueued.
 func TestCampaignOnRedisSentinel(t *testing.T) {
+	testenv.Slow(t, "a private Sentinel set-up")
 	needRedisTools(t)
 	const (
 		n           = 300

@@ -23,6 +23,7 @@ import (
 // names the risk; then it starts and warns. Every master of a Cluster is
 // checked.
 func TestRedisMustNotEvictOrForget(t *testing.T) {
+	testenv.Slow(t, "private Redis restarts")
 	for _, tt := range []struct {
 		name   string
 		args   []string
@@ -91,6 +92,7 @@ func TestRedisMustNotEvictOrForget(t *testing.T) {
 // TestRedisClusterEveryMasterChecked: one master of three evicts; the
 // service refuses to start and names that node.
 func TestRedisClusterEveryMasterChecked(t *testing.T) {
+	testenv.Slow(t, "a private Redis Cluster")
 	needRedisTools(t)
 	nodes := startRedisCluster(t, 3, nil)
 	ctx := context.Background()
@@ -123,6 +125,7 @@ func TestRedisClusterEveryMasterChecked(t *testing.T) {
 // the eviction policy changed under a running service; with a risk accepted
 // at start it says so.
 func TestReadyzSeesRedisForget(t *testing.T) {
+	testenv.Slow(t, "a private Redis restart")
 	sink, err := smtpsink.Start(smtpsink.Options{})
 	if err != nil {
 		t.Fatal(err)

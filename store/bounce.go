@@ -76,8 +76,9 @@ local before = getst(rid)
 local after = before
 local new = tonumber(ARGV[4])
 -- Only a notice the relay took can bounce or be complained about; a
--- complaint is worse news than a bounce and may follow one.
-if (new == 7 and before == 3) or (new == 8 and (before == 3 or before == 7)) then
+-- complaint is worse news than a bounce and may follow one (the state
+-- machine's moves: sent → bounced, complained; bounced → complained).
+if (new == ST.bounced or new == ST.complained) and canmove(before, new) then
   setst(rid, new)
   after = new
 end
@@ -109,9 +110,11 @@ func (s *Store) RecordReturned(ctx context.Context, cid string, rid int64, ev no
 	if err != nil {
 		return ReturnedOutcome{}, err
 	}
-	code := 0
+	code := 0 // an event only: the script moves no one to pending
 	if set != "" {
-		code = codeOf(set)
+		if code, err = codeOf(set); err != nil {
+			return ReturnedOutcome{}, fmt.Errorf("record returned message for %s/%d: %w", cid, rid, err)
+		}
 	}
 	rawEntry := ""
 	if raw != nil {
@@ -138,9 +141,16 @@ func (s *Store) RecordReturned(ctx context.Context, cid string, rid int64, ev no
 		case strings.HasPrefix(msg, "PURGED"):
 			return ReturnedOutcome{}, fmt.Errorf("campaign %s: %w", cid, ErrPurged)
 		}
+		return ReturnedOutcome{}, fmt.Errorf("record returned message for %s/%d: %w", cid, rid, scriptStatusError(err))
+	}
+	out := ReturnedOutcome{Duplicate: res[0] == 0}
+	if out.Before, err = statusOf(byte(res[1])); err == nil {
+		out.After, err = statusOf(byte(res[2]))
+	}
+	if err != nil {
 		return ReturnedOutcome{}, fmt.Errorf("record returned message for %s/%d: %w", cid, rid, err)
 	}
-	return ReturnedOutcome{Duplicate: res[0] == 0, Before: statusOf(byte(res[1])), After: statusOf(byte(res[2]))}, nil
+	return out, nil
 }
 
 // ReturnedRaw lists the raw returned messages a campaign keeps (JSON

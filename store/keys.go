@@ -6,6 +6,9 @@ import "strconv"
 // hash tag {c:ID} so that they live in one Redis Cluster slot and the Lua
 // scripts below, which touch several of them, stay legal in a cluster.
 //
+// The same map, with the state machine and the package map, is docs/design.md
+// (TestDesignDocNamesEveryKey keeps them in step).
+//
 //	<p>:campaigns            ZSET  campaign id → created (unix ms)
 //	<p>:active               SET   campaigns in the sending state (watchdog)
 //	<p>:{c:ID}:def           STRING campaign definition (JSON, immutable after create)

@@ -94,7 +94,7 @@ func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recip
 		return &AddResult{}, nil
 	}
 	args := make([]any, 0, 2+2*len(rs))
-	args = append(args, ms(time.Now()), line)
+	args = append(args, ms(s.Now()), line)
 	for i := range rs {
 		p, err := json.Marshal(toProfile(&rs[i]))
 		if err != nil {
@@ -143,6 +143,7 @@ func (s *Store) addRecipients(ctx context.Context, cid string, rs []notice.Recip
 // and returns the entries that were there before: the address's notices in
 // other campaigns.
 //
+// indexScript adds recipients to the support look-up.
 // KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid").
 // Returns the earlier entries. A ref already there is not added twice
 // (RepairIndex may index a recipient again).
@@ -237,28 +238,6 @@ func (s *Store) Rejections(ctx context.Context, cid string, offset, limit int64)
 	return lr.Val(), ll.Val(), nil
 }
 
-var codeStatus = [...]notice.Status{
-	codePending: notice.StatusPending, codeSending: notice.StatusSending, codeRetrying: notice.StatusRetrying,
-	codeSent: notice.StatusSent, codeFailed: notice.StatusFailed, codeSuppressed: notice.StatusSuppressed,
-	codeCancelled: notice.StatusCancelled, codeBounced: notice.StatusBounced, codeComplained: notice.StatusComplained,
-}
-
-func statusOf(b byte) notice.Status {
-	if int(b) < len(codeStatus) {
-		return codeStatus[b]
-	}
-	return notice.StatusPending
-}
-
-func codeOf(s notice.Status) int {
-	for i, st := range codeStatus {
-		if st == s {
-			return i
-		}
-	}
-	return codePending
-}
-
 // Chunk is what a worker needs to deliver recipients [From, To): profiles,
 // current status and delivery records, read in one round trip.
 type Chunk struct {
@@ -343,9 +322,11 @@ func (s *Store) load(ctx context.Context, cid string, ids []int64, lease time.Ti
 				return nil, fmt.Errorf("decode returned %d of %s: %w", r.ID, cid, err)
 			}
 		}
-		r.Status = notice.StatusPending
+		r.Status = notice.StatusPending // beyond the status string: never written, so pending
 		if j := r.ID - from; j < int64(len(cs)) {
-			r.Status = statusOf(cs[j])
+			if r.Status, err = statusOf(cs[j]); err != nil {
+				return nil, fmt.Errorf("recipient %d of %s: %w", r.ID, cid, err)
+			}
 		}
 		c.Recipients = append(c.Recipients, r)
 	}
@@ -396,8 +377,14 @@ func (s *Store) Recipients(ctx context.Context, cid string, want notice.Status, 
 			if i := id - from; i < int64(len(codes)) {
 				code = codes[i]
 			}
-			if want != "" && statusOf(code) != want {
-				continue
+			if want != "" {
+				st, err := statusOf(code)
+				if err != nil {
+					return nil, fmt.Errorf("recipient %d of %s: %w", id, cid, err)
+				}
+				if st != want {
+					continue
+				}
 			}
 			if len(pick) == limit {
 				next = id
@@ -481,7 +468,7 @@ type Step struct {
 // writes the outcome again: running a Step again with its token is
 // harmless).
 func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error) {
-	now := time.Now()
+	now := s.Now()
 	dlv, sentAt := "", ""
 	if st.Delivery != nil {
 		d := *st.Delivery
@@ -504,26 +491,40 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 	if st.Lease > 0 {
 		lease = itoa(st.Lease)
 	}
+	finish := codePending // no finish (FinishID 0): not read
+	if st.FinishID > 0 {
+		var err error
+		if finish, err = codeOf(st.Finish); err != nil {
+			return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+		}
+	}
 	claims := st.ClaimID > 0 && !st.Renew
 	wait := s.waitN > 0 && (st.FinishID > 0 || claims)
-	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait,
-		ms(now), st.Token, st.FinishID, codeOf(st.Finish), dlv,
-		st.ClaimID, ms(now.Add(st.ClaimTTL)), st.Gen, b2s(st.ClaimRetrying),
-		lease, ms(now.Add(st.LeaseTTL)), b2s(st.DropLease), b2s(st.Renew), sentAt, b2s(st.Reassert))
+	argv := stepArgv(now, st, finish, dlv, lease, sentAt)
+	v, acked, err := s.evalWait(ctx, stepScript, s.k.campaign(cid).scriptKeys(), wait, argv...)
 	if v == nil {
-		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
+		return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, scriptStatusError(err))
 	}
-	r := StepResult{Finished: v[0].(int64) == 1, Campaign: notice.CampaignStatus(v[2].(string)), Gen: v[3].(int64), Done: v[4].(int64) == 1,
-		Reasserted: v[5].(int64) == 1, Doubted: v[6].(int64) == 1}
-	switch c := v[1].(int64); {
-	case c == 1:
+	r := StepResult{
+		Finished:   v[stepReplyFinished].(int64) == 1,
+		Campaign:   notice.CampaignStatus(v[stepReplyStatus].(string)),
+		Gen:        v[stepReplyGen].(int64),
+		Done:       v[stepReplyDone].(int64) == 1,
+		Reasserted: v[stepReplyReasserted].(int64) == 1,
+		Doubted:    v[stepReplyDoubted].(int64) == 1,
+	}
+	switch c := v[stepReplyClaimed].(int64); {
+	case c == claimGranted:
 		r.Claimed = true
-	case c == -1:
+	case c == claimBusy:
 		r.Busy, r.Current = true, notice.StatusSending
-	case c == -1000:
+	case c == claimStopped:
 		r.Stopped = true
-	case c >= 10:
-		r.Current = statusOf(byte(c - 10))
+	case c >= claimCurrent:
+		var serr error
+		if r.Current, serr = statusOf(byte(c - claimCurrent)); serr != nil {
+			return StepResult{}, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, serr)
+		}
 	}
 	if err != nil {
 		return r, fmt.Errorf("step %s/%d→%d: %w", cid, st.FinishID, st.ClaimID, err)
@@ -546,6 +547,28 @@ func (s *Store) Do(ctx context.Context, cid string, st Step) (StepResult, error)
 	return r, nil
 }
 
+// stepArgv is the step script's ARGV, in the order its head names them
+// (see stepScript).
+func stepArgv(now time.Time, st Step, finish int, delivery, lease, sentAt string) []any {
+	return []any{
+		ms(now),                  //  1 now_ms
+		st.Token,                 //  2 token
+		st.FinishID,              //  3 finish_rid
+		finish,                   //  4 finish_code
+		delivery,                 //  5 delivery
+		st.ClaimID,               //  6 claim_rid
+		ms(now.Add(st.ClaimTTL)), //  7 claim_dl
+		st.Gen,                   //  8 want_gen
+		b2s(st.ClaimRetrying),    //  9 retrying
+		lease,                    // 10 lease
+		ms(now.Add(st.LeaseTTL)), // 11 lease_dl
+		b2s(st.DropLease),        // 12 drop_lease
+		b2s(st.Renew),            // 13 renew
+		sentAt,                   // 14 sent_at
+		b2s(st.Reassert),         // 15 reassert
+	}
+}
+
 func b2s(b bool) string {
 	if b {
 		return "1"
@@ -559,17 +582,28 @@ func (s *Store) Mark(ctx context.Context, cid string, rids []int64, from []notic
 	if len(rids) == 0 {
 		return 0, nil
 	}
+	code, err := codeOf(to)
+	if err != nil {
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+	}
 	allowed := ""
 	for _, f := range from {
-		allowed += strconv.Itoa(codeOf(f))
+		c, err := codeOf(f)
+		if err != nil {
+			return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+		}
+		allowed += strconv.Itoa(c)
 	}
-	args := []any{ms(time.Now()), codeOf(to), allowed}
+	if err := checkMoves(from, to); err != nil {
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+	}
+	args := []any{ms(s.Now()), code, allowed}
 	for _, r := range rids {
 		args = append(args, r)
 	}
 	n, err := markScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, err)
+		return 0, fmt.Errorf("mark %s recipients of %s: %w", to, cid, scriptStatusError(err))
 	}
 	return n, nil
 }
@@ -579,12 +613,19 @@ func (s *Store) Release(ctx context.Context, cid, token string, to notice.Status
 	if len(rids) == 0 {
 		return nil
 	}
-	args := []any{token, codeOf(to)}
+	if err := checkMoves([]notice.Status{notice.StatusSending}, to); err != nil {
+		return fmt.Errorf("release recipients of %s: %w", cid, err)
+	}
+	code, err := codeOf(to)
+	if err != nil {
+		return fmt.Errorf("release recipients of %s: %w", cid, err)
+	}
+	args := []any{token, code}
 	for _, r := range rids {
 		args = append(args, r)
 	}
 	if err := releaseScript.Run(ctx, s.rdb, s.k.campaign(cid).scriptKeys(), args...).Err(); err != nil {
-		return fmt.Errorf("release recipients of %s: %w", cid, err)
+		return fmt.Errorf("release recipients of %s: %w", cid, scriptStatusError(err))
 	}
 	return nil
 }
@@ -606,7 +647,7 @@ func (s *Store) Steal(ctx context.Context, cid string, leaseTTL time.Duration) (
 // tasks that have ended, so their claims should be gone — an outcome
 // written, then lost with a primary that failed over.
 func (s *Store) StealOrphans(ctx context.Context, cid string, leaseTTL time.Duration, prefix string, live ...string) (Stolen, error) {
-	now := time.Now()
+	now := s.Now()
 	args := []any{ms(now), ms(now.Add(leaseTTL)), prefix}
 	for _, t := range live {
 		args = append(args, t)
@@ -692,7 +733,7 @@ type HandOut struct {
 // window live chunk leases has room for, each with a lease of leaseTTL.
 func (s *Store) HandOut(ctx context.Context, cid string, size, window int64, leaseTTL time.Duration) (HandOut, error) {
 	ck := s.k.campaign(cid)
-	now := time.Now()
+	now := s.Now()
 	v, err := handOutScript.Run(ctx, s.rdb, []string{ck.state, ck.chunks}, size, window, ms(now), ms(now.Add(leaseTTL))).Int64Slice()
 	if err != nil {
 		return HandOut{}, fmt.Errorf("hand out chunks of %s: %w", cid, err)
@@ -724,6 +765,8 @@ func (s *Store) AddResend(ctx context.Context, cid string, rid int64, r notice.R
 
 // addRefScript adds "cid:rid" to an address's entry of the look-up hash
 // unless it is there already (a resend to the original address).
+// KEYS: 1 look-up hash. ARGV: 1 address, 2 "cid:rid".
+// Returns 1 if added, 0 if it was there.
 var addRefScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end
@@ -745,7 +788,8 @@ func (s *Store) LockResend(ctx context.Context, cid string, rid int64, n int, to
 	return ok, nil
 }
 
-// unlockScript deletes KEYS[1] only if it still holds ARGV[1].
+// unlockScript deletes a resend lock only if it is still ours.
+// KEYS: 1 the lock. ARGV: 1 the owner's token. Returns 1 if deleted, else 0.
 var unlockScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -810,7 +854,7 @@ func (s *Store) updateResends(ctx context.Context, cid string, rid int64, fn fun
 
 // LiveLeases is how many of a campaign's chunk leases have not expired.
 func (s *Store) LiveLeases(ctx context.Context, cid string) (int64, error) {
-	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(time.Now())), "+inf").Result()
+	n, err := s.rdb.ZCount(ctx, s.k.campaign(cid).chunks, itoa(ms(s.Now())), "+inf").Result()
 	if err != nil {
 		return 0, fmt.Errorf("chunk leases of %s: %w", cid, err)
 	}
@@ -857,6 +901,7 @@ func (s *Store) PendingChunks(ctx context.Context, cid string, size int64) ([]in
 
 // unindexScript removes "cid:rid" refs from addresses' entries of the
 // look-up hash, and an entry left empty.
+// KEYS: 1 look-up hash. ARGV: pairs of (address, "cid:rid"). Returns 0.
 var unindexScript = redis.NewScript(`
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
@@ -891,7 +936,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 		return 0, err
 	}
 	ck := s.k.campaign(cid)
-	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(time.Now())).Err(); err != nil {
+	if err := beginPurgeScript.Run(ctx, s.rdb, []string{ck.state, ck.counts, ck.chunks, ck.out}, ms(s.Now())).Err(); err != nil {
 		kind, arg, _ := strings.Cut(err.Error(), " ")
 		switch kind {
 		case "NOTFINISHED":
@@ -925,7 +970,7 @@ func (s *Store) Purge(ctx context.Context, cid string) (int64, error) {
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Unlink(ctx, ck.emails, ck.rej, ck.rejCounts, ck.claim, ck.chunks, ck.out, ck.relay, ck.reported, ck.att, ck.bnc, ck.raw, ck.sx)
-		p.HSet(ctx, ck.state, "purged_at", ms(time.Now()))
+		p.HSet(ctx, ck.state, "purged_at", ms(s.Now()))
 		return nil
 	})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -75,8 +74,8 @@ local run = redis.call('HKEYS', KEYS[12])
 for _, f in ipairs(run) do
   if string.sub(f, 1, 2) == 'r:' then
     local rid = tonumber(string.sub(f, 3))
-    if getst(rid) == 4 then
-      setst(rid, 0)
+    if getst(rid) == ST.failed then
+      setst(rid, ST.pending)
       out[#out+1] = rid
     end
   end
@@ -95,7 +94,7 @@ func (s *Store) PauseForRelay(ctx context.Context, cid, reason string) (changed 
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
 	ck := s.k.campaign(cid)
-	v, err := relayPauseScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), reason).Int64Slice()
+	v, err := relayPauseScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now()), reason).Int64Slice()
 	if err != nil {
 		return false, nil, fmt.Errorf("pause %s for the relay: %w", cid, err)
 	}
@@ -115,8 +114,8 @@ if st[1] == 'paused' and st[2] then
   for _, f in ipairs(redis.call('HKEYS', KEYS[12])) do
     if string.sub(f, 1, 2) == 'r:' then
       local rid = tonumber(string.sub(f, 3))
-      if getst(rid) == 4 then
-        setst(rid, 0)
+      if getst(rid) == ST.failed then
+        setst(rid, ST.pending)
         n = n + 1
       end
     end
@@ -130,7 +129,7 @@ return n
 // clearRelayPause forgets why the system paused cid, if it did.
 func (s *Store) clearRelayPause(ctx context.Context, cid string) error {
 	ck := s.k.campaign(cid)
-	if err := relayClearScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now())).Err(); err != nil {
+	if err := relayClearScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now())).Err(); err != nil {
 		return fmt.Errorf("clear the relay pause of %s: %w", cid, err)
 	}
 	return s.rdb.SRem(ctx, s.k.relayPaused(), cid).Err()
@@ -170,7 +169,7 @@ func (s *Store) RelayPaused(ctx context.Context) ([]string, error) {
 
 // retryFailedScript sends failed recipients again.
 //
-// KEYS: 1-11 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
+// KEYS: 1-12 as luaPrelude. ARGV: 1 now (ms), 2.. recipient ids.
 // Returns {status, moved rids...}: the recipients that were failed are now
 // retrying (their retry tasks are the caller's to enqueue); a done campaign
 // they belong to is sending again (finished_at cleared) until they finish.
@@ -178,8 +177,8 @@ var retryFailedScript = redis.NewScript(luaPrelude + `
 local out = {''}
 for i = 2, #ARGV do
   local rid = tonumber(ARGV[i])
-  if getst(rid) == 4 then
-    setst(rid, 2)
+  if getst(rid) == ST.failed then
+    setst(rid, ST.retrying)
     out[#out+1] = rid
   end
 end
@@ -211,7 +210,7 @@ func (s *Store) RetryFailed(ctx context.Context, cid string, rids []int64) ([]in
 		return nil, nil
 	}
 	args := make([]any, 0, len(rids)+1)
-	args = append(args, ms(time.Now()))
+	args = append(args, ms(s.Now()))
 	for _, r := range rids {
 		args = append(args, r)
 	}

@@ -1,42 +1,38 @@
 package store
 
-import "github.com/redis/go-redis/v9"
+import (
+	"fmt"
 
-// Status codes as stored in the one-byte-per-recipient status string. 0 is
-// pending so that SETRANGE's zero padding means "pending" for free.
-const (
-	codePending    = 0
-	codeSending    = 1
-	codeRetrying   = 2
-	codeSent       = 3
-	codeFailed     = 4
-	codeSuppressed = 5
-	codeCancelled  = 6
-	codeBounced    = 7 // after sent: a DSN said it failed
-	codeComplained = 8 // after sent: an ARF complaint
+	"github.com/redis/go-redis/v9"
 )
 
 // luaPrelude is shared by the scripts that move recipients between states.
-// KEYS: 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
+// Every script headed by it is called with the same KEYS (ckeys.scriptKeys):
+// 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt, 7 emails, 8 chunks, 9 rs,
 // 10 att, 11 doubt, 12 relay (the current run of one relay refusal, store/relay.go).
-const luaPrelude = `
-local NAMES = {[0]='pending','sending','retrying','sent','failed','suppressed','cancelled','bounced','complained'}
+// Its functions raise UNKNOWNSTATUS and BADTRANSITION (scriptStatusError).
+var luaPrelude = luaStatus + `
 local function getst(rid)
   local cur = redis.call('GETRANGE', KEYS[3], rid, rid)
-  if cur == '' then return 0 end
-  return string.byte(cur)
+  if cur == '' then return ST.pending end
+  local c = string.byte(cur)
+  if c >= NSTATUS then error({err = 'UNKNOWNSTATUS ' .. c .. ' of recipient ' .. rid}) end
+  return c
 end
+-- setst is the only write of a recipient's status: it keeps the counts in
+-- step and refuses a move the state machine does not allow.
 local function setst(rid, new)
   local c = getst(rid)
   if c == new then return c end
+  if new < 0 or new >= NSTATUS then error({err = 'UNKNOWNSTATUS ' .. new .. ' for recipient ' .. rid}) end
+  if not canmove(c, new) then error({err = 'BADTRANSITION ' .. NAMES[c] .. ' -> ' .. NAMES[new] .. ' of recipient ' .. rid}) end
   redis.call('SETRANGE', KEYS[3], rid, string.char(new))
   redis.call('HINCRBY', KEYS[2], NAMES[c], -1)
   redis.call('HINCRBY', KEYS[2], NAMES[new], 1)
   return c
 end
-local function final(c) return c >= 3 end
 local function open()
-  local v = redis.call('HMGET', KEYS[2], 'pending', 'sending', 'retrying')
+  local v = redis.call('HMGET', KEYS[2], NAMES[ST.pending], NAMES[ST.sending], NAMES[ST.retrying])
   return (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) + (tonumber(v[3]) or 0)
 end
 -- maybeDone marks a sending campaign done once nothing is left open.
@@ -49,13 +45,14 @@ local function maybeDone(now)
 end
 `
 
-// addScript appends recipients. ARGV: 1 now, 2 the upload's line these
-// recipients take it through (0 = not an upload), then (email, profile)
-// pairs. With a line, the upload's stored-through line and accepted count
+// addScript appends recipients.
+// KEYS: 1-12 as luaPrelude (uses 1 state, 2 counts, 3 st, 6 rcpt, 7 emails).
+// ARGV: 1 now, 2 the upload's line these recipients take it through
+// (0 = not an upload), then (email, profile) pairs. With a line, the upload's stored-through line and accepted count
 // move on in the same step as the rows are stored: a campaign never says
 // more, or less, is stored than is.
-// Returns one id per pair, 0 for an address already in the campaign, or an
-// error when the campaign no longer accepts recipients.
+// Returns one id per pair, 0 for an address already in the campaign; errors
+// NOCAMPAIGN, NOTDRAFT <status> when the campaign no longer accepts recipients.
 var addScript = redis.NewScript(luaPrelude + `
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == false then return redis.error_reply('NOCAMPAIGN') end
@@ -76,10 +73,10 @@ for i = 3, #ARGV, 2 do
 end
 if added > 0 then
   redis.call('HINCRBY', KEYS[2], 'total', added)
-  redis.call('HINCRBY', KEYS[2], 'pending', added)
+  redis.call('HINCRBY', KEYS[2], NAMES[ST.pending], added)
   -- pre-extend the status string so that GETRANGE over the whole id range is cheap
   local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
-  if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(0)) end
+  if redis.call('STRLEN', KEYS[3]) <= seq then redis.call('SETRANGE', KEYS[3], seq, string.char(ST.pending)) end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('HSET', KEYS[1], 'upload_line', ARGV[2], 'upload_updated_at', ARGV[1])
@@ -88,29 +85,95 @@ end
 return out
 `)
 
+// The step script's answers about the claim, and its ARGV count: named
+// once here, handed to the script as Lua constants (stepConsts).
+const (
+	claimGranted = 1     // the claim is ours
+	claimBusy    = -1    // someone else holds a live claim
+	claimStopped = -1000 // the campaign is not sending, or at another generation
+	claimCurrent = 10    // claimCurrent + code: not claimable, the recipient is in status code
+	stepArgc     = 15
+)
+
+// Positions in the step script's reply.
+const (
+	stepReplyFinished = iota
+	stepReplyClaimed
+	stepReplyStatus
+	stepReplyGen
+	stepReplyDone
+	stepReplyReasserted
+	stepReplyDoubted
+)
+
+var stepConsts = fmt.Sprintf("local CLAIM_GRANTED, CLAIM_BUSY, CLAIM_STOPPED, CLAIM_CURRENT, STEP_ARGC = %d, %d, %d, %d, %d\n",
+	claimGranted, claimBusy, claimStopped, claimCurrent, stepArgc)
+
 // stepScript finishes one recipient and claims the next in one round trip,
-// so that the hot path costs a single Redis call per message.
+// so that the hot path costs a single Redis call per message. Store.Do is
+// its only caller; stepArgv builds its ARGV and Do reads its reply.
 //
-// ARGV: 1 now_ms, 2 token, 3 finish rid (0 = none), 4 finish code, 5 delivery
-// JSON, 6 claim rid (0 = none), 7 claim deadline ms, 8 gen to match (0 = any),
-// 9 allow claiming retrying (1/0), 10 chunk lease member (” = none),
-// 11 lease deadline, 12 drop lease (1/0), 13 renew only (1/0): extend a
-// claim this token already holds, never take a new one, 14 the finished
-// attempt's sent_at as in the delivery JSON (” = not sent), 15 reassert
-// (1/0, with renew): a renewal that finds its claim gone (a failover lost
-// it) or handed to the watchdog takes it back, since its message is in
-// flight.
+// KEYS (ckeys.scriptKeys): 1 state, 2 counts, 3 st, 4 claim, 5 dlv, 6 rcpt,
+// 7 emails, 8 chunks, 9 rs, 10 att, 11 doubt, 12 relay.
 //
-// Returns {finished, claimed, status, gen, done, reasserted, doubted}:
-// finished is 1 when the finish changed the state; claimed is 1 when the
-// claim was granted, else the recipient's current code (negative: a live
-// claim of someone else's); doubted is 1 when this step found a possible
-// duplicate (a claim taken over from an attempt with no outcome, or a
-// second "sent").
-var stepScript = redis.NewScript(luaPrelude + `
-local now = tonumber(ARGV[1])
-local token = ARGV[2]
-local renew = ARGV[13] == '1'
+// ARGV (stepArgc of them; the script names each at its head):
+//
+//	 1 now_ms       now, unix ms (also the value stamped into att and finished_at)
+//	 2 token        the claimant: a stale worker cannot free another's claim
+//	 3 finish_rid   recipient whose outcome this step records (0 = none)
+//	 4 finish_code  its new status code
+//	 5 delivery     its delivery record, JSON ('' = keep the stored one)
+//	 6 claim_rid    recipient to claim next (0 = none)
+//	 7 claim_dl     the claim's deadline, unix ms
+//	 8 want_gen     claim only while the campaign is at this generation (0 = any)
+//	 9 retrying     1: a retry task may claim a retrying recipient
+//	10 lease        chunk lease member ('' = none)
+//	11 lease_dl     the lease's new deadline, unix ms
+//	12 drop_lease   1: remove the lease instead of extending it
+//	13 renew        1: only extend a claim this token already holds, never take one
+//	14 sent_at      the finished attempt's sent_at as in the delivery JSON ('' = not sent):
+//	                tells our own repeated step from a second "sent"
+//	15 reassert     1 (with renew): a renewal that finds its claim gone (a failover
+//	                lost it) or handed to the watchdog takes it back, since its
+//	                message is in flight
+//
+// Returns {finished, claimed, status, gen, done, reasserted, doubted}
+// (stepReply* are their positions):
+//
+//	finished    1 when the finish changed the recipient's status
+//	claimed     claimGranted (1): the claim is ours;
+//	            claimBusy (-1): someone else holds a live claim;
+//	            claimStopped (-1000): the campaign is not sending, or at another gen;
+//	            claimCurrent (10) + code: not claimable, the recipient is in that status;
+//	            0: no claim was asked for
+//	status      the campaign's status
+//	gen         the campaign's generation
+//	done        1 when this step finished the campaign
+//	reasserted  1 when a renewal took its lost claim back
+//	doubted     1 when this step found a possible duplicate (a claim taken over
+//	            from an attempt with no outcome, or a second "sent")
+//
+// Errors: STEPARGS (wrong ARGV count), BADTRANSITION, UNKNOWNSTATUS.
+var stepScript = redis.NewScript(luaPrelude + stepConsts + stepSource)
+
+const stepSource = `
+if #ARGV ~= STEP_ARGC then return redis.error_reply('STEPARGS ' .. #ARGV .. ', want ' .. STEP_ARGC) end
+local now_ms     = ARGV[1]
+local now        = tonumber(now_ms)
+local token      = ARGV[2]
+local frid       = tonumber(ARGV[3])
+local fcode      = tonumber(ARGV[4])
+local delivery   = ARGV[5]
+local crid       = tonumber(ARGV[6])
+local claim_dl   = ARGV[7]
+local want_gen   = tonumber(ARGV[8])
+local retrying   = ARGV[9] == '1'
+local lease      = ARGV[10]
+local lease_dl   = ARGV[11]
+local drop_lease = ARGV[12] == '1'
+local renew      = ARGV[13] == '1'
+local sent_at    = ARGV[14]
+local reassert   = ARGV[15] == '1'
 local finished, claimed, done, reasserted, doubted = 0, 0, 0, 0, 0
 local function owner(rid)
   local cl = redis.call('HGET', KEYS[4], rid)
@@ -129,33 +192,32 @@ local function doubt(rid, why, t1, t2)
   redis.call('HSET', KEYS[11], rid, entry)
   doubted = 1
 end
-local frid = tonumber(ARGV[3])
 if frid > 0 then
-  local code = tonumber(ARGV[4])
+  local code = fcode
   local c = getst(frid)
   local who = owner(frid)
   -- A retry of a cancelled campaign will never run: the recipient is cancelled.
-  if code == 2 and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = 6 end
+  if code == ST.retrying and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then code = ST.cancelled end
   -- A refusal of the run that paused the campaign for the relay, recorded
   -- after the pause (its send was in flight then): the relay refused it,
   -- not the mailbox, so it is held (pending) like the others of the run.
-  if code == 4 and redis.call('HGET', KEYS[1], 'paused_reason') and redis.call('HEXISTS', KEYS[12], 'r:' .. frid) == 1 then code = 0 end
-  if code == 3 then
+  if code == ST.failed and redis.call('HGET', KEYS[1], 'paused_reason') and redis.call('HEXISTS', KEYS[12], 'r:' .. frid) == 1 then code = ST.pending end
+  if code == ST.sent then
     -- "sent" is a fact about the world: it wins even over a cancellation,
     -- and over a claim another worker took after ours expired.
-    if (not final(c)) or c == 6 then
+    if (not isfinal(c)) or c == ST.cancelled then
       setst(frid, code)
       finished = 1
-    elseif c == 3 and ARGV[14] ~= '' then
+    elseif c == ST.sent and sent_at ~= '' then
       -- Already sent by another attempt (ours was taken over, or a
       -- failover lost our first record of it): both went out. Our own
       -- step run again (a lost reply) carries the same sent_at.
       local prev = '?'
       local ok, d = pcall(cjson.decode, redis.call('HGET', KEYS[5], frid) or '{}')
       if ok and type(d) == 'table' and type(d.sent_at) == 'string' then prev = d.sent_at end
-      if prev ~= ARGV[14] then doubt(frid, 'sent_twice', prev, ARGV[14]) end
+      if prev ~= sent_at then doubt(frid, 'sent_twice', prev, sent_at) end
     end
-  elseif (not final(c)) and not (c == 1 and who and who ~= token) then
+  elseif (not isfinal(c)) and not (c == ST.sending and who and who ~= token) then
     -- Any other outcome is ours to record only while nobody else has
     -- taken the recipient over.
     setst(frid, code)
@@ -165,22 +227,21 @@ if frid > 0 then
     redis.call('HDEL', KEYS[4], frid)
     redis.call('HDEL', KEYS[10], frid)
   end
-  if finished == 1 and ARGV[5] ~= '' then redis.call('HSET', KEYS[5], frid, ARGV[5]) end
-  done = maybeDone(ARGV[1])
+  if finished == 1 and delivery ~= '' then redis.call('HSET', KEYS[5], frid, delivery) end
+  done = maybeDone(now_ms)
 end
 local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
 local status, gen = st[1] or '', tonumber(st[2]) or 0
-local crid = tonumber(ARGV[6])
 local mine = false
 if crid > 0 and renew then
   local c = getst(crid)
   local who, dl = owner(crid)
-  if c == 1 then mine = (who == token) end
-  if (not mine) and ARGV[15] == '1' and (c == 0 or c == 2 or (c == 1 and (who == nil or who == 'steal' or dl < now))) then
+  if c == ST.sending then mine = (who == token) end
+  if (not mine) and reassert and (c == ST.pending or c == ST.retrying or (c == ST.sending and (who == nil or who == 'steal' or dl < now))) then
     -- Our message is in flight but the claim is gone: taken back before
     -- the watchdog or another task hands the recipient to a second sender.
-    setst(crid, 1)
-    if redis.call('HEXISTS', KEYS[10], crid) == 0 then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
+    setst(crid, ST.sending)
+    if redis.call('HEXISTS', KEYS[10], crid) == 0 then redis.call('HSET', KEYS[10], crid, now_ms) end
     mine, reasserted = true, 1
   end
 end
@@ -188,48 +249,49 @@ if crid > 0 and mine then
   -- Renewing a claim on a message still in flight: allowed whatever the
   -- campaign's state, or a pause would let the claim expire under a slow
   -- send and the watchdog hand the recipient to a second sender.
-  redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
-  claimed = 1
+  redis.call('HSET', KEYS[4], crid, claim_dl .. ':' .. token)
+  claimed = CLAIM_GRANTED
 elseif crid > 0 then
-  local want = tonumber(ARGV[8])
-  if status ~= 'sending' or (want > 0 and want ~= gen) then
-    claimed = -1000
+  if status ~= 'sending' or (want_gen > 0 and want_gen ~= gen) then
+    claimed = CLAIM_STOPPED
   else
     local c = getst(crid)
-    local ok = (not renew) and (c == 0 or (c == 2 and ARGV[9] == '1'))
+    local ok = (not renew) and (c == ST.pending or (c == ST.retrying and retrying))
     local who
-    if c == 1 then
+    if c == ST.sending then
       local dl
       who, dl = owner(crid)
       -- 'steal': the watchdog took it from a dead worker and queued a
       -- task for it; whoever comes first takes it over.
-      if who == token or ((not renew) and (dl < now or who == 'steal')) then ok = true else claimed = -1 end
+      if who == token or ((not renew) and (dl < now or who == 'steal')) then ok = true else claimed = CLAIM_BUSY end
     end
     if ok then
-      if c == 1 and who ~= token then
+      if c == ST.sending and who ~= token then
         -- Taken over from an attempt that never recorded its outcome: it
         -- may have reached the relay, and this one will too.
-        doubt(crid, 'takeover', redis.call('HGET', KEYS[10], crid) or '?', ARGV[1])
+        doubt(crid, 'takeover', redis.call('HGET', KEYS[10], crid) or '?', now_ms)
       end
-      if who ~= token then redis.call('HSET', KEYS[10], crid, ARGV[1]) end
-      setst(crid, 1)
-      redis.call('HSET', KEYS[4], crid, ARGV[7] .. ':' .. token)
-      claimed = 1
+      if who ~= token then redis.call('HSET', KEYS[10], crid, now_ms) end
+      setst(crid, ST.sending)
+      redis.call('HSET', KEYS[4], crid, claim_dl .. ':' .. token)
+      claimed = CLAIM_GRANTED
     elseif claimed == 0 then
-      claimed = c + 10
+      claimed = CLAIM_CURRENT + c
     end
   end
 end
-if ARGV[10] ~= '' and not (renew and claimed ~= 1) then
-  if ARGV[12] == '1' then redis.call('ZREM', KEYS[8], ARGV[10])
-  else redis.call('ZADD', KEYS[8], ARGV[11], ARGV[10]) end
+if lease ~= '' and not (renew and claimed ~= CLAIM_GRANTED) then
+  if drop_lease then redis.call('ZREM', KEYS[8], lease)
+  else redis.call('ZADD', KEYS[8], lease_dl, lease) end
 end
 return {finished, claimed, status, gen, done, reasserted, doubted}
-`)
+`
 
 // markScript moves recipients whose current code is in an allowed set to a
-// new code. ARGV: 1 now, 2 new code, 3 allowed codes (string of digits),
-// 4.. rids. Returns how many moved.
+// new code, dropping the claim of one that was sending.
+// KEYS: 1-12 as luaPrelude.
+// ARGV: 1 now (ms), 2 new code, 3 allowed codes (string of digits), 4.. rids.
+// Returns how many moved; errors BADTRANSITION, UNKNOWNSTATUS.
 var markScript = redis.NewScript(luaPrelude + `
 local new = tonumber(ARGV[2])
 local n = 0
@@ -237,7 +299,7 @@ for i = 4, #ARGV do
   local rid = tonumber(ARGV[i])
   local c = getst(rid)
   if string.find(ARGV[3], tostring(c), 1, true) then
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
+    if c == ST.sending then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -247,7 +309,9 @@ return n
 `)
 
 // markRangeScript is markScript over the id range [from, to).
-// ARGV: 1 now, 2 new code, 3 allowed codes, 4 from, 5 to.
+// KEYS: 1-12 as luaPrelude.
+// ARGV: 1 now (ms), 2 new code, 3 allowed codes, 4 from, 5 to.
+// Returns how many moved; errors BADTRANSITION, UNKNOWNSTATUS.
 var markRangeScript = redis.NewScript(luaPrelude + `
 local new = tonumber(ARGV[2])
 local from, to = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -257,7 +321,7 @@ for i = 1, #s do
   local c = string.byte(s, i)
   if string.find(ARGV[3], tostring(c), 1, true) then
     local rid = from + i - 1
-    if c == 1 then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
+    if c == ST.sending then redis.call('HDEL', KEYS[4], rid) redis.call('HDEL', KEYS[10], rid) end
     setst(rid, new)
     n = n + 1
   end
@@ -267,13 +331,16 @@ return n
 `)
 
 // releaseScript hands claimed recipients back (a shutdown or a pause in
-// the middle of a chunk). ARGV: 1 token, 2 code to return to, 3.. rids.
+// the middle of a chunk): only those still claimed by token and sending.
+// KEYS: 1-12 as luaPrelude.
+// ARGV: 1 token, 2 code to return to, 3.. rids.
+// Returns how many were handed back; errors BADTRANSITION, UNKNOWNSTATUS.
 var releaseScript = redis.NewScript(luaPrelude + `
 local n = 0
 for i = 3, #ARGV do
   local rid = tonumber(ARGV[i])
   local cl = redis.call('HGET', KEYS[4], rid)
-  if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == 1 then
+  if cl and string.sub(cl, string.find(cl, ':', 1, true) + 1) == ARGV[1] and getst(rid) == ST.sending then
     redis.call('HDEL', KEYS[4], rid)
     redis.call('HDEL', KEYS[10], rid)
     setst(rid, tonumber(ARGV[2]))
@@ -283,9 +350,13 @@ end
 return n
 `)
 
-// transitionScript changes a campaign's status. ARGV: 1 now, 2 allowed
-// from-statuses (space separated), 3 new status, 4 bump gen (1/0),
-// 5 field to stamp with now (” = none). Returns {changed, status, gen}.
+// transitionScript changes a campaign's status.
+// KEYS: 1-12 as luaPrelude (uses 1 state, 2 counts).
+// ARGV: 1 now (ms), 2 allowed from-statuses (space separated), 3 new status,
+// 4 bump gen (1/0), 5 field to stamp with now (” = none).
+// Returns {changed, status, gen}: changed is 1, 0 when the campaign already
+// was in the new status, -1 when its status is not among the allowed; error
+// NOCAMPAIGN.
 var transitionScript = redis.NewScript(luaPrelude + `
 local st = redis.call('HMGET', KEYS[1], 'status', 'gen')
 if st[1] == false then return redis.error_reply('NOCAMPAIGN') end
@@ -302,8 +373,9 @@ return {1, redis.call('HGET', KEYS[1], 'status'), gen}
 `)
 
 // stealScript takes over expired chunk leases and recipient claims so the
-// watchdog can hand them to a live worker. ARGV: 1 now, 2 new lease
-// deadline, 3 the calling process's token prefix (” = none), 4.. the tokens
+// watchdog can hand them to a live worker.
+// KEYS: 1-12 as luaPrelude (uses 3 st, 4 claim, 8 chunks).
+// ARGV: 1 now (ms), 2 new lease deadline (ms), 3 the calling process's token prefix (” = none), 4.. the tokens
 // of that process that are still working: a claim under the prefix whose
 // token is not among them is orphaned — its task ended without clearing it,
 // because a failover lost the outcome written after it — and is taken over
@@ -330,7 +402,7 @@ for i = 1, #cl, 2 do
   local orphan = pre ~= '' and string.sub(who, 1, #pre) == pre and not live[who]
   if dl < now or orphan then
     local rid = tonumber(cl[i])
-    if getst(rid) == 1 then
+    if getst(rid) == ST.sending then
       -- Not released but handed over: the recipient stays "sending" under
       -- a 'steal' claim that any task may take, and that expires in its
       -- turn. So if the task the caller is about to queue never gets

@@ -10,7 +10,7 @@ import (
 )
 
 func TestStepRenewAndTakeover(t *testing.T) {
-	s := newStore(t)
+	s, sim := newSimStore(t) // claims expire when the test says so
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -44,7 +44,7 @@ func TestStepRenewAndTakeover(t *testing.T) {
 	// A heartbeat keeps a claim alive past its first deadline.
 	do(store.Step{Token: "a", ClaimID: 1, ClaimTTL: 30 * time.Millisecond, Gen: tr.Gen})
 	for range 3 {
-		time.Sleep(20 * time.Millisecond)
+		sim.Advance(20 * time.Millisecond)
 		if r := do(store.Step{Token: "a", ClaimID: 1, ClaimTTL: 30 * time.Millisecond, Renew: true}); !r.Claimed {
 			t.Fatalf("renew of our own claim: %+v", r)
 		}
@@ -58,7 +58,7 @@ func TestStepRenewAndTakeover(t *testing.T) {
 
 	// a's claim expires and b takes over: a may no longer record a
 	// retry (b is responsible now), but "sent" always wins.
-	time.Sleep(40 * time.Millisecond)
+	sim.Advance(40 * time.Millisecond)
 	if r := do(store.Step{Token: "b", ClaimID: 1, ClaimTTL: time.Minute, Gen: tr.Gen}); !r.Claimed {
 		t.Fatalf("takeover of an expired claim: %+v", r)
 	}

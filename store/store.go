@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/oshirase/oshirase/internal/clock"
 	"github.com/oshirase/oshirase/notice"
 )
 
@@ -37,6 +38,8 @@ type Store struct {
 	// (see SetWaitReplicas).
 	waitN       int
 	waitTimeout time.Duration
+
+	clock clock.Clock // every instant written to Redis (SetClock)
 }
 
 // New returns a Store whose keys all start with prefix (default "osh").
@@ -44,8 +47,16 @@ func New(rdb redis.UniversalClient, prefix string) *Store {
 	if prefix == "" {
 		prefix = "osh"
 	}
-	return &Store{rdb: rdb, k: keys{p: prefix}}
+	return &Store{rdb: rdb, k: keys{p: prefix}, clock: clock.Real{}}
 }
+
+// SetClock replaces the wall clock the store stamps and compares instants
+// with (claim and lease deadlines, created_at, finished_at …): tests move
+// a clock.Sim instead of sleeping. Call it before the store is used.
+func (s *Store) SetClock(c clock.Clock) { s.clock = c }
+
+// Now is the store's clock; the worker uses the same one.
+func (s *Store) Now() time.Time { return s.clock.Now() }
 
 // Redis returns the client, for health checks and rate limiting.
 func (s *Store) Redis() redis.UniversalClient { return s.rdb }
@@ -77,7 +88,7 @@ func fromMS(s string) *time.Time {
 func (s *Store) CreateCampaign(ctx context.Context, c *notice.Campaign) error {
 	c.ID = newID()
 	c.Status = notice.CampaignDraft
-	c.CreatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	c.CreatedAt = s.Now().UTC().Truncate(time.Millisecond)
 	def, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("encode campaign: %w", err)
@@ -212,7 +223,7 @@ func (s *Store) transition(ctx context.Context, id string, from []notice.Campaig
 			return Transition{}, fmt.Errorf("campaign %s: %w", id, err)
 		}
 	}
-	v, err := transitionScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), strings.Join(fs, " "), string(to), bump, stamp).Slice()
+	v, err := transitionScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now()), strings.Join(fs, " "), string(to), bump, stamp).Slice()
 	if err != nil {
 		if strings.Contains(err.Error(), "NOCAMPAIGN") {
 			return Transition{}, fmt.Errorf("campaign %s: %w", id, ErrNotFound)
@@ -244,7 +255,9 @@ func (s *Store) Start(ctx context.Context, id string) (Transition, error) {
 	return t, err
 }
 
-// scheduleScript sets (ARGV[1] > 0) or clears a draft's scheduled start.
+// scheduleScript sets or clears a draft's scheduled start.
+// KEYS: 1 state. ARGV: 1 the start (unix ms; "0" clears it).
+// Returns 1; errors NOCAMPAIGN, NOTDRAFT <status>.
 var scheduleScript = redis.NewScript(`
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return redis.error_reply('NOCAMPAIGN') end
@@ -321,7 +334,7 @@ func (s *Store) CancelUnsent(ctx context.Context, id string) error {
 	for from := int64(1); from <= st.Seq; from += batch {
 		to := min(from+batch, st.Seq+1)
 		allowed := fmt.Sprintf("%d%d", codePending, codeRetrying)
-		if err := markRangeScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(time.Now()), codeCancelled, allowed, from, to).Err(); err != nil {
+		if err := markRangeScript.Run(ctx, s.rdb, ck.scriptKeys(), ms(s.Now()), codeCancelled, allowed, from, to).Err(); err != nil {
 			return fmt.Errorf("cancel recipients of %s: %w", id, err)
 		}
 	}
@@ -339,11 +352,22 @@ func (s *Store) Inactive(ctx context.Context, id string) error {
 }
 
 // DeleteCampaign removes a campaign and all its keys (tests and demo clean-up).
+// The sets that name it go first: a campaign still listed as active (or
+// paused for the relay) but with its keys gone would be swept by every
+// watchdog round. An error stops it before the keys are deleted, so a
+// failed delete leaves a whole campaign that can be deleted again.
 func (s *Store) DeleteCampaign(ctx context.Context, id string) error {
-	ck := s.k.campaign(id)
-	if err := s.rdb.Del(ctx, ck.everything()...).Err(); err != nil {
-		return err
+	if err := s.rdb.SRem(ctx, s.k.active(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
 	}
-	s.rdb.SRem(ctx, s.k.active(), id)
-	return s.rdb.ZRem(ctx, s.k.campaigns(), id).Err()
+	if err := s.rdb.SRem(ctx, s.k.relayPaused(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	if err := s.rdb.ZRem(ctx, s.k.campaigns(), id).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	if err := s.rdb.Del(ctx, s.k.campaign(id).everything()...).Err(); err != nil {
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	return nil
 }

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/oshirase/oshirase/internal/clock"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -15,6 +18,15 @@ import (
 func newStore(t *testing.T) *store.Store {
 	rdb, _ := testenv.Redis(t, testenv.DBStore)
 	return store.New(rdb, "t")
+}
+
+// newSimStore is newStore on a simulated clock: claims and leases expire
+// when the test moves it, not while it sleeps.
+func newSimStore(t *testing.T) (*store.Store, *clock.Sim) {
+	s := newStore(t)
+	sim := clock.NewSim(time.Now())
+	s.SetClock(sim)
+	return s, sim
 }
 
 func newCampaign(t *testing.T, s *store.Store, n int) *notice.Campaign {
@@ -102,7 +114,7 @@ func TestTransitions(t *testing.T) {
 }
 
 func TestStepClaimFinish(t *testing.T) {
-	s := newStore(t)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -131,7 +143,7 @@ func TestStepClaimFinish(t *testing.T) {
 		t.Fatalf("claim of a sent recipient: %+v", r)
 	}
 	// An expired claim can be taken over.
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond)
 	if r := claim("b", 2, time.Minute); !r.Claimed {
 		t.Fatalf("takeover of an expired claim: %+v", r)
 	}
@@ -169,7 +181,7 @@ func TestStepClaimFinish(t *testing.T) {
 }
 
 func TestStealExpired(t *testing.T) {
-	s := newStore(t)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 5)
 	tr, _ := s.Start(ctx, c.ID)
@@ -179,7 +191,7 @@ func TestStealExpired(t *testing.T) {
 	if _, err := s.Do(ctx, c.ID, store.Step{Token: "live", ClaimID: 3, ClaimTTL: time.Hour, Gen: tr.Gen}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond) // past the dead claim's deadline, not the live one's
 	st, err := s.Steal(ctx, c.ID, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -212,19 +224,19 @@ func TestStealExpired(t *testing.T) {
 // claim expires and the next sweep steals the recipient again: it is never
 // left with nothing to send it.
 func TestStealHandoverExpires(t *testing.T) {
-	s := newStore(t)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
 	if _, err := s.Do(ctx, c.ID, store.Step{Token: "dead", ClaimID: 2, ClaimTTL: time.Millisecond, Gen: tr.Gen}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(5 * time.Millisecond)
+	sim.Advance(5 * time.Millisecond)
 	if st, _ := s.Steal(ctx, c.ID, 10*time.Millisecond); len(st.Recipients) != 1 {
 		t.Fatalf("first steal: %+v", st)
 	}
 	// ... and the watchdog dies before queuing the task.
-	time.Sleep(20 * time.Millisecond)
+	sim.Advance(20 * time.Millisecond)
 	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 1 || st.Recipients[0] != 2 {
 		t.Fatalf("second steal after the handover expired: %+v", st)
 	}
@@ -234,7 +246,7 @@ func TestStealHandoverExpires(t *testing.T) {
 // campaign is paused keeps its claim alive (it must not expire into a second
 // send after resume), but claims nothing new.
 func TestRenewWhilePaused(t *testing.T) {
-	s := newStore(t)
+	s, sim := newSimStore(t)
 	ctx := context.Background()
 	c := newCampaign(t, s, 3)
 	tr, _ := s.Start(ctx, c.ID)
@@ -253,7 +265,7 @@ func TestRenewWhilePaused(t *testing.T) {
 	if _, err := s.Resume(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(80 * time.Millisecond) // past the first claim's deadline, not the renewed one's
+	sim.Advance(80 * time.Millisecond) // past the first claim's deadline, not the renewed one's
 	if st, _ := s.Steal(ctx, c.ID, time.Minute); len(st.Recipients) != 0 {
 		t.Fatalf("the renewed claim was stolen: %+v", st)
 	}
@@ -478,5 +490,56 @@ func TestPurgeWaitsForMessagesInFlight(t *testing.T) {
 	}
 	if n, err := s.Purge(ctx, c.ID); err != nil || n != 2 {
 		t.Fatalf("purge after it finished: %d %v", n, err)
+	}
+}
+
+// failCmd fails every command named name, as a Redis that went away
+// between two calls would.
+type failCmd struct{ name string }
+
+func (f failCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f failCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == f.name {
+			err := errors.New("injected failure of " + f.name)
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (f failCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestDeleteCampaignUnlistsFirst: DeleteCampaign takes the campaign off
+// the active set before deleting its keys and says when it could not; a
+// failed delete leaves the whole campaign, never keys gone under an entry
+// the watchdog still sweeps.
+func TestDeleteCampaignUnlistsFirst(t *testing.T) {
+	rdb, _ := testenv.Redis(t, testenv.DBStore)
+	s := store.New(rdb, "t")
+	ctx := context.Background()
+	c := newCampaign(t, s, 2)
+	if _, err := s.Start(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	broken := redis.NewClient(&redis.Options{Addr: testenv.Addr(), DB: testenv.DBStore})
+	t.Cleanup(func() { broken.Close() })
+	broken.AddHook(failCmd{"srem"})
+	if err := store.New(broken, "t").DeleteCampaign(ctx, c.ID); err == nil {
+		t.Fatal("DeleteCampaign hid the failure to unlist the campaign")
+	}
+	if got, err := s.Campaign(ctx, c.ID); err != nil || got.Counts.Total != 2 {
+		t.Fatalf("a failed delete removed the campaign's keys: %+v %v", got, err)
+	}
+	if err := s.DeleteCampaign(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s.Active(ctx); len(ids) != 0 {
+		t.Fatalf("deleted campaign still active: %v", ids)
+	}
+	if _, err := s.Campaign(ctx, c.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted campaign: %v", err)
 	}
 }

@@ -26,7 +26,7 @@ type Suppression struct {
 func (s *Store) Suppress(ctx context.Context, sup Suppression) error {
 	sup.Email = EmailKey(sup.Email)
 	if sup.At.IsZero() {
-		sup.At = time.Now().UTC()
+		sup.At = s.Now().UTC()
 	}
 	b, err := json.Marshal(sup)
 	if err != nil {

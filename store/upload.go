@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -24,7 +23,7 @@ import (
 
 // BeginUpload records that upload id has started.
 func (s *Store) BeginUpload(ctx context.Context, cid, id string) error {
-	now := ms(time.Now())
+	now := ms(s.Now())
 	err := s.rdb.HSet(ctx, s.k.campaign(cid).state, "upload_id", id, "upload_state", notice.UploadRunning,
 		"upload_started_at", now, "upload_updated_at", now, "upload_line", 0, "upload_accepted", 0, "upload_rejected", 0, "upload_error", "").Err()
 	if err != nil {
@@ -39,7 +38,7 @@ func (s *Store) BeginUpload(ctx context.Context, cid, id string) error {
 // wrote; a batch of rejections alone moves the line on here.
 func (s *Store) UploadProgress(ctx context.Context, cid string, line int, rejected int64) error {
 	err := s.rdb.HSet(ctx, s.k.campaign(cid).state, "upload_line", line,
-		"upload_rejected", rejected, "upload_updated_at", ms(time.Now())).Err()
+		"upload_rejected", rejected, "upload_updated_at", ms(s.Now())).Err()
 	if err != nil {
 		return fmt.Errorf("upload progress of %s: %w", cid, err)
 	}
@@ -49,7 +48,7 @@ func (s *Store) UploadProgress(ctx context.Context, cid string, line int, reject
 // EndUpload records how the upload ended (notice.Upload* state) and why,
 // for one that did not complete (a message for the uploader, no internals).
 func (s *Store) EndUpload(ctx context.Context, cid, state, why string) error {
-	err := s.rdb.HSet(ctx, s.k.campaign(cid).state, "upload_state", state, "upload_error", why, "upload_updated_at", ms(time.Now())).Err()
+	err := s.rdb.HSet(ctx, s.k.campaign(cid).state, "upload_state", state, "upload_error", why, "upload_updated_at", ms(s.Now())).Err()
 	if err != nil {
 		return fmt.Errorf("end upload of %s: %w", cid, err)
 	}

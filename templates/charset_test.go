@@ -7,6 +7,7 @@ import (
 )
 
 func TestCheckCharset(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		r       Rendered
@@ -63,6 +64,7 @@ func TestCheckCharset(t *testing.T) {
 }
 
 func TestCharsetErrorIsBounded(t *testing.T) {
+	t.Parallel()
 	err := CheckCharset(&Rendered{Text: strings.Repeat("①", 100)}, "iso-2022-jp")
 	var ce *CharsetError
 	if !errors.As(err, &ce) || len(ce.Problems) != 100 {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 var screenshots = flag.Bool("screenshots", false, "rewrite the phone-width screenshots in docs/notices")
@@ -31,6 +33,7 @@ var phoneWidths = []int64{320, 360, 390}
 // must see all of it. With -screenshots it saves what a 360 px phone shows
 // as docs/notices/<template>.<locale>.png.
 func TestNoticesFitPhones(t *testing.T) {
+	testenv.Slow(t, "a real browser")
 	if _, err := os.Stat(chromium); err != nil {
 		t.Skip("chromium not installed (scripts/test.sh installs it)")
 	}

@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/oshirase/oshirase/notice"
+
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 // nasty are field values that have broken renderers: markup, entities,
@@ -175,6 +177,8 @@ func nastify(v any) any {
 // locale, kind of campaign data and recipient, Prepared.Render returns what
 // Set.Render returns, byte for byte.
 func TestPreparedEqualsRender(t *testing.T) {
+	testenv.Slow(t, "compares every template shape with a full render")
+	t.Parallel()
 	dir := t.TempDir()
 	writeEverything(t, dir)
 	s := mustLoad(t, dir)
@@ -250,6 +254,7 @@ func TestPreparedEqualsRender(t *testing.T) {
 // the fast path cannot replay is always rendered in full, and that templates
 // using it in ways it can are not.
 func TestPreparedUnsafe(t *testing.T) {
+	t.Parallel()
 	const (
 		text = "text.tmpl"
 		html = "html.tmpl"
@@ -375,6 +380,7 @@ func TestPreparedUnsafe(t *testing.T) {
 // TestPreparedMismatchTurnsFastPathOff fakes a wrong skeleton: the notice
 // must still be the full rendering, and so must every later one.
 func TestPreparedMismatchTurnsFastPathOff(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	in := sampleInput(t, s, "card-reissue", "ja")
 	p, err := s.Prepare("card-reissue", in)
@@ -405,6 +411,7 @@ func TestPreparedMismatchTurnsFastPathOff(t *testing.T) {
 }
 
 func TestPrepareErrors(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	if _, err := s.Prepare("nope", Input{Locale: "ja"}); !errors.Is(err, ErrUnknownTemplate) {
 		t.Errorf("Prepare(nope): %v, want ErrUnknownTemplate", err)
@@ -429,6 +436,7 @@ func TestPrepareErrors(t *testing.T) {
 
 // TestEscapeHTMLText compares escapeHTMLText with html/template itself.
 func TestEscapeHTMLText(t *testing.T) {
+	t.Parallel()
 	tmpl := htmltemplate.Must(htmltemplate.New("").Parse("<p>{{.}}</p>"))
 	var in []string
 	for b := range 256 {
@@ -463,6 +471,7 @@ func TestEscapeHTMLText(t *testing.T) {
 // TestPreparedConcurrent renders many shapes from many goroutines at once,
 // as the worker does; run with -race.
 func TestPreparedConcurrent(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	in := sampleInput(t, s, "card-reissue", "en")
 	p, err := s.Prepare("card-reissue", in)
@@ -584,6 +593,7 @@ func BenchmarkRender(b *testing.B) {
 // TestMarkerLeadAvoidsTemplateText checks that markers never start with a
 // rune the templates print themselves, in text or in a string constant.
 func TestMarkerLeadAvoidsTemplateText(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeMinimal(t, dir, "hello")
 	for _, loc := range Locales {

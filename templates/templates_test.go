@@ -67,6 +67,7 @@ var lineBreak = regexp.MustCompile(`\n *`)
 var cardNumber = regexp.MustCompile(`\d(?:[ -]?\d){12,18}`)
 
 func TestRenderEveryTemplateAndLocale(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	want := map[string]map[string][]string{
 		"card-reissue": {
@@ -139,6 +140,7 @@ func TestRenderEveryTemplateAndLocale(t *testing.T) {
 // TestCardReissueOrder checks that the sections of the card notice come in
 // the order a breach notice must follow.
 func TestCardReissueOrder(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	order := map[string][]string{
 		"ja": {"山田 太郎 様", "お詫び", "■ 経緯", "2019年5月28日", "■ 原因", "改ざん", "■ 対象となるお客様", "対象件数：最大460,795件", "■ 流出したおそれのある情報", "クレジットカード番号", "有効期限", "カード名義人名", "末尾 1234", "■ 二次被害の有無", "不正利用の報告", "監視", "■ お客様へのお願い", "ご利用明細", "再発行", "再発行手数料はお客様のご負担となりません。", "■ 当社の対応", "クレジットカード決済を停止", "■ 不審なメール・電話", "追加のお知らせ", "■ お問い合わせ窓口", "0120-000-000", "受付時間", "support@example.co.jp", "2019年6月1日", "株式会社サンプル"},
@@ -170,6 +172,7 @@ func TestCardReissueOrder(t *testing.T) {
 }
 
 func TestGreetingAndCard(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	tests := []struct {
 		locale string
@@ -207,6 +210,7 @@ func TestGreetingAndCard(t *testing.T) {
 // TestPasswordResetPeriod: the affected period is optional; either end may
 // be given alone, and without both the section is left out.
 func TestPasswordResetPeriod(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	tests := []struct {
 		name       string
@@ -289,6 +293,7 @@ func TestPasswordResetPeriod(t *testing.T) {
 }
 
 func TestNeverFullCardNumber(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	for _, card := range []string{"4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005"} {
 		for _, name := range names {
@@ -313,6 +318,7 @@ func TestNeverFullCardNumber(t *testing.T) {
 }
 
 func TestHTMLEscapes(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	const evil = `<script>alert(1)</script>`
 	for _, name := range names {
@@ -346,6 +352,7 @@ func TestHTMLEscapes(t *testing.T) {
 }
 
 func TestSubjectIsOneLine(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	for _, loc := range Locales {
 		in := sampleInput(t, s, "card-reissue", loc)
@@ -365,6 +372,7 @@ func TestSubjectIsOneLine(t *testing.T) {
 }
 
 func TestListAndHas(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	list := s.List()
 	if len(list) != 3 {
@@ -404,6 +412,7 @@ func TestListAndHas(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	sample := func() map[string]any {
 		in, _ := s.Sample("card-reissue", "ja")
@@ -487,6 +496,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestValidateCampaign(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	in := sampleInput(t, s, "card-reissue", "ja")
 	c := &notice.Campaign{Template: "card-reissue", DefaultLocale: "ja", Charset: notice.CharsetISO2022JP, Data: in.Data}
@@ -549,6 +559,7 @@ func writeMinimal(t *testing.T, dir, name string) {
 }
 
 func TestOverrideReplacesAndAdds(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	copyTemplate(t, dir, "card-reissue")
 	writeFile(t, filepath.Join(dir, "card-reissue", "ja", "subject.tmpl"), "【重要】差し替え：{{.Data.service}}\n")
@@ -578,6 +589,7 @@ func TestOverrideReplacesAndAdds(t *testing.T) {
 }
 
 func TestBrokenOverrideFailsLoad(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		file  string // relative to dir/hello
@@ -647,6 +659,7 @@ func TestBrokenOverrideFailsLoad(t *testing.T) {
 // TestPackageDirAsOverride checks that the package's own directory, with
 // its Go files and testdata, works as an override directory.
 func TestPackageDirAsOverride(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, ".")
 	if got := len(s.List()); got != 3 {
 		t.Errorf("List: %d templates, want 3", got)
@@ -654,6 +667,7 @@ func TestPackageDirAsOverride(t *testing.T) {
 }
 
 func TestGolden(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	for _, name := range names {
 		for _, loc := range Locales {
@@ -685,6 +699,7 @@ func TestGolden(t *testing.T) {
 // TestRenderConcurrent renders from many goroutines at once, as the worker
 // does; run with -race.
 func TestRenderConcurrent(t *testing.T) {
+	t.Parallel()
 	s := mustLoad(t, "")
 	done := make(chan error)
 	for i := range 8 {

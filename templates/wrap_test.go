@@ -7,6 +7,7 @@ import (
 )
 
 func TestWrap(t *testing.T) {
+	t.Parallel()
 	ja := wrapper{max: widthJA, ambiguousWide: true}
 	longJA := strings.Repeat("このたび、当社が運営する「サンプル通販」において、お客様のクレジットカード情報が流出した可能性があることが判明いたしました。", 3)
 	longEN := strings.Repeat("We are very sorry to tell you that the payment card details you used at Sample Online Shop may have been exposed. ", 4)
@@ -118,6 +119,7 @@ func TestWrap(t *testing.T) {
 // TestWrapOctetLimit feeds Wrap tokens no display width rule would break:
 // every line must still end within MaxLineOctets, and nothing may be lost.
 func TestWrapOctetLimit(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, locale, in string
 	}{
@@ -150,6 +152,7 @@ func TestWrapOctetLimit(t *testing.T) {
 // TestWrapInvalidUTF8: bytes that are not UTF-8 (ingest rejects them, but a
 // template override might hold some) pass through unchanged, never panic.
 func TestWrapInvalidUTF8(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"abc\xffdef\n", "\xff\xfe\n", "お客様\xe3\x81様\n", strings.Repeat("あ\xff", 200) + "\n"} {
 		got := Wrap(s, "ja")
 		if strings.ReplaceAll(got, "\n", "") != strings.ReplaceAll(s, "\n", "") {
@@ -161,6 +164,7 @@ func TestWrapInvalidUTF8(t *testing.T) {
 // TestWrapBreakPlaces checks where Wrap chooses to break a line that is too
 // long: the whole lines it makes, or words it must not split.
 func TestWrapBreakPlaces(t *testing.T) {
+	t.Parallel()
 	a := func(n int) string { return strings.Repeat("あ", n) }
 	tests := []struct {
 		name   string
@@ -235,6 +239,7 @@ func TestWrapBreakPlaces(t *testing.T) {
 // TestWrapLongKatakana: a run of katakana longer than half a line may be
 // broken, so that lines still keep the width.
 func TestWrapLongKatakana(t *testing.T) {
+	t.Parallel()
 	in := strings.Repeat("ア", 100)
 	out := Wrap(in, "ja")
 	w, _ := wrapperFor("ja")

@@ -57,7 +57,8 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 
 // handleChunk delivers the pending recipients of one id range, one Redis
 // round trip per message (finish the previous recipient and claim the next in
-// one script), over one pooled SMTP connection at a time.
+// one script), over one pooled SMTP connection at a time. The loop itself is
+// chunkRun's.
 func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
 	var p notice.ChunkPayload
 	if err := tasks.Decode(t, &p); err != nil {
@@ -83,138 +84,208 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
 	if err != nil {
 		return err
 	}
-	// Nothing in this function may be cut short by ctx between "SMTP accepted"
-	// and "status written": bg outlives a shutdown's cancellation.
-	bg := context.WithoutCancel(ctx)
-	dropLease := func() { w.store.DropChunkLease(bg, p.CampaignID, p.From) }
+	run := &chunkRun{w: w, p: p, c: c, bg: context.WithoutCancel(ctx), tl: &tl}
 	if ch.State.Status != notice.CampaignSending || ch.State.Gen != p.Gen {
-		dropLease()
+		run.dropLease()
 		if ch.State.Status == notice.CampaignSending {
 			// Superseded by a resume: its place in the window is the new generation's.
-			_, err := w.topUp(bg, c)
+			_, err := w.topUp(run.bg, c)
 			return err
 		}
 		return nil
 	}
-	todo := make([]*notice.Recipient, 0, len(ch.Recipients))
-	addrs := make([]string, 0, len(ch.Recipients))
-	for i := range ch.Recipients {
-		if r := &ch.Recipients[i]; r.Status == notice.StatusPending {
+	todo, err := w.unsuppressed(ctx, c, p, ch.Recipients)
+	if err != nil {
+		return err
+	}
+	run.token = w.begin()
+	defer w.end(run.token)
+	return run.deliver(ctx, todo)
+}
+
+// unsuppressed returns the pending recipients of a chunk whose address is
+// not suppressed, and marks the others suppressed.
+func (w *Worker) unsuppressed(ctx context.Context, c *notice.Campaign, p notice.ChunkPayload, rs []notice.Recipient) ([]*notice.Recipient, error) {
+	todo := make([]*notice.Recipient, 0, len(rs))
+	addrs := make([]string, 0, len(rs))
+	for i := range rs {
+		if r := &rs[i]; r.Status == notice.StatusPending {
 			todo = append(todo, r)
 			addrs = append(addrs, r.Email)
 		}
 	}
-	if sup, err := w.store.Suppressed(ctx, addrs); err != nil {
-		return err
-	} else if len(sup) > 0 {
-		var ids []int64
-		kept := todo[:0]
-		for _, r := range todo {
-			if sup[r.Email] != nil {
-				ids = append(ids, r.ID)
-			} else {
-				kept = append(kept, r)
-			}
-		}
-		todo = kept
-		if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
-			return err
-		}
-		metrics.CountMessages(c.MetricLabel(), "suppressed", float64(len(ids)))
-		for _, id := range ids {
-			w.emitRecipient(p.CampaignID, id, notice.StatusSuppressed, nil, 0)
+	sup, err := w.store.Suppressed(ctx, addrs)
+	if err != nil || len(sup) == 0 {
+		return todo, err
+	}
+	var ids []int64
+	kept := todo[:0]
+	for _, r := range todo {
+		if sup[r.Email] != nil {
+			ids = append(ids, r.ID)
+		} else {
+			kept = append(kept, r)
 		}
 	}
+	if _, err := w.store.Mark(ctx, p.CampaignID, ids, []notice.Status{notice.StatusPending}, notice.StatusSuppressed); err != nil {
+		return nil, err
+	}
+	metrics.CountMessages(c.MetricLabel(), "suppressed", float64(len(ids)))
+	for _, id := range ids {
+		w.emitRecipient(p.CampaignID, id, notice.StatusSuppressed, nil, 0)
+	}
+	return kept, nil
+}
 
-	token := w.begin()
-	defer w.end(token)
-	var prev store.Step // the finish of the previous recipient, folded into the next claim
-	withLease := func(s store.Step) store.Step {
-		s.Token, s.Lease, s.LeaseTTL = token, p.From, w.cfg.ClaimTTL
-		return s
-	}
-	// handBack records the last outcome and hands the rest of the chunk, from
-	// id on, to a new task that runs at wake (zero: at once): another worker
-	// after a stop, or any worker once the rate limit allows. Nothing from id
-	// on is claimed yet. Meanwhile the rest holds the chunk's lease (under
-	// id): the watchdog neither takes the campaign for stalled nor steals
-	// the rest, the window still counts it, and should the new task be lost
-	// the lease runs out and the watchdog hands the rest out again.
-	handBack := func(id int64, wake time.Time) error {
-		ttl := w.queuedTTL()
-		if w.wakesLocally(wake) {
-			ttl = w.cfg.ClaimTTL // on a timer here: recovered soon if we die
-		}
-		step := withLease(prev)
-		step.Lease, step.LeaseTTL = id, max(0, time.Until(wake))+ttl
-		res, err := w.record(bg, p.CampaignID, step)
-		if err != nil {
-			return err
-		}
-		w.finished(p.CampaignID, prev, res)
-		if id != p.From {
-			dropLease()
-		}
-		rest := p
-		rest.From = id
-		return w.later(bg, rest, wake)
-	}
-	for i, r := range todo {
-		if w.stopped() || ctx.Err() != nil {
-			return handBack(r.ID, time.Time{})
+// chunkRun is one chunk task delivering its recipients. Exactly-once rests
+// on the order of its writes, which deliver reads top to bottom:
+//
+//  1. claim: one step records the previous recipient's outcome (prev) and
+//     claims the next; nothing is sent without a claim granted for this
+//     generation, and a recipient already sent is never granted;
+//  2. send: the claim is renewed while SMTP runs and checked right before
+//     DATA; the outcome becomes prev — held in memory only until the next
+//     step writes it, never longer than a fraction of CLAIM_TTL;
+//  3. every way out writes prev first: the next claim, handBack (a stop or
+//     a rate wait, with the rest of the chunk under a lease), or finish
+//     (which drops the chunk's lease). An error writing it leaves the claim
+//     to expire and the watchdog to retry the recipient.
+//
+// Writes that follow an SMTP acceptance use bg, which a shutdown does not
+// cancel.
+type chunkRun struct {
+	w     *Worker
+	p     notice.ChunkPayload
+	c     *notice.Campaign
+	token string
+	bg    context.Context
+	prev  store.Step // the finish of the previous recipient, folded into the next step
+	tl    *tally     // what became of the chunk's recipients, for the task's error
+}
+
+func (r *chunkRun) deliver(ctx context.Context, todo []*notice.Recipient) error {
+	for i, rc := range todo {
+		if r.w.stopped() || ctx.Err() != nil {
+			return r.handBack(rc.ID, time.Time{})
 		}
 		// prev's outcome is held while we wait in place: never long enough
 		// for its claim to expire, even with a short CLAIM_TTL.
-		if d := w.turn(ctx, c, inlineWait, min(inlineTotal, w.cfg.ClaimTTL/4)); d > 0 {
+		if d := r.w.turn(ctx, r.c, inlineWait, min(inlineTotal, r.w.cfg.ClaimTTL/4)); d > 0 {
 			// Not this message's turn for more than a moment: give the slot
 			// back, and come back when the rate allows.
-			return handBack(r.ID, time.Now().Add(d))
+			return r.handBack(rc.ID, time.Now().Add(d))
 		}
-		step := withLease(prev)
-		step.ClaimID, step.ClaimTTL, step.Gen = r.ID, w.cfg.ClaimTTL, p.Gen
-		claimedAt := time.Now() // the claim lives at least ClaimTTL from here
-		res, err := w.record(bg, p.CampaignID, step)
+		res, claimedAt, err := r.claim(rc.ID)
 		if err != nil {
 			// Redis stayed away: prev's claim expires and the watchdog
 			// retries it, the one case where a sent message may go twice.
 			return err
 		}
-		w.finished(p.CampaignID, prev, res)
-		prev = store.Step{}
 		if res.Stopped {
-			// Paused or cancelled: leave the rest pending for the next generation.
-			w.log.Info("chunk stopped", "campaign", p.CampaignID, "status", res.Campaign, "left", len(todo)-i)
-			dropLease()
-			if res.Campaign == notice.CampaignSending {
-				_, err := w.topUp(bg, c) // resumed meanwhile: the new generation's turn
-				return err
-			}
-			return nil
+			return r.stop(res, len(todo)-i)
 		}
 		if !res.Claimed {
 			continue // sent, or being sent, by someone else
 		}
-		cl := w.hold(p.CampaignID, token, r.ID, p.From, claimedAt)
-		handed := w.handOnSlow(bg, cl, p, todo[i+1:])
-		prev = w.attempt(bg, c, r, true, cl)
-		tl.add(prev)
-		cl.release()
-		if handed.Load() {
+		if handed := r.send(rc, claimedAt, todo[i+1:]); handed {
 			break // the rest went on in another task while this reply was awaited
 		}
 	}
-	step := withLease(prev)
-	step.DropLease = true
-	res, err := w.record(bg, p.CampaignID, step)
+	return r.finish()
+}
+
+// step is a Step carrying prev's outcome under this run's token and lease.
+func (r *chunkRun) step() store.Step {
+	s := r.prev
+	s.Token, s.Lease, s.LeaseTTL = r.token, r.p.From, r.w.cfg.ClaimTTL
+	return s
+}
+
+// write runs s (which carries prev) and, once it is written, forgets prev.
+func (r *chunkRun) write(s store.Step) (store.StepResult, error) {
+	res, err := r.w.record(r.bg, r.p.CampaignID, s)
 	if err != nil {
+		return res, err
+	}
+	r.w.finished(r.p.CampaignID, r.prev, res)
+	r.prev = store.Step{}
+	return res, nil
+}
+
+// claim writes prev's outcome and claims recipient rid in one step. It
+// returns when the claim was asked for: it lives at least ClaimTTL from
+// then.
+func (r *chunkRun) claim(rid int64) (store.StepResult, time.Time, error) {
+	s := r.step()
+	s.ClaimID, s.ClaimTTL, s.Gen = rid, r.w.cfg.ClaimTTL, r.p.Gen
+	claimedAt := time.Now()
+	res, err := r.write(s)
+	return res, claimedAt, err
+}
+
+// send delivers to a claimed recipient; its outcome becomes prev. It
+// reports whether the rest of the chunk was handed to another task while
+// a slow reply was awaited.
+func (r *chunkRun) send(rc *notice.Recipient, claimedAt time.Time, rest []*notice.Recipient) (handed bool) {
+	cl := r.w.hold(r.p.CampaignID, r.token, rc.ID, r.p.From, claimedAt)
+	h := r.w.handOnSlow(r.bg, cl, r.p, rest)
+	r.prev = r.w.attempt(r.bg, r.c, rc, true, cl)
+	r.tl.add(r.prev)
+	cl.release()
+	return h.Load()
+}
+
+// stop ends a run its campaign stopped (paused or cancelled), leaving the
+// rest pending for the next generation.
+func (r *chunkRun) stop(res store.StepResult, left int) error {
+	r.w.log.Info("chunk stopped", "campaign", r.p.CampaignID, "status", res.Campaign, "left", left)
+	r.dropLease()
+	if res.Campaign == notice.CampaignSending {
+		_, err := r.w.topUp(r.bg, r.c) // resumed meanwhile: the new generation's turn
 		return err
 	}
-	w.finished(p.CampaignID, prev, res)
-	// The chunk's place in the window goes to the campaign's next one,
-	// queued behind what other campaigns have queued meanwhile.
-	_, err = w.topUp(bg, c)
+	return nil
+}
+
+// handBack records the last outcome and hands the rest of the chunk, from
+// id on, to a new task that runs at wake (zero: at once): another worker
+// after a stop, or any worker once the rate limit allows. Nothing from id
+// on is claimed yet. Meanwhile the rest holds the chunk's lease (under
+// id): the watchdog neither takes the campaign for stalled nor steals
+// the rest, the window still counts it, and should the new task be lost
+// the lease runs out and the watchdog hands the rest out again.
+func (r *chunkRun) handBack(id int64, wake time.Time) error {
+	ttl := r.w.queuedTTL()
+	if r.w.wakesLocally(wake) {
+		ttl = r.w.cfg.ClaimTTL // on a timer here: recovered soon if we die
+	}
+	s := r.step()
+	s.Lease, s.LeaseTTL = id, max(0, time.Until(wake))+ttl
+	if _, err := r.write(s); err != nil {
+		return err
+	}
+	if id != r.p.From {
+		r.dropLease()
+	}
+	rest := r.p
+	rest.From = id
+	return r.w.later(r.bg, rest, wake)
+}
+
+// finish records the last outcome and drops the chunk's lease; the
+// chunk's place in the window goes to the campaign's next one, queued
+// behind what other campaigns have queued meanwhile.
+func (r *chunkRun) finish() error {
+	s := r.step()
+	s.DropLease = true
+	if _, err := r.write(s); err != nil {
+		return err
+	}
+	_, err := r.w.topUp(r.bg, r.c)
 	return err
 }
+
+func (r *chunkRun) dropLease() { r.w.store.DropChunkLease(r.bg, r.p.CampaignID, r.p.From) }
 
 // errRecord marks a failure to record an outcome in Redis.
 var errRecord = errors.New("record outcome")

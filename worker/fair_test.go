@@ -206,6 +206,7 @@ func median(xs []float64) float64 {
 // machine hits both alike). The slow one keeps to its rate and sends
 // nobody twice.
 func TestRateLimitedCampaignLeavesOthersTheirSpeed(t *testing.T) {
+	testenv.Slow(t, "throughput measurements")
 	f := startFair(t, map[string]string{"WORKER_CONCURRENCY": "8", "CHUNK_SIZE": "20"}, slog.LevelWarn)
 	const fast, rounds, rate = 2000, 5, 2.0
 	slow := f.campaign(t, "slow", "slow.example.jp", rate, 5000)
@@ -284,6 +285,7 @@ func TestRateLimitedCampaignLeavesOthersTheirSpeed(t *testing.T) {
 // with it. Now the big one only ever has a window of chunks queued: the
 // small one is done while the big one is far from it.
 func TestBigCampaignDoesNotStarveSmallOne(t *testing.T) {
+	testenv.Slow(t, "a 20,000-recipient campaign")
 	f := startFair(t, map[string]string{"WORKER_CONCURRENCY": "8", "CHUNK_SIZE": "50"}, slog.LevelWarn)
 	const big, small = 20000, 200
 	bigID := f.campaign(t, "big", "big.example.jp", 0, big)
@@ -309,6 +311,7 @@ func TestBigCampaignDoesNotStarveSmallOne(t *testing.T) {
 // waiting campaign for stalled nor steals its chunk: each message goes out
 // once, on time.
 func TestRateWaitHoldsNoSlot(t *testing.T) {
+	testenv.Slow(t, "rate waits of seconds")
 	f := startFair(t, map[string]string{"WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "10", "CLAIM_TTL": "1s"}, slog.LevelInfo)
 	const rate = 0.25
 	id := f.campaign(t, "paced", "slow.example.jp", rate, 20)
@@ -357,6 +360,7 @@ func TestRateWaitHoldsNoSlot(t *testing.T) {
 // asks back off, the warning comes once, nothing is sent unlimited, and a
 // cancel ends the campaign's chunks.
 func TestLimiterFailureBacksOffAndCancelStops(t *testing.T) {
+	testenv.Slow(t, "limiter back-off")
 	f := startFair(t, map[string]string{"WORKER_CONCURRENCY": "4", "CHUNK_SIZE": "10"}, slog.LevelDebug)
 	ctx := context.Background()
 	id := f.campaign(t, "broken", "slow.example.jp", 5, 100)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/oshirase/oshirase/metrics"
@@ -59,83 +60,96 @@ func (w *Worker) ForgetPurged(ctx context.Context) error {
 	return nil
 }
 
-// Sweep runs one watchdog round over the active campaigns.
+// Sweep runs one watchdog round over the active campaigns. One campaign
+// that cannot be swept (a Redis error, a broken record) does not stop the
+// round: the others are swept, and the errors come back together, each
+// naming its campaign.
 func (w *Worker) Sweep(ctx context.Context) error {
 	ids, err := w.store.Active(ctx)
 	if err != nil {
 		return fmt.Errorf("active campaigns: %w", err)
 	}
+	slices.Sort(ids) // a steady order, for the logs
+	w.forgetInactive(ids)
+	var errs []error
 	for _, id := range ids {
-		st, err := w.store.State(ctx, id)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := w.sweepOne(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("campaign %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sweepOne is one campaign's part of a watchdog round.
+func (w *Worker) sweepOne(ctx context.Context, id string) error {
+	st, err := w.store.State(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Status == notice.CampaignCancelled {
+		return w.sweepCancelled(ctx, id)
+	}
+	if st.Status != notice.CampaignSending {
+		if st.Status != notice.CampaignPaused {
+			// Done (or a draft): not the watchdog's any more.
+			w.forget(id)
+			return w.store.Inactive(ctx, id)
+		}
+		return nil
+	}
+	// A window that lost chunks (a fan-out never enqueued because the
+	// API died after Start, a worker that died between handing a chunk
+	// out and enqueueing it): top it up. Harmless when it is full.
+	if cur, err := w.store.FanoutCursor(ctx, id, st.Gen); err == nil && cur <= st.Seq {
+		c, err := w.campaign(ctx, id)
 		if err != nil {
 			return err
 		}
-		if st.Status == notice.CampaignCancelled {
-			if err := w.sweepCancelled(ctx, id); err != nil {
-				return err
-			}
-			continue
-		}
-		if st.Status != notice.CampaignSending {
-			if st.Status != notice.CampaignPaused {
-				w.store.Inactive(ctx, id)
-			}
-			continue
-		}
-		// A window that lost chunks (a fan-out never enqueued because the
-		// API died after Start, a worker that died between handing a chunk
-		// out and enqueueing it): top it up. Harmless when it is full.
-		if cur, err := w.store.FanoutCursor(ctx, id, st.Gen); err == nil && cur <= st.Seq {
-			c, err := w.campaign(ctx, id)
-			if err != nil {
-				return err
-			}
-			if n, err := w.topUp(ctx, c); err != nil {
-				return err
-			} else if n > 0 {
-				w.log.Info("watchdog: chunks handed out to fill the campaign's window", "campaign", id, "chunks", n)
-			}
-		}
-		// Besides expired claims, this process's own claims whose task has
-		// ended: their outcome was written and lost (a failover), and
-		// nobody will finish them before CLAIM_TTL runs out.
-		w.orphans.Lock() // no token is born between the look at live and the steal
-		stolen, err := w.store.StealOrphans(ctx, id, w.cfg.ClaimTTL, w.proc, w.liveTokens()...)
-		w.orphans.Unlock()
-		if err != nil {
+		if n, err := w.topUp(ctx, c); err != nil {
 			return err
+		} else if n > 0 {
+			w.log.Info("watchdog: chunks handed out to fill the campaign's window", "campaign", id, "chunks", n)
 		}
-		stamp := fmt.Sprintf("w%d", time.Now().UnixMilli())
-		size := int64(w.cfg.ChunkSize)
-		for _, from := range stolen.Chunks {
-			// A lease's first id may be the rest of a chunk handed back:
-			// end it where that chunk ends, not a whole chunk further.
-			end := from + size - (from-1)%size
-			p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(end, st.Seq+1)}
-			if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
-				return err
-			}
-		}
-		for _, rid := range stolen.Recipients {
-			tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
-			if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueRecipients, tid, 0); err != nil {
-				return err
-			}
-		}
-		if len(stolen.Chunks)+len(stolen.Recipients) > 0 {
-			w.log.Info("watchdog recovered work", "campaign", id, "chunks", len(stolen.Chunks), "recipients", len(stolen.Recipients))
-		}
-		c, stalled, err := w.unstall(ctx, id, st)
-		if err != nil {
-			return err
-		}
-		// For the API's metrics and ETA: when the campaign last moved,
-		// whether it is stalled, and how fast it went lately.
-		if err := w.store.RecordSweep(ctx, id, w.cfg.ClockNow(), c.Counts.Done(), stalled); err != nil {
+	}
+	// Besides expired claims, this process's own claims whose task has
+	// ended: their outcome was written and lost (a failover), and
+	// nobody will finish them before CLAIM_TTL runs out.
+	w.orphans.Lock() // no token is born between the look at live and the steal
+	stolen, err := w.store.StealOrphans(ctx, id, w.cfg.ClaimTTL, w.proc, w.liveTokens()...)
+	w.orphans.Unlock()
+	if err != nil {
+		return err
+	}
+	stamp := fmt.Sprintf("w%d", time.Now().UnixMilli())
+	size := int64(w.cfg.ChunkSize)
+	for _, from := range stolen.Chunks {
+		// A lease's first id may be the rest of a chunk handed back:
+		// end it where that chunk ends, not a whole chunk further.
+		end := from + size - (from-1)%size
+		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(end, st.Seq+1)}
+		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
 			return err
 		}
 	}
-	return nil
+	for _, rid := range stolen.Recipients {
+		tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
+		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueRecipients, tid, 0); err != nil {
+			return err
+		}
+	}
+	if len(stolen.Chunks)+len(stolen.Recipients) > 0 {
+		w.log.Info("watchdog recovered work", "campaign", id, "chunks", len(stolen.Chunks), "recipients", len(stolen.Recipients))
+	}
+	c, stalled, err := w.unstall(ctx, id, st)
+	if err != nil {
+		return err
+	}
+	// For the API's metrics and ETA: when the campaign last moved,
+	// whether it is stalled, and how fast it went lately.
+	return w.store.RecordSweep(ctx, id, w.cfg.ClockNow(), c.Counts.Done(), stalled)
 }
 
 // sweepEvery is how often the watchdog sweeps: every few seconds, so that
@@ -189,7 +203,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		// its lease with each message and every few seconds while it
 		// waits (hold, take), but a failover can leave behind the lease
 		// of a task that finished on the old primary, alive for CLAIM_TTL.
-		live, err := w.store.LeasesRenewedSince(ctx, id, time.Now().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
+		live, err := w.store.LeasesRenewedSince(ctx, id, w.cfg.ClockNow().Add(-w.leaseFresh()), w.cfg.ClaimTTL)
 		if err != nil {
 			return nil, false, err
 		}
@@ -246,7 +260,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		if from >= cursor && !long {
 			break
 		}
-		if err := w.store.SetChunkLease(ctx, id, from, time.Now().Add(w.queuedTTL())); err != nil {
+		if err := w.store.SetChunkLease(ctx, id, from, w.cfg.ClockNow().Add(w.queuedTTL())); err != nil {
 			return nil, false, err
 		}
 		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
@@ -288,6 +302,7 @@ func (w *Worker) sweepCancelled(ctx context.Context, id string) error {
 		}
 	}
 	if c.Counts.Open() == 0 {
+		w.forget(id)
 		return w.store.Inactive(ctx, id)
 	}
 	return nil

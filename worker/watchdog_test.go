@@ -90,6 +90,7 @@ func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
 // seconds, with the default CLAIM_TTL of 2 minutes (it used to take two
 // sweeps a minute apart, and never while anything was "sending").
 func TestWatchdogFindsStallInSeconds(t *testing.T) {
+	testenv.Slow(t, "waits for stalls")
 	w, st, insp, cid, cs := watchdogFixture(t, 12)
 	ctx := context.Background()
 	for rid := int64(1); rid <= 4; rid++ {
@@ -175,6 +176,7 @@ func TestWatchdogTakesOverOrphanedClaims(t *testing.T) {
 // send, not once they are through (the watchdog used to require the whole
 // bulk queue empty).
 func TestStallFoundBesideAnotherCampaign(t *testing.T) {
+	testenv.Slow(t, "waits for stalls")
 	w, _, insp, cid, _ := watchdogFixture(t, 12)
 	ctx := context.Background()
 	if err := tasks.Chunk(ctx, w.queue, notice.ChunkPayload{CampaignID: "other", Gen: 1, From: 1, To: 2}, "x"); err != nil {
@@ -209,6 +211,7 @@ func TestStallFoundBesideAnotherCampaign(t *testing.T) {
 // campaign with pending recipients, none being sent and no progress for
 // 15 s is stalled whatever its leases say.
 func TestStallFoundBehindLeftoverLease(t *testing.T) {
+	testenv.Slow(t, "waits for stalls")
 	w, st, insp, cid, _ := watchdogFixture(t, 12)
 	ctx := context.Background()
 	if err := st.SetChunkLease(ctx, cid, 6, time.Now().Add(w.queuedTTL())); err != nil {

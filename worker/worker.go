@@ -54,6 +54,7 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
+	"github.com/hashicorp/golang-lru/v2"
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/bounce"
@@ -88,7 +89,10 @@ type Config struct {
 	// RecordTimeout is how long a handler keeps trying to record an
 	// outcome while Redis is unreachable (default 1m).
 	RecordTimeout time.Duration
-	ClockNow      func() time.Time
+	// ClockNow is the time instants written to Redis are computed from
+	// (claims, first attempts, retry ages, lease deadlines). Default: the
+	// store's clock (store.Store.SetClock), so worker and store agree.
+	ClockNow func() time.Time
 }
 
 func (c *Config) defaults() {
@@ -110,9 +114,6 @@ func (c *Config) defaults() {
 	if c.RecordTimeout <= 0 {
 		c.RecordTimeout = time.Minute
 	}
-	if c.ClockNow == nil {
-		c.ClockNow = time.Now
-	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 1
 	}
@@ -130,11 +131,16 @@ type Worker struct {
 
 	inspector *asynq.Inspector // the watchdog looks at the bulk queue
 
-	mu        sync.Mutex
-	campaigns map[string]*notice.Campaign // definitions never change after creation
-	stalls    map[string]stall            // campaign → when first seen stalled, and its open count then
+	// campaigns and notices are bounded caches (LRU): campaigns'
+	// definitions (they never change after creation) and their notices
+	// prepared for deliver. The watchdog forgets a campaign once it leaves
+	// the active set (done, cancelled, purged, deleted: see forgetInactive),
+	// so a long-lived worker does not hold every campaign it ever ran.
+	campaigns *lru.Cache[string, *notice.Campaign]
+	notices   *lru.Cache[preparedKey, *templates.Prepared]
 
-	notices map[preparedKey]*templates.Prepared // under mu: campaigns' notices, prepared for deliver
+	mu     sync.Mutex
+	stalls map[string]stall // campaign → when first seen stalled, and its open count then
 
 	nslots  int                        // under mu: bulk slots of all workers (see slots)
 	slotsAt time.Time                  // under mu: when nslots was read
@@ -167,14 +173,17 @@ type Worker struct {
 // New returns a Worker.
 func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, s Sender, log *slog.Logger) *Worker {
 	cfg.defaults()
+	if cfg.ClockNow == nil {
+		cfg.ClockNow = st.Now
+	}
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Worker{
 		cfg: cfg, store: st, queue: q, templates: ts, sender: s, log: log,
 		limiter:   redis_rate.NewLimiter(st.Redis()),
-		campaigns: map[string]*notice.Campaign{},
-		notices:   map[preparedKey]*templates.Prepared{},
+		campaigns: mustLRU[string, *notice.Campaign](campaignCacheSize),
+		notices:   mustLRU[preparedKey, *templates.Prepared](noticeCacheSize),
 		stalls:    map[string]stall{},
 		proc:      "p" + newToken()[:8] + ".",
 		live:      map[string]int{},
@@ -213,25 +222,86 @@ func (w *Worker) Register(mux *asynq.ServeMux) {
 	mux.HandleFunc(notice.TypeDeliver, w.tracked(w.handleDeliver))
 }
 
+// Cache sizes: campaigns are few; a prepared notice holds a pre-rendered
+// notice per shape of recipient, tens of KB each, so fewer are kept.
+const (
+	campaignCacheSize = 1000
+	noticeCacheSize   = 100
+)
+
+func mustLRU[K comparable, V any](n int) *lru.Cache[K, V] {
+	c, err := lru.New[K, V](n)
+	if err != nil {
+		panic(err) // only for n <= 0
+	}
+	return c
+}
+
 // campaign returns a campaign's (immutable) definition, cached.
 func (w *Worker) campaign(ctx context.Context, id string) (*notice.Campaign, error) {
-	w.mu.Lock()
-	c := w.campaigns[id]
-	w.mu.Unlock()
-	if c != nil {
+	if c, ok := w.campaigns.Get(id); ok {
 		return c, nil
 	}
 	c, err := w.store.Campaign(ctx, id)
 	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			w.forget(id)
+		}
 		return nil, err
 	}
-	w.mu.Lock()
-	if len(w.campaigns) > 1000 { // a bounded cache; campaigns are few
-		clear(w.campaigns)
-	}
-	w.campaigns[id] = c
-	w.mu.Unlock()
+	w.campaigns.Add(id, c)
 	return c, nil
+}
+
+// forget drops what this worker holds about campaign id: its definition,
+// its prepared notices and the watchdog's notes.
+func (w *Worker) forget(id string) {
+	w.campaigns.Remove(id)
+	for _, k := range w.notices.Keys() {
+		if k.campaign == id {
+			w.notices.Remove(k)
+		}
+	}
+	w.mu.Lock()
+	delete(w.stalls, id)
+	delete(w.progress, id)
+	w.mu.Unlock()
+}
+
+// forgetInactive forgets every campaign not among active: a campaign that
+// is not sending (done, cancelled, purged or deleted) is read again from
+// Redis when a retry or a resend needs it.
+func (w *Worker) forgetInactive(active []string) {
+	keep := make(map[string]bool, len(active))
+	for _, id := range active {
+		keep[id] = true
+	}
+	gone := map[string]bool{}
+	for _, id := range w.campaigns.Keys() {
+		if !keep[id] {
+			gone[id] = true
+		}
+	}
+	for _, k := range w.notices.Keys() {
+		if !keep[k.campaign] {
+			gone[k.campaign] = true
+		}
+	}
+	w.mu.Lock()
+	for id := range w.stalls {
+		if !keep[id] {
+			gone[id] = true
+		}
+	}
+	for id := range w.progress {
+		if !keep[id] {
+			gone[id] = true
+		}
+	}
+	w.mu.Unlock()
+	for id := range gone {
+		w.forget(id)
+	}
 }
 
 // preparedKey names a campaign's notice in one locale, dated date (Unix ns).
@@ -245,25 +315,16 @@ type preparedKey struct {
 // of recipient, tens of KB each: fewer of them are kept than campaigns.
 func (w *Worker) prepared(c *notice.Campaign, locale string, date time.Time) (*templates.Prepared, error) {
 	k := preparedKey{c.ID, locale, date.UnixNano()}
-	w.mu.Lock()
-	p := w.notices[k]
-	w.mu.Unlock()
-	if p != nil {
+	if p, ok := w.notices.Get(k); ok {
 		return p, nil
 	}
 	p, err := w.templates.Prepare(c.Template, templates.Input{Locale: locale, Data: c.Data, Paragraphs: c.Paragraphs, Date: date.In(c.Zone())})
 	if err != nil {
 		return nil, err
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if q := w.notices[k]; q != nil {
+	if q, had, _ := w.notices.PeekOrAdd(k, p); had {
 		return q, nil // prepared meanwhile by another handler: share its pre-renderings
 	}
-	if len(w.notices) > 100 { // a bounded cache, like campaigns
-		clear(w.notices)
-	}
-	w.notices[k] = p
 	return p, nil
 }
 

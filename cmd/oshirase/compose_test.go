@@ -37,6 +37,18 @@ func loadCompose(t *testing.T, path string) error {
 			}
 		}
 	}
+	// oshirase's services are checked by the binary itself (the image has
+	// no shell): `oshirase healthcheck`, at the path the image puts it.
+	for _, name := range []string{"api", "worker"} {
+		s, err := p.GetService(name)
+		if err != nil {
+			continue
+		}
+		if s.HealthCheck == nil || len(s.HealthCheck.Test) < 3 || s.HealthCheck.Test[0] != "CMD" ||
+			s.HealthCheck.Test[1] != "/oshirase" || s.HealthCheck.Test[2] != "healthcheck" {
+			t.Errorf("%s: service %s has no `/oshirase healthcheck` health check", path, name)
+		}
+	}
 	return nil
 }
 

@@ -37,7 +37,8 @@ Commands:
   bench     measure throughput end to end (see README)
   hashkey   print the SHA-256 form of an API key for OSHIRASE_API_KEYS
   version   print the version, VCS revision and Go version (as oshirase_build_info)
-  help      this text and every setting with its default
+  healthcheck  ask this host's oshirase process for /healthz (--path /readyz): exit 0 when it answers 200
+  help      this text and every setting with its default (--markdown: the settings as a Markdown table)
 
 Client commands (against OSHIRASE_URL with OSHIRASE_KEY; docs/cli.md):
   campaign  create|upload|start|status|pause|resume|cancel|report
@@ -87,6 +88,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "help", "-h", "--help", "-help":
+		if len(rest) > 0 && rest[0] == "--markdown" {
+			config.Markdown(stdout) // docs/configuration.md's table
+			return 0
+		}
 		fmt.Fprint(stdout, usage)
 		config.Usage(stdout)
 		return 0
@@ -116,6 +121,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		b := metrics.BuildInfo()
 		fmt.Fprintf(stdout, "oshirase %s (revision %s, %s)\n", b.Version, b.Revision, b.GoVersion)
 		return 0
+	case "healthcheck":
+		err = healthcheck(ctx, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "oshirase: unknown command %q\n\n", cmd)
 		fmt.Fprint(stderr, usage)

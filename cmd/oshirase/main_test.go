@@ -9,12 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/metrics"
 )
 
 // TestDemo runs the README's first command as a new user would: nothing
 // configured, so an embedded Redis and SMTP sink.
 func TestDemo(t *testing.T) {
+	testenv.Slow(t, "a whole demo run")
 	t.Setenv("REDIS_URL", "")
 	t.Setenv("SMTP_URL", "")
 	dir := t.TempDir()

@@ -226,3 +226,12 @@ func (l *LogBuffer) Take() string {
 	l.b.Reset()
 	return s
 }
+
+// Slow skips t under `go test -short` (the quick loop, under a minute for
+// the whole module), saying why it is slow. scripts/test.sh runs it.
+func Slow(t testing.TB, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("slow (%s): skipped under -short", why)
+	}
+}
