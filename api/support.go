@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -138,7 +137,8 @@ func lookupForm(addr string) string {
 func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
 	addr := strings.TrimSpace(r.URL.Query().Get("email"))
 	if addr == "" || !strings.Contains(addr, "@") {
-		writeError(w, http.StatusBadRequest, "email_required", "query parameter email (an address) is required", nil)
+		writeError(w, http.StatusBadRequest, "email_required", "query parameter email (an address) is required",
+			[]fieldError{{"email", "required: an address"}})
 		return
 	}
 	res, err := s.Lookup(r.Context(), addr)
@@ -258,9 +258,8 @@ func domainOf(addr string) string { return addr[strings.LastIndexByte(addr, '@')
 // resend answers POST /v1/campaigns/{id}/recipients/{rid}/resend.
 func (s *Server) resend(w http.ResponseWriter, r *http.Request) {
 	cid := r.PathValue("id")
-	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
-	if err != nil || rid < 1 {
-		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", nil)
+	rid, ok := recipientID(w, r)
+	if !ok {
 		return
 	}
 	var req ResendRequest
