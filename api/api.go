@@ -314,7 +314,9 @@ func writeError(w http.ResponseWriter, status int, code, msg string, details any
 	// The net under every message that quotes what it refused: a card
 	// number is never echoed back.
 	msg = ingest.MaskCardNumbers(msg)
-	if fe, ok := details.([]fieldError); ok {
+	if fe, ok := details.([]fieldError); ok && len(fe) == 0 {
+		details = nil // no field to name: no details, not an empty list
+	} else if ok {
 		masked := make([]fieldError, len(fe))
 		for i, f := range fe {
 			masked[i] = fieldError{ingest.MaskCardNumbers(f.Field), ingest.MaskCardNumbers(f.Error)}

@@ -29,7 +29,7 @@ func TestReportRowReturned(t *testing.T) {
 		{"complaint", []notice.Returned{{At: at, Kind: "complained", FeedbackType: "abuse"}}, "2026-12-01T20:00:00Z,complaint:abuse,,,"},
 	} {
 		rc := &notice.Recipient{ID: 1, Email: "a@example.jp", Returned: tc.evs}
-		row := reportRow(rc, "ja")
+		row := reportRow(rc, "ja", time.UTC)
 		if len(row) != len(reportColumns) {
 			t.Fatalf("%s: %d cells for %d columns", tc.name, len(row), len(reportColumns))
 		}
