@@ -174,8 +174,10 @@ func TestDraftEditAndDelete(t *testing.T) {
 		c.Name != "renamed" || c.TimeZone != "Europe/London" || c.ReplyTo != "help@example.jp" || c.Template != "card-reissue" || c.Data["company"] != "Example" {
 		t.Fatalf("patch: %d %+v", code, c)
 	}
-	if code := call(t, hs, "PATCH", "/v1/campaigns/"+cid, map[string]string{"Content-Type": "application/merge-patch+json"}, strings.NewReader(`{"reply_to":null}`), &c); code != 200 || c.ReplyTo != "" {
-		t.Fatalf("patch reply_to null: %d %+v", code, c)
+	var reset notice.Campaign
+	if code := call(t, hs, "PATCH", "/v1/campaigns/"+cid, map[string]string{"Content-Type": "application/merge-patch+json"}, strings.NewReader(`{"reply_to":null}`), &reset); code != 200 ||
+		reset.ReplyTo != "" || reset.Name != "renamed" {
+		t.Fatalf("patch reply_to null: %d %+v", code, reset)
 	}
 	for _, tc := range []struct {
 		body   string

