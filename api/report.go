@@ -120,7 +120,8 @@ func reportRow(rc *notice.Recipient, defLocale string, zone *time.Location) []st
 	if d := rc.PossibleDuplicate; d != nil {
 		times := make([]string, len(d.Attempts))
 		for i := range d.Attempts {
-			times[i] = stamp(&d.Attempts[i])
+			// To the millisecond: two attempts may start in one second.
+			times[i] = d.Attempts[i].In(zone).Format(csvTime + ".000")
 		}
 		row[16] = strings.Join(times, "; ")
 		if row[16] == "" {
