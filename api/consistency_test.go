@@ -44,7 +44,7 @@ func TestPagingEverywhere(t *testing.T) {
 	for _, l := range lists {
 		for _, tc := range []struct{ query, code, field string }{
 			{"limit=0", "bad_limit", "limit"}, {"limit=x", "bad_limit", "limit"}, {"limit=100000", "bad_limit", "limit"},
-			{"cursor=not-a-cursor", "bad_cursor", "cursor"},
+			{"cursor=not-a-cursor", "bad_cursor", "cursor"}, {"offset=10", "bad_param", "offset"},
 		} {
 			var e errBody
 			if code := call(t, hs, "GET", l+"?"+tc.query, nil, nil, &e); code != 400 || e.Error.Code != tc.code || e.fields() != tc.field || e.Error.Message == "" {

@@ -16,6 +16,15 @@ import (
 // pageLimit reads ?limit=: def when absent, 1..max otherwise. On a bad
 // value it answers 400 and returns false.
 func pageLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
+	// The paging parameters of earlier versions: a client still sending
+	// them would get the first page for ever.
+	for _, old := range []string{"offset", "before"} {
+		if q.Has(old) {
+			msg := old + " is no longer taken: page with cursor (the answer's next_cursor)"
+			writeError(w, http.StatusBadRequest, "bad_param", msg, []fieldError{{old, msg}})
+			return 0, false
+		}
+	}
 	v := q.Get("limit")
 	if v == "" {
 		return def, true
