@@ -12,6 +12,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -88,6 +91,7 @@ type Server struct {
 	limitLog  logSampler          // "API key reached its limit", sampled
 	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
 	events    *webhooks.Emitter   // status webhooks (nil: off)
+	patterns  []string            // every pattern mounted, in order (Routes)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -125,11 +129,18 @@ func (s *Server) Keys() *auth.Keys { return s.keys }
 
 // Handle mounts h at pattern behind the given roles.
 func (s *Server) Handle(pattern string, h http.Handler, roles ...auth.Role) {
-	s.mux.Handle(pattern, s.keys.Require(h, roles...))
+	s.HandlePublic(pattern, s.keys.Require(h, roles...))
 }
 
 // HandlePublic mounts h with no authentication (pages that do their own).
-func (s *Server) HandlePublic(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) HandlePublic(pattern string, h http.Handler) {
+	s.patterns = append(s.patterns, pattern)
+	s.mux.Handle(pattern, h)
+}
+
+// Routes lists the patterns mounted ("GET /v1/campaigns/{id}", "/support/"),
+// for the test that holds them and the OpenAPI document to each other.
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -141,12 +152,15 @@ func (s *Server) routes() {
 	all := []auth.Role{auth.RoleSupport, auth.RoleOperator}
 	h := func(pattern string, fn http.HandlerFunc, roles ...auth.Role) { s.Handle(pattern, fn, roles...) }
 
-	s.mux.HandleFunc("GET /healthz", Healthz)
-	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.HandlePublic("GET /healthz", http.HandlerFunc(Healthz))
+	s.HandlePublic("GET /readyz", http.HandlerFunc(s.readyz))
+	s.HandlePublic("GET /v1/openapi.json", http.HandlerFunc(serveOpenAPI))
 
 	h("POST /v1/campaigns", s.idempotent(s.createCampaign))
 	h("GET /v1/campaigns", s.listCampaigns, all...)
 	h("GET /v1/campaigns/{id}", s.getCampaign, all...)
+	h("PATCH /v1/campaigns/{id}", s.patchCampaign)
+	h("DELETE /v1/campaigns/{id}", s.deleteCampaign)
 	h("POST /v1/campaigns/{id}/recipients", s.idempotentUpload(s.uploadRecipients))
 	h("GET /v1/campaigns/{id}/recipients", s.listRecipients, auth.RoleSupport)
 	h("GET /v1/campaigns/{id}/recipients/{rid}", s.getRecipient, auth.RoleSupport)
@@ -167,6 +181,7 @@ func (s *Server) routes() {
 	h("POST /v1/templates/{name}/preview", s.previewTemplate)
 
 	h("GET /v1/suppressions", s.listSuppressions, auth.RoleSupport)
+	h("GET /v1/suppressions/{email}", s.getSuppression, auth.RoleSupport)
 	h("POST /v1/suppressions", s.idempotent(s.addSuppression))
 	h("DELETE /v1/suppressions/{email}", s.deleteSuppression)
 
@@ -315,7 +330,9 @@ func writeError(w http.ResponseWriter, status int, code, msg string, details any
 	// The net under every message that quotes what it refused: a card
 	// number is never echoed back.
 	msg = ingest.MaskCardNumbers(msg)
-	if fe, ok := details.([]fieldError); ok {
+	if fe, ok := details.([]fieldError); ok && len(fe) == 0 {
+		details = nil // no field to name: no details, not an empty list
+	} else if ok {
 		masked := make([]fieldError, len(fe))
 		for i, f := range fe {
 			masked[i] = fieldError{ingest.MaskCardNumbers(f.Field), ingest.MaskCardNumbers(f.Error)}
@@ -353,7 +370,42 @@ func bodyError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body larger than %d bytes", mbe.Limit), nil)
 		return
 	}
-	writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), nil)
+	writeError(w, http.StatusBadRequest, "bad_json", "request body: "+err.Error(), jsonDetails(err))
+}
+
+// jsonKind says in JSON's words what a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return t.String()
+}
+
+// jsonDetails names the field a JSON decoding error is about, when it is
+// about one: a field the request has no such name for, or a value of the
+// wrong type.
+func jsonDetails(err error) []fieldError {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return []fieldError{{te.Field, "must be " + jsonKind(te.Type) + ", not a JSON " + te.Value}}
+	}
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if name, err := strconv.Unquote(f); err == nil {
+			return []fieldError{{name, "unknown field"}}
+		}
+	}
+	return nil
 }
 
 // decodeOptionalJSON is decodeJSON for a body that may also be empty.

@@ -44,22 +44,17 @@ func (s *Server) auditFirst(ctx context.Context, e store.AuditEntry) error {
 	return nil
 }
 
-// auditLog answers GET /v1/audit?campaign=&actor=&before=&limit=, newest
-// first. next_before pages on.
+// auditLog answers GET /v1/audit?campaign=&actor=&limit=&cursor=, newest
+// first; next_cursor pages on (an entry id: older entries come after it).
 func (s *Server) auditLog(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			writeError(w, http.StatusBadRequest, "bad_limit", "limit must be 1 to 1000", nil)
-			return
-		}
-		limit = n
+	limit, ok := pageLimit(w, q, 100, 1000)
+	if !ok {
+		return
 	}
-	before := q.Get("before")
+	before := q.Get("cursor")
 	if before != "" && !validStreamID(before) {
-		writeError(w, http.StatusBadRequest, "bad_cursor", "before must be an entry id (or next_before) from this API", nil)
+		badCursor(w, before)
 		return
 	}
 	entries, next, err := s.store.AuditLog(r.Context(), store.AuditQuery{
@@ -72,11 +67,7 @@ func (s *Server) auditLog(w http.ResponseWriter, r *http.Request) {
 	if entries == nil {
 		entries = []store.AuditEntry{}
 	}
-	ans := map[string]any{"entries": entries, "next_before": nil}
-	if next != "" {
-		ans["next_before"] = next
-	}
-	writeJSON(w, http.StatusOK, ans)
+	writeJSON(w, http.StatusOK, map[string]any{"entries": entries, "next_cursor": nextCursor(next)})
 }
 
 // validStreamID accepts "ms" or "ms-seq", the forms of a Redis stream id.

@@ -296,6 +296,7 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit(r, store.AuditEntry{Action: "campaign.create", CampaignID: c.ID})
+	w.Header().Set("Location", "/v1/campaigns/"+c.ID)
 	writeJSON(w, http.StatusCreated, c)
 }
 
@@ -425,22 +426,40 @@ func recentRate(samples []store.Sample, now time.Time, done int64) (rate float64
 	return 0, 0, false
 }
 
+// listCampaigns answers GET /v1/campaigns?status=&limit=&cursor=, newest
+// first.
 func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
-	offset, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
-	limit, _ := strconv.ParseInt(r.URL.Query().Get("limit"), 10, 64)
-	if limit <= 0 || limit > 200 {
-		limit = 50
+	q := r.URL.Query()
+	var want notice.CampaignStatus
+	if v := q.Get("status"); v != "" {
+		want = notice.CampaignStatus(v)
+		if !slices.Contains(campaignStatuses, want) {
+			msg := fmt.Sprintf("unknown campaign status %s (want one of draft, sending, paused, done, cancelled)", quoted(v))
+			writeError(w, http.StatusBadRequest, "bad_status", msg, []fieldError{{"status", msg}})
+			return
+		}
 	}
-	cs, err := s.store.Campaigns(r.Context(), max(offset, 0), limit)
+	limit, ok := pageLimit(w, q, 50, 200)
+	if !ok {
+		return
+	}
+	cursor := q.Get("cursor")
+	if _, _, err := store.ParseCampaignCursor(cursor); cursor != "" && err != nil {
+		badCursor(w, cursor)
+		return
+	}
+	page, err := s.store.Campaigns(r.Context(), cursor, limit, want)
 	if err != nil {
 		s.storeError(w, r, err)
 		return
 	}
-	for _, c := range cs {
+	for _, c := range page.Campaigns {
 		s.sentNeverBack(c)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"campaigns": cs})
+	writeJSON(w, http.StatusOK, map[string]any{"campaigns": page.Campaigns, "next_cursor": nextCursor(page.Next)})
 }
+
+var campaignStatuses = []notice.CampaignStatus{notice.CampaignDraft, notice.CampaignSending, notice.CampaignPaused, notice.CampaignDone, notice.CampaignCancelled}
 
 // maxScheduleAhead bounds how far ahead a start may be scheduled: further
 // is more likely a typo in the year than a plan.
@@ -471,7 +490,8 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 		}
 		at = new(time.Time)
 		if err := json.Unmarshal(req.At, at); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_json", "request body: at: "+err.Error(), nil)
+			writeError(w, http.StatusBadRequest, "bad_json", "request body: at: "+err.Error(),
+				[]fieldError{{"at", "not an RFC 3339 time (like 2026-12-01T09:00:00+09:00): " + err.Error()}})
 			return
 		}
 	}
@@ -570,7 +590,7 @@ func (s *Server) startCampaign(w http.ResponseWriter, r *http.Request) {
 
 // charsetProblems renders the campaign for both locales with a sample
 // recipient and reports what ISO-2022-JP cannot carry.
-func (s *Server) charsetProblems(c *notice.Campaign) any {
+func (s *Server) charsetProblems(c *notice.Campaign) []fieldError {
 	var out []string
 	for _, loc := range []string{notice.LocaleJA, notice.LocaleEN} {
 		rd, err := s.templates.Render(c.Template, templates.Input{Locale: loc, Data: c.Data, Recipient: templates.SampleRecipient(loc), Paragraphs: c.Paragraphs})
@@ -585,7 +605,8 @@ func (s *Server) charsetProblems(c *notice.Campaign) any {
 	if out == nil {
 		return nil
 	}
-	return out
+	// One entry for the one field at fault: the charset the campaign chose.
+	return []fieldError{{"charset", strings.Join(out, "; ")}}
 }
 
 func (s *Server) pauseCampaign(w http.ResponseWriter, r *http.Request) {

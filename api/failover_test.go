@@ -83,14 +83,15 @@ func TestPossibleDuplicateShown(t *testing.T) {
 	}
 	col := -1
 	for i, h := range rows[0] {
-		if h == "possible_duplicate" {
+		if h == "possible_duplicate (Asia/Tokyo)" {
 			col = i
 		}
 	}
 	if col < 0 {
 		t.Fatalf("report has no possible_duplicate column: %v", rows[0])
 	}
-	want := r1.PossibleDuplicate.Attempts[0].Format(time.RFC3339Nano) + " " + r1.PossibleDuplicate.Attempts[1].Format(time.RFC3339Nano)
+	tokyo, _ := time.LoadLocation("Asia/Tokyo")
+	want := r1.PossibleDuplicate.Attempts[0].In(tokyo).Format("2006-01-02 15:04:05.000") + "; " + r1.PossibleDuplicate.Attempts[1].In(tokyo).Format("2006-01-02 15:04:05.000")
 	if rows[1][col] != want || rows[2][col] != "" {
 		t.Errorf("possible_duplicate cells %q, %q; want %q, \"\"", rows[1][col], rows[2][col], want)
 	}

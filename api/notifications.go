@@ -115,7 +115,7 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 	c.Kind = kind
 	if c.Charset == notice.CharsetISO2022JP {
 		if problems := s.charsetProblems(&c); problems != nil {
-			return nil, &InvalidError{Code: "charset", Msg: "the notice has characters ISO-2022-JP cannot carry", Fields: []fieldError{{"charset", fmt.Sprint(problems)}}}
+			return nil, &InvalidError{Code: "charset", Msg: "the notice has characters ISO-2022-JP cannot carry", Fields: problems}
 		}
 	}
 	if err := s.store.CreateCampaign(ctx, &c); err != nil {

@@ -527,12 +527,23 @@ func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, msg string,
 
 func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	offset, _ := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
-	limit, _ := strconv.ParseInt(r.URL.Query().Get("limit"), 10, 64)
-	if limit <= 0 || limit > 10000 {
-		limit = 1000
+	q := r.URL.Query()
+	limit, ok := pageLimit(w, q, 1000, 10000)
+	if !ok {
+		return
 	}
-	raw, total, err := s.store.Rejections(r.Context(), id, max(offset, 0), limit)
+	// The cursor is the position in the list of kept rejections, which
+	// only grows at its end.
+	var offset int64
+	if v := q.Get("cursor"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 1 {
+			badCursor(w, v)
+			return
+		}
+		offset = n
+	}
+	raw, total, err := s.store.Rejections(r.Context(), id, offset, int64(limit))
 	if err != nil {
 		s.storeError(w, r, err)
 		return
@@ -552,9 +563,9 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) {
 	}
 	// total: rejections kept in full (each upload's first 1,000);
 	// rejected_count and counts: every rejection, by field and error.
-	ans := map[string]any{"rejected": out, "total": total, "offset": offset, "rejected_count": all, "counts": counts}
+	ans := map[string]any{"rejected": out, "total": total, "rejected_count": all, "counts": counts, "next_cursor": nil}
 	if next := offset + int64(len(raw)); next < total {
-		ans["next_offset"] = next
+		ans["next_cursor"] = strconv.FormatInt(next, 10)
 	}
 	writeJSON(w, http.StatusOK, ans)
 }
@@ -573,12 +584,12 @@ func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	cursor, err := parseCursor(q.Get("cursor"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_cursor", err.Error(), nil)
+		badCursor(w, q.Get("cursor"))
 		return
 	}
-	limit, _ := strconv.Atoi(q.Get("limit"))
-	if limit <= 0 || limit > 1000 {
-		limit = 100
+	limit, ok := pageLimit(w, q, 100, 1000)
+	if !ok {
+		return
 	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
@@ -614,7 +625,7 @@ func statusParam(w http.ResponseWriter, q url.Values) (notice.Status, bool) {
 	}
 	st, err := notice.ParseStatus(v)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_status", err.Error(), nil)
+		writeError(w, http.StatusBadRequest, "bad_status", err.Error(), []fieldError{{"status", err.Error()}})
 		return "", false
 	}
 	return st, true
@@ -639,9 +650,8 @@ func parseCursor(s string) (int64, error) {
 }
 
 func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
-	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
-	if err != nil || rid < 1 {
-		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", nil)
+	rid, ok := recipientID(w, r)
+	if !ok {
 		return
 	}
 	rc, err := s.store.Recipient(r.Context(), r.PathValue("id"), rid)
@@ -652,18 +662,44 @@ func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rc)
 }
 
+// recipientID reads the {rid} path value; on a bad one it answers 400.
+func recipientID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
+	if err != nil || rid < 1 {
+		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", []fieldError{{"rid", "must be a positive number"}})
+		return 0, false
+	}
+	return rid, true
+}
+
+// listSuppressions answers GET /v1/suppressions: the list, a page at a
+// time (a Redis HSCAN underneath: limit is how many it asks for, and a
+// page may hold a few more or fewer), or with ?email= that address's entry.
 func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
-	if e := r.URL.Query().Get("email"); e != "" {
+	q := r.URL.Query()
+	if e := q.Get("email"); e != "" {
 		sup, err := s.store.Suppression(r.Context(), lookupForm(e))
 		if err != nil {
 			s.storeError(w, r, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"suppressions": []store.Suppression{*sup}})
+		writeJSON(w, http.StatusOK, map[string]any{"suppressions": []store.Suppression{*sup}, "next_cursor": nil})
 		return
 	}
-	cursor, _ := strconv.ParseUint(r.URL.Query().Get("cursor"), 10, 64)
-	list, next, err := s.store.Suppressions(r.Context(), cursor, 500)
+	limit, ok := pageLimit(w, q, 500, 1000)
+	if !ok {
+		return
+	}
+	var cursor uint64
+	if v := q.Get("cursor"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil || n == 0 {
+			badCursor(w, v)
+			return
+		}
+		cursor = n
+	}
+	list, next, err := s.store.Suppressions(r.Context(), cursor, int64(limit))
 	if err != nil {
 		s.storeError(w, r, err)
 		return
@@ -675,6 +711,17 @@ func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ans)
 }
 
+// getSuppression answers GET /v1/suppressions/{email}: that address's
+// entry, or 404 when it is not suppressed.
+func (s *Server) getSuppression(w http.ResponseWriter, r *http.Request) {
+	sup, err := s.store.Suppression(r.Context(), lookupForm(r.PathValue("email")))
+	if err != nil {
+		s.storeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sup)
+}
+
 func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Email  string `json:"email"`
@@ -683,17 +730,26 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
+	// Every bad field is named at once: one details entry each.
+	var bad []fieldError
+	code, msg := "", ""
 	rc := notice.Recipient{Email: req.Email}
 	if rej := ingest.Validate(&rc); rej != nil && rej.Field == "email" {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_email", rej.Error, []fieldError{{"email", rej.Error}})
-		return
+		bad = append(bad, fieldError{"email", rej.Error})
+		code, msg = "invalid_email", rej.Error
 	}
 	if strings.TrimSpace(req.Reason) == "" {
-		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required", []fieldError{{"reason", "required"}})
-		return
+		bad = append(bad, fieldError{"reason", "required"})
+		code, msg = cmp.Or(code, "reason_required"), cmp.Or(msg, "a reason is required")
+	} else if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
+		bad = append(bad, fe...)
+		code, msg = cmp.Or(code, "invalid_reason"), cmp.Or(msg, "the reason looks like it holds a full card number")
 	}
-	if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+	if len(bad) > 1 {
+		code, msg = "invalid", "the suppression has invalid fields"
+	}
+	if len(bad) > 0 {
+		writeError(w, http.StatusUnprocessableEntity, code, msg, bad)
 		return
 	}
 	// Answer with the address as it is kept (and listed, and matched).
@@ -706,6 +762,7 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit(r, store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(sup.Email)})
+	w.Header().Set("Location", "/v1/suppressions/"+url.PathEscape(sup.Email))
 	writeJSON(w, http.StatusCreated, sup)
 }
 

@@ -134,21 +134,21 @@ func TestUploadCountsAndRejections(t *testing.T) {
 	var got int
 	var counts []map[string]any
 	var all float64
-	for offset := 0; ; {
+	for cursor := ""; ; {
 		var page struct {
 			Rejected      []json.RawMessage `json:"rejected"`
 			Total         int               `json:"total"`
-			NextOffset    *int              `json:"next_offset"`
+			NextCursor    *string           `json:"next_cursor"`
 			RejectedCount float64           `json:"rejected_count"`
 			Counts        []map[string]any  `json:"counts"`
 		}
-		call(t, hs, "GET", fmt.Sprintf("%s?offset=%d&limit=600", ans.RejectionsURL, offset), nil, nil, &page)
+		call(t, hs, "GET", fmt.Sprintf("%s?cursor=%s&limit=600", ans.RejectionsURL, cursor), nil, nil, &page)
 		got += len(page.Rejected)
 		counts, all = page.Counts, page.RejectedCount
-		if page.NextOffset == nil {
+		if page.NextCursor == nil {
 			break
 		}
-		offset = *page.NextOffset
+		cursor = *page.NextCursor
 	}
 	if got != 1000 || all != 1500 || len(counts) != 1 || counts[0]["field"] != "locale" || counts[0]["count"] != float64(1500) {
 		t.Errorf("rejections fetched: %d in full, %v counted as %v; want 1000, and 1500 of locale", got, all, counts)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,7 +54,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	}
 	// The language the notice went out in: a recipient without a locale of
 	// its own got the campaign's default.
-	defLocale := c.DefaultLocale
+	defLocale, zone := c.DefaultLocale, c.Zone()
 	// Who took a copy of the recipients' addresses is itself worth a trace.
 	rows := st.Seq
 	if c.PurgedAt != nil {
@@ -62,7 +63,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	details, _ := json.Marshal(map[string]any{"status": want, "recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
-	w, cw := s.startCSV(w, "oshirase-"+id+"-report.csv", bom, reportColumns)
+	w, cw := s.startCSV(w, "oshirase-"+id+"-report.csv", bom, zoned(reportColumns, reportTimes, zone))
 	rc := http.NewResponseController(w)
 	for from := int64(1); from <= st.Seq; from += reportBatch {
 		ch, err := s.store.LoadRecipients(r.Context(), id, from, min(from+reportBatch, st.Seq+1), time.Time{})
@@ -76,7 +77,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		}
 		for i := range ch.Recipients {
 			if rc := &ch.Recipients[i]; want == "" || rc.Status == want {
-				cw.Write(reportRow(rc, defLocale))
+				cw.Write(reportRow(rc, defLocale, zone))
 			}
 		}
 		cw.Flush()
@@ -87,7 +88,8 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func reportRow(rc *notice.Recipient, defLocale string) []string {
+func reportRow(rc *notice.Recipient, defLocale string, zone *time.Location) []string {
+	stamp := func(t *time.Time) string { return stampIn(t, zone) }
 	locale := rc.Locale
 	if locale == "" {
 		locale = defLocale
@@ -118,9 +120,10 @@ func reportRow(rc *notice.Recipient, defLocale string) []string {
 	if d := rc.PossibleDuplicate; d != nil {
 		times := make([]string, len(d.Attempts))
 		for i := range d.Attempts {
-			times[i] = stamp(&d.Attempts[i])
+			// To the millisecond: two attempts may start in one second.
+			times[i] = d.Attempts[i].In(zone).Format(csvTime + ".000")
 		}
-		row[16] = strings.Join(times, " ")
+		row[16] = strings.Join(times, "; ")
 		if row[16] == "" {
 			row[16] = "yes" // the times were lost with the outcome
 		}
@@ -159,11 +162,31 @@ func lastReturned(evs []notice.Returned) *notice.Returned {
 	return last
 }
 
-func stamp(t *time.Time) string {
+// csvTime is how a CSV download writes a time: in the campaign's zone,
+// the way Excel (and LibreOffice, and Google Sheets) read a date and time
+// without asking. The zone is in the column's name (zoned).
+const csvTime = "2006-01-02 15:04:05"
+
+func stampIn(t *time.Time, zone *time.Location) string {
 	if t == nil {
 		return ""
 	}
-	return t.UTC().Format(time.RFC3339Nano)
+	return t.In(zone).Format(csvTime)
+}
+
+// reportTimes are the report's columns that hold times.
+var reportTimes = []string{"first_attempt_at", "sent_at", "last_resend_sent_at", "possible_duplicate", "bounced_at"}
+
+// zoned is columns with the zone the times are in added to the name of
+// each time column ("sent_at (Asia/Tokyo)"): the file says it itself.
+func zoned(columns, times []string, zone *time.Location) []string {
+	out := slices.Clone(columns)
+	for i, c := range out {
+		if slices.Contains(times, c) {
+			out[i] = c + " (" + zone.String() + ")"
+		}
+	}
+	return out
 }
 
 // spreadsheetSafe keeps a cell from being read as a formula by a
@@ -186,7 +209,7 @@ func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok 
 	if v := q.Get("bom"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", nil)
+			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", []fieldError{{"bom", "must be true or false"}})
 			return false, false
 		}
 		bom = b

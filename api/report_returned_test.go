@@ -25,11 +25,11 @@ func TestReportRowReturned(t *testing.T) {
 		{"none", nil, ",,,,"},
 		{"delayed only", []notice.Returned{delayed}, ",delayed,4.2.0,,relay.example.jp"},
 		{"delayed then bounced", []notice.Returned{delayed, bounced, {Kind: "auto-reply"}},
-			"2026-12-01T21:00:00Z,failed,5.1.1,smtp; 550 5.1.1 User unknown,relay.example.jp"},
-		{"complaint", []notice.Returned{{At: at, Kind: "complained", FeedbackType: "abuse"}}, "2026-12-01T20:00:00Z,complaint:abuse,,,"},
+			"2026-12-01 21:00:00,failed,5.1.1,smtp; 550 5.1.1 User unknown,relay.example.jp"},
+		{"complaint", []notice.Returned{{At: at, Kind: "complained", FeedbackType: "abuse"}}, "2026-12-01 20:00:00,complaint:abuse,,,"},
 	} {
 		rc := &notice.Recipient{ID: 1, Email: "a@example.jp", Returned: tc.evs}
-		row := reportRow(rc, "ja")
+		row := reportRow(rc, "ja", time.UTC)
 		if len(row) != len(reportColumns) {
 			t.Fatalf("%s: %d cells for %d columns", tc.name, len(row), len(reportColumns))
 		}

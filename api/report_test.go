@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -64,13 +65,16 @@ func TestCampaignReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at,sent_at,message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at,accepted_reply,possible_duplicate,bounced_at,dsn_action,dsn_status,dsn_diagnostic,reporting_mta" {
+	if len(rows) != n+1 || strings.Join(rows[0], ",") != "recipient_id,email,customer_id,locale,status,attempts,first_attempt_at (Asia/Tokyo),sent_at (Asia/Tokyo),message_id,last_code,last_enhanced,last_error,resends,last_resend_status,last_resend_sent_at (Asia/Tokyo),accepted_reply,possible_duplicate (Asia/Tokyo),bounced_at (Asia/Tokyo),dsn_action,dsn_status,dsn_diagnostic,reporting_mta" {
 		t.Fatalf("%d rows, header %v", len(rows), rows[0])
 	}
 	col := map[string]int{}
 	for i, h := range rows[0] {
-		col[h] = i
+		col[strings.TrimSuffix(h, " (Asia/Tokyo)")] = i
 	}
+	// Times as Excel reads them, in the campaign's zone (Asia/Tokyo, its
+	// default), which the column names say.
+	tokyo, _ := time.LoadLocation("Asia/Tokyo")
 	for i, row := range rows[1:] {
 		id, email := fmt.Sprint(i+1), rcpts[i].Email
 		// The relay's own words when it took the notice are kept (go-smtp
@@ -90,6 +94,12 @@ func TestCampaignReport(t *testing.T) {
 		}
 		if sent := row[col["sent_at"]] != "" && row[col["message_id"]] != ""; sent != (want["status"] == "sent") {
 			t.Errorf("row %d: sent_at %q, message_id %q for status %s", i+1, row[col["sent_at"]], row[col["message_id"]], want["status"])
+		}
+		if v := row[col["sent_at"]]; v != "" {
+			at, err := time.ParseInLocation("2006-01-02 15:04:05", v, tokyo)
+			if err != nil || time.Since(at) > time.Hour || time.Since(at) < -time.Minute {
+				t.Errorf("row %d: sent_at %q is not the send time in Asia/Tokyo as 2006-01-02 15:04:05 (%v)", i+1, v, err)
+			}
 		}
 		if strings.Contains(strings.Join(row, ","), "山田") {
 			t.Errorf("row %d shows the name: %v", i+1, row)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -310,9 +309,8 @@ func domainOf(addr string) string { return addr[strings.LastIndexByte(addr, '@')
 // resend answers POST /v1/campaigns/{id}/recipients/{rid}/resend.
 func (s *Server) resend(w http.ResponseWriter, r *http.Request) {
 	cid := r.PathValue("id")
-	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
-	if err != nil || rid < 1 {
-		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", nil)
+	rid, ok := recipientID(w, r)
+	if !ok {
 		return
 	}
 	var req ResendRequest

@@ -198,14 +198,14 @@ func TestLookupResendAudit(t *testing.T) {
 		t.Fatalf("audit by actor: %d %s", code, body)
 	}
 	var page struct {
-		NextBefore string `json:"next_before"`
+		NextCursor string `json:"next_cursor"`
 	}
 	json.Unmarshal(body, &page)
-	code, body = teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?actor=support&before="+page.NextBefore, "", nil, &audit)
+	code, body = teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?actor=support&cursor="+page.NextCursor, "", nil, &audit)
 	if code != 200 || len(audit.Entries) != 2 || audit.Entries[0].Reason != "once more" || audit.Entries[1].Reason != "customer changed address" {
 		t.Fatalf("audit second page: %d %s", code, body)
 	}
-	if code, _ := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?before=x", "", nil, nil); code != 400 {
+	if code, _ := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit?cursor=x", "", nil, nil); code != 400 {
 		t.Errorf("bad cursor: %d, want 400", code)
 	}
 }

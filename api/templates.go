@@ -116,7 +116,7 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Data != nil {
 		if err := s.templates.Validate(name, req.Data); err != nil {
-			writeError(w, http.StatusUnprocessableEntity, "invalid_data", err.Error(), dataDetails(err))
+			writeError(w, http.StatusUnprocessableEntity, "invalid_data", err.Error(), dataErrors(err))
 			return
 		}
 		in.Data = req.Data
@@ -215,13 +215,4 @@ func normCharset(cs string) (string, bool) {
 		return notice.CharsetISO2022JP, true
 	}
 	return "", false
-}
-
-// dataDetails lists the fields of a *templates.DataError, if err is one.
-func dataDetails(err error) any {
-	var de *templates.DataError
-	if errors.As(err, &de) {
-		return de
-	}
-	return nil
 }

@@ -48,7 +48,7 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 	details, _ := json.Marshal(map[string]any{"recipients": rows})
 	s.audit(r, store.AuditEntry{Action: "campaign.unreachable", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
-	w, cw := s.startCSV(w, "oshirase-"+id+"-unreachable.csv", bom, unreachableColumns)
+	w, cw := s.startCSV(w, "oshirase-"+id+"-unreachable.csv", bom, zoned(unreachableColumns, []string{"at"}, c.Zone()))
 	rc := http.NewResponseController(w)
 	now := time.Now()
 	for from := int64(1); from <= rows; from += reportBatch {
@@ -94,6 +94,7 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 // campaign's start, when it has none yet). sup is the suppression list's
 // record of a suppressed recipient's address (nil: removed since).
 func unreachableRow(rc *notice.Recipient, c *notice.Campaign, now time.Time, maxAge time.Duration, sup *store.Suppression) []string {
+	stamp := func(t *time.Time) string { return stampIn(t, c.Zone()) }
 	var reason string
 	switch rc.Status {
 	case notice.StatusFailed:

@@ -99,13 +99,13 @@ func TestUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := [][]string{
-		{"recipient_id", "email", "customer_id", "locale", "status", "reason", "code", "diagnostic", "at", "reporting_mta"},
+		{"recipient_id", "email", "customer_id", "locale", "status", "reason", "code", "diagnostic", "at (Asia/Tokyo)", "reporting_mta"},
 		{"10", refused, "C00010", "ja", "failed", "the mail server refused the notice", "550 5.1.1", "*User unknown*", "*", ""},
 		{"100", suppressed, "C00100", "ja", "suppressed", "not sent: the address is on the suppression list", "",
 			"suppression list: customer asked by phone (added by admin)", "*", ""},
 		{"500", "u0500@example.jp", "C00500", "ja", "bounced", "the notice bounced after the relay accepted it", "5.1.1",
-			"smtp; 550 5.1.1 <u***@example.jp>: Recipient address rejected", "2026-12-01T21:00:00Z", "relay.example.jp"},
-		{"600", "u0600@example.jp", "'=HYPERLINK(1)", "en", "complained", "the customer reported the notice as spam", "complaint:abuse", "", "2026-12-01T21:00:00Z", ""},
+			"smtp; 550 5.1.1 <u***@example.jp>: Recipient address rejected", "2026-12-02 06:00:00", "relay.example.jp"},
+		{"600", "u0600@example.jp", "'=HYPERLINK(1)", "en", "complained", "the customer reported the notice as spam", "complaint:abuse", "", "2026-12-02 06:00:00", ""},
 	}
 	if len(rows) != len(want) {
 		t.Fatalf("%d rows, want %d: %q", len(rows), len(want), rows)

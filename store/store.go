@@ -178,24 +178,166 @@ func (s *Store) State(ctx context.Context, id string) (CampaignState, error) {
 	return st, nil
 }
 
-// Campaigns lists campaigns, newest first.
-func (s *Store) Campaigns(ctx context.Context, offset, limit int64) ([]*notice.Campaign, error) {
-	ids, err := s.rdb.ZRevRange(ctx, s.k.campaigns(), offset, offset+limit-1).Result()
-	if err != nil {
-		return nil, fmt.Errorf("list campaigns: %w", err)
+// CampaignPage is one page of the campaign list: Next is the cursor of the
+// page after it ("" at the end).
+type CampaignPage struct {
+	Campaigns []*notice.Campaign
+	Next      string
+}
+
+// ParseCampaignCursor reads a campaign list cursor ("<created ms>.<id>", as
+// Campaigns gives it out).
+func ParseCampaignCursor(c string) (ms int64, id string, err error) {
+	a, id, ok := strings.Cut(c, ".")
+	ms, perr := strconv.ParseInt(a, 10, 64)
+	if !ok || perr != nil || ms < 0 || id == "" {
+		return 0, "", fmt.Errorf("cursor %q is not one this API gave out", c)
 	}
-	out := make([]*notice.Campaign, 0, len(ids))
-	for _, id := range ids {
-		c, err := s.Campaign(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
+	return ms, id, nil
+}
+
+// Campaigns lists campaigns newest first, limit at a time, those of status
+// want only when want is not "". The cursor is the position of the last
+// campaign of the previous page (its creation time and id), not an offset:
+// campaigns created or deleted meanwhile neither repeat nor skip one.
+func (s *Store) Campaigns(ctx context.Context, cursor string, limit int, want notice.CampaignStatus) (*CampaignPage, error) {
+	max, afterID := "+inf", ""
+	if cursor != "" {
+		ms, id, err := ParseCampaignCursor(cursor)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, c)
+		max, afterID = strconv.FormatInt(ms, 10), id
+	}
+	page := &CampaignPage{Campaigns: []*notice.Campaign{}}
+	const batch = 200
+	// Bounded: a status filter reads at most this many batches per page
+	// (then hands out a cursor where it stopped).
+	for range 50 {
+		zs, err := s.rdb.ZRevRangeByScoreWithScores(ctx, s.k.campaigns(), &redis.ZRangeBy{Max: max, Min: "-inf", Count: batch}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("list campaigns: %w", err)
+		}
+		var last redis.Z
+		for _, z := range zs {
+			id := z.Member.(string)
+			// Ties (same millisecond) come in reverse id order: skip up
+			// to and including the cursor's campaign.
+			if afterID != "" && strconv.FormatFloat(z.Score, 'f', 0, 64) == max && id >= afterID {
+				continue
+			}
+			last = z
+			c, err := s.Campaign(ctx, id)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			if want != "" && c.Status != want {
+				continue
+			}
+			page.Campaigns = append(page.Campaigns, c)
+			if len(page.Campaigns) == limit {
+				page.Next = campaignCursor(z)
+				return page, nil
+			}
+		}
+		if len(zs) < batch || last.Member == nil {
+			return page, nil
+		}
+		max, afterID = strconv.FormatFloat(last.Score, 'f', 0, 64), last.Member.(string)
+	}
+	page.Next = max + "." + afterID
+	return page, nil
+}
+
+func campaignCursor(z redis.Z) string {
+	return strconv.FormatFloat(z.Score, 'f', 0, 64) + "." + z.Member.(string)
+}
+
+// UpdateDraft replaces a draft campaign's definition with fn's change of
+// it. Only a draft changes: its definition is what every notice is made of,
+// and one already sending must stay what it was when it started (ErrNotDraft).
+func (s *Store) UpdateDraft(ctx context.Context, id string, fn func(*notice.Campaign) error) (*notice.Campaign, error) {
+	ck := s.k.campaign(id)
+	var out *notice.Campaign
+	err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+		c, err := s.Campaign(ctx, id)
+		if err != nil {
+			return err
+		}
+		if c.Status != notice.CampaignDraft {
+			return fmt.Errorf("campaign %s is %s; only a draft can be changed: %w", id, c.Status, ErrNotDraft)
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+		def := *c
+		def.Status, def.Counts, def.LastUpload, def.ScheduledAt = "", notice.Counts{}, nil, nil
+		b, err := json.Marshal(&def)
+		if err != nil {
+			return fmt.Errorf("encode campaign: %w", err)
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Set(ctx, ck.def, b, 0)
+			return nil
+		})
+		out = c
+		return err
+	}, ck.state, ck.def)
+	if errors.Is(err, redis.TxFailedErr) {
+		return nil, fmt.Errorf("campaign %s changed meanwhile; try again: %w", id, ErrConflict)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// deleteDraftScript deletes a draft campaign's keys, if it is still a draft.
+// KEYS: the campaign's state key, then every key of the campaign.
+// ARGV: none. Returns 1 when deleted; errors NOCAMPAIGN or NOTDRAFT <status>.
+var deleteDraftScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return redis.error_reply('NOCAMPAIGN') end
+if st ~= 'draft' then return redis.error_reply('NOTDRAFT ' .. st) end
+redis.call('DEL', unpack(KEYS))
+return 1
+`)
+
+// DeleteDraft removes a draft campaign with its recipients, and their
+// entries in the address index. A campaign that has started is part of the
+// record (who was told what) and is never deleted (ErrNotDraft).
+func (s *Store) DeleteDraft(ctx context.Context, id string) error {
+	st, err := s.State(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st.Status != notice.CampaignDraft {
+		return fmt.Errorf("campaign %s is %s; only a draft can be deleted (cancel, then purge, one that has started): %w", id, st.Status, ErrNotDraft)
+	}
+	// Its recipients leave the support look-up first (as a purge takes
+	// them out); the deletion below checks again that it is still a draft.
+	for from := int64(1); from <= st.Seq; from += purgeBatch {
+		if _, err := s.purgeRange(ctx, id, from, min(from+purgeBatch, st.Seq+1)); err != nil {
+			return fmt.Errorf("delete campaign %s: %w", id, err)
+		}
+	}
+	ck := s.k.campaign(id)
+	keys := append([]string{ck.state}, ck.everything()...)
+	err = deleteDraftScript.Run(ctx, s.rdb, keys).Err()
+	switch {
+	case err == nil:
+	case strings.Contains(err.Error(), "NOCAMPAIGN"):
+		return fmt.Errorf("campaign %s: %w", id, ErrNotFound)
+	case strings.Contains(err.Error(), "NOTDRAFT"):
+		return fmt.Errorf("campaign %s is %s; only a draft can be deleted (cancel, then purge, one that has started): %w",
+			id, strings.TrimPrefix(err.Error(), "NOTDRAFT "), ErrNotDraft)
+	default:
+		return fmt.Errorf("delete campaign %s: %w", id, err)
+	}
+	return s.rdb.ZRem(ctx, s.k.campaigns(), id).Err()
 }
 
 // Transition is the result of a campaign status change.
