@@ -147,6 +147,11 @@ func Actor(ctx context.Context) *Key {
 
 // WithActor returns ctx carrying the authenticated key.
 func WithActor(ctx context.Context, k *Key) context.Context {
+	// A request authenticated otherwise than by Authenticate (a console
+	// session) is named in the access log too.
+	if note, ok := ctx.Value(noteKey{}).(func(string)); ok && k != nil {
+		note(k.Name)
+	}
 	return context.WithValue(ctx, ctxKey{}, k)
 }
 
