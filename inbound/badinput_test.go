@@ -57,13 +57,13 @@ Reporting-MTA: dns; relay.oshirase.test
 		code            int
 		log             string // what the one log line says
 	}{
-		{"malformed DSN", rp1, malformed, 250, `msg="returned message recorded" campaign=` + f.cid + ` recipient=1 delivery=0 kind=unrecognised`},
+		{"malformed DSN", rp1, malformed, 250, `msg="returned message recorded" via=mail campaign=` + f.cid + ` recipient=1 delivery=0 kind=unrecognised`},
 		{"oversized DSN", rp2, dsn(tok2, "failed", "5.1.1", tok2) + strings.Repeat("0123456789abcdef\r\n", 600), 552,
 			`msg="returned message larger than INBOUND_MAX_BYTES refused (552): nothing recorded" max_bytes=8192`},
 		{"token fails its HMAC", forged, dsn("", "failed", "5.1.1", ""), 250,
 			`msg="returned message tied to no notice: kept aside, no recipient changed" kind=bounced outcome=bad_token token_from=rcpt`},
 		{"bounce for a purged campaign", rpGone, dsn(tokGone, "failed", "5.1.1", tokGone), 250,
-			`msg="returned message for a campaign or recipient that is gone: not recorded" campaign=` + gone + ` recipient=1 kind=bounced`},
+			`msg="returned message for a campaign or recipient that is gone: not recorded" via=mail campaign=` + gone + ` recipient=1 kind=bounced`},
 	}
 	for _, s := range steps {
 		f.log.Take()
@@ -226,9 +226,9 @@ func TestFlood(t *testing.T) {
 func TestBounceBeforeSentRecorded(t *testing.T) {
 	f := setup(t, true, 64<<10)
 	ctx := context.Background()
-	if n, err := f.st.Mark(ctx, f.cid, []int64{1}, []notice.Status{notice.StatusSent}, notice.StatusSending); err != nil || n != 1 {
-		t.Fatalf("mark sending: %d %v", n, err)
-	}
+	// Notices the worker is sending: the relay took them, the 250 is not
+	// recorded yet (a sent recipient never goes back to sending).
+	f.cid = campaignIn(t, f.st, "u", 2, notice.StatusSending)
 	rp, tok := f.rp(t, 1)
 	msg := dsn(tok, "failed", "5.1.1", tok)
 	if err := send(t, f.srv.Addr(), true, rp, msg); code(err) != 451 {
@@ -258,7 +258,6 @@ func TestBounceBeforeSentRecorded(t *testing.T) {
 	}
 	// A delay warning while sending is only an event: taken at once.
 	rp2, tok2 := f.rp(t, 2)
-	f.st.Mark(ctx, f.cid, []int64{2}, []notice.Status{notice.StatusSent}, notice.StatusSending)
 	if err := send(t, f.srv.Addr(), true, rp2, dsn(tok2, "delayed", "4.2.0", tok2)); code(err) != 250 {
 		t.Errorf("delay warning while sending: %d, want 250", code(err))
 	}

@@ -123,6 +123,13 @@ func setup(t *testing.T, lmtp bool, maxBytes int) *fixture {
 // (i from 1), all sent.
 func sentCampaign(t *testing.T, st *store.Store, local string, n int) string {
 	t.Helper()
+	return campaignIn(t, st, local, n, notice.StatusSent)
+}
+
+// campaignIn creates a started campaign of n recipients <local><i>@dest.test
+// (i from 1), all moved from pending to status.
+func campaignIn(t *testing.T, st *store.Store, local string, n int, status notice.Status) string {
+	t.Helper()
 	ctx := context.Background()
 	c := &notice.Campaign{Name: "c", Template: "card-reissue", DefaultLocale: "ja", From: "a@example.jp"}
 	if err := st.CreateCampaign(ctx, c); err != nil {
@@ -139,7 +146,7 @@ func sentCampaign(t *testing.T, st *store.Store, local string, n int) string {
 	if _, err := st.Start(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Mark(ctx, c.ID, added.IDs, []notice.Status{notice.StatusPending}, notice.StatusSent); err != nil {
+	if _, err := st.Mark(ctx, c.ID, added.IDs, []notice.Status{notice.StatusPending}, status); err != nil {
 		t.Fatal(err)
 	}
 	return c.ID
