@@ -710,7 +710,7 @@ func (s *Server) dropStartTask(ctx context.Context, c *notice.Campaign) {
 		return
 	}
 	insp := asynq.NewInspectorFromRedisClient(s.store.Redis())
-	err := insp.DeleteTask(notice.QueueUrgent, tasks.StartID(c.ID, *c.ScheduledAt))
+	err := insp.DeleteTask(tasks.QueueUrgent, tasks.StartID(c.ID, *c.ScheduledAt))
 	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 		s.log.Warn("could not delete a replaced start task", "campaign", c.ID, "err", err)
 	}
@@ -795,7 +795,7 @@ func (s *Server) dropLostDeliveries(ctx context.Context, cid string) error {
 		if insp == nil {
 			insp = asynq.NewInspectorFromRedisClient(s.store.Redis())
 		}
-		info, err := insp.GetTaskInfo(notice.QueueUrgent, o.TaskID)
+		info, err := insp.GetTaskInfo(tasks.QueueUrgent, o.TaskID)
 		switch {
 		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound),
 			err == nil && (info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted):

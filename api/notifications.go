@@ -148,14 +148,14 @@ func (s *Server) sendOne(ctx context.Context, name, kind string, req Notificatio
 		s.log.Warn("single notice left to the fan-out", "campaign", c.ID, "err", err)
 		return ans, nil
 	}
-	p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
+	p := tasks.DeliverPayload{CampaignID: c.ID, RecipientID: rid}
 	id := fmt.Sprintf("notify:%s:%d", c.ID, rid)
 	// Tracked like a resend, so a purge waits for it (the campaign is sending
 	// until it is final anyway: this is for the retries' sake).
 	if err := s.store.TrackDelivery(bg, c.ID, id, time.Now().Add(trackGrace)); err != nil {
 		s.log.Warn("single notice not tracked", "campaign", c.ID, "err", err)
 	}
-	if err := tasks.Deliver(bg, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
+	if err := tasks.Deliver(bg, s.queue, p, tasks.QueueUrgent, id, 0); err != nil {
 		// The watchdog re-enqueues a fan-out whose cursor is behind (and
 		// finds a pending recipient of a stalled campaign if even this
 		// write fails).

@@ -16,6 +16,7 @@ import (
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
 )
 
@@ -144,7 +145,7 @@ func TestUploadRedisOutOfMemory(t *testing.T) {
 	if code := call(t, hs, "POST", "/v1/campaigns/"+id+"/start", nil, nil, &cs); code != 202 || cs.Status != notice.CampaignSending {
 		t.Fatalf("start again: %d %s", code, cs.Status)
 	}
-	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(notice.QueueBulk, fmt.Sprintf("fanout:%s:1", id))
+	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueBulk, fmt.Sprintf("fanout:%s:1", id))
 	if err != nil {
 		t.Fatalf("the fan-out of the started campaign: %v", err)
 	}

@@ -193,7 +193,7 @@ func (s *Server) retryPage(ctx context.Context, c *notice.Campaign, q *retryRequ
 	stamp := time.Now().UnixMilli()
 	for i, rid := range moved {
 		tid := fmt.Sprintf("retry:%s:%d:%d:r%d", c.ID, rid, attempts[rid], stamp)
-		if err := tasks.Deliver(ctx, s.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: rid, Attempt: attempts[rid]}, notice.QueueRecipients, tid, 0); err != nil {
+		if err := tasks.Deliver(ctx, s.queue, tasks.DeliverPayload{CampaignID: c.ID, RecipientID: rid, Attempt: attempts[rid]}, tasks.QueueRecipients, tid, 0); err != nil {
 			// Those without a task go back to failed, not left retrying
 			// with nothing to retry them.
 			if _, merr := s.store.Mark(ctx, c.ID, moved[i:], []notice.Status{notice.StatusRetrying}, notice.StatusFailed); merr != nil {
@@ -204,7 +204,7 @@ func (s *Server) retryPage(ctx context.Context, c *notice.Campaign, q *retryRequ
 		n.queued++
 		// The archived report of its failure is history now: an operator
 		// must not "Run" it as if it were still failed.
-		for _, q := range notice.FailureReportQueues {
+		for _, q := range tasks.FailureReportQueues {
 			err := insp.DeleteTask(q, fmt.Sprintf("failed:%s:%d", c.ID, rid))
 			if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 				s.log.Warn("retry: remove an archived failure report", "campaign", c.ID, "recipient", rid, "err", err)

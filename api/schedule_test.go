@@ -12,6 +12,7 @@ import (
 
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
+	"github.com/oshirase/oshirase/tasks"
 
 	"github.com/oshirase/oshirase/internal/testenv"
 )
@@ -84,9 +85,9 @@ func TestScheduledStart(t *testing.T) {
 	insp := asynq.NewInspectorFromRedisClient(st.Svc.Redis)
 	startTasks := func() map[string]int {
 		m := map[string]int{}
-		ts, _ := insp.ListScheduledTasks(notice.QueueUrgent, asynq.PageSize(100))
+		ts, _ := insp.ListScheduledTasks(tasks.QueueUrgent, asynq.PageSize(100))
 		for _, ti := range ts {
-			var p notice.StartPayload
+			var p tasks.StartPayload
 			json.Unmarshal(ti.Payload, &p)
 			m[p.CampaignID]++
 		}
@@ -134,17 +135,17 @@ func TestScheduledStart(t *testing.T) {
 	// for its time.
 	early := draft("early")
 	start(early, t0.Add(time.Hour))
-	ts, _ := insp.ListScheduledTasks(notice.QueueUrgent, asynq.PageSize(100))
+	ts, _ := insp.ListScheduledTasks(tasks.QueueUrgent, asynq.PageSize(100))
 	for _, ti := range ts {
 		if strings.Contains(ti.ID, early) {
-			if err := insp.RunTask(notice.QueueUrgent, ti.ID); err != nil {
+			if err := insp.RunTask(tasks.QueueUrgent, ti.ID); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	teststack.Eventually(t, "the early start task queued again", 5*time.Second, func() bool {
-		active, _ := insp.ListActiveTasks(notice.QueueUrgent)
-		pending, _ := insp.ListPendingTasks(notice.QueueUrgent)
+		active, _ := insp.ListActiveTasks(tasks.QueueUrgent)
+		pending, _ := insp.ListPendingTasks(tasks.QueueUrgent)
 		return startTasks()[early] == 1 && len(active) == 0 && len(pending) == 0
 	})
 	if c := get(early); c.Status != notice.CampaignDraft || c.ScheduledAt == nil {

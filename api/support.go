@@ -264,7 +264,7 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 	}
 	rs.N = n
 	id := fmt.Sprintf("resend:%s:%d:%d", cid, rid, n)
-	p := notice.DeliverPayload{CampaignID: cid, RecipientID: rid, Resend: n}
+	p := tasks.DeliverPayload{CampaignID: cid, RecipientID: rid, Resend: n}
 	bg := context.WithoutCancel(ctx)
 	notQueued := func(why string) {
 		s.store.UpdateResend(bg, cid, rid, n, func(x *notice.Resend) {
@@ -281,7 +281,7 @@ func (s *Server) Resend(ctx context.Context, cid string, rid int64, req ResendRe
 		notQueued("could not be queued")
 		return nil, err
 	}
-	if err := tasks.Deliver(ctx, s.queue, p, notice.QueueUrgent, id, 0); err != nil {
+	if err := tasks.Deliver(ctx, s.queue, p, tasks.QueueUrgent, id, 0); err != nil {
 		notQueued("could not be queued")
 		s.store.UntrackDelivery(bg, cid, id)
 		return nil, err

@@ -25,6 +25,7 @@ import (
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/service"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // failingSMTP is an SMTP server that refuses recipients the way real ones
@@ -165,7 +166,7 @@ func TestLogsHoldNoPersonalData(t *testing.T) {
 
 	// What operators see of failed tasks in asynqmon: the SMTP reply, no
 	// payload data. (The reply text itself is the SMTP server's.)
-	for _, q := range []string{notice.QueueBulk, notice.QueueUrgent, notice.QueueRecipients} {
+	for _, q := range []string{tasks.QueueBulk, tasks.QueueUrgent, tasks.QueueRecipients} {
 		for _, state := range []string{"archived_tasks", "retry_tasks", "scheduled_tasks"} {
 			req, _ := http.NewRequest("GET", base+"/monitoring/api/queues/"+q+"/"+state, nil)
 			req.SetBasicAuth("", teststack.OperatorKey)

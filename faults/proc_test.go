@@ -14,6 +14,7 @@ import (
 
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/smtpsink"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // TestWorkerKilledMidCampaign: SIGKILL the only worker process halfway
@@ -269,7 +270,7 @@ func TestLostChunkTasks(t *testing.T) {
 	if err := h.store.SetFanoutCursor(ctx, id, 1, n+1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := asynq.NewInspectorFromRedisClient(h.rdb).DeleteAllPendingTasks(notice.QueueBulk); err != nil {
+	if _, err := asynq.NewInspectorFromRedisClient(h.rdb).DeleteAllPendingTasks(tasks.QueueBulk); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

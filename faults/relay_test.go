@@ -17,6 +17,7 @@ import (
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/smtpsink"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // campaignJSON is GET /v1/campaigns/{id} as a client reads it.
@@ -417,7 +418,7 @@ func TestAsynqmonRunRetriesFailed(t *testing.T) {
 	}
 	insp := asynq.NewInspectorFromRedisClient(h.rdb)
 	archived := func(rid int64) *asynq.TaskInfo {
-		ti, err := insp.GetTaskInfo(notice.QueueRecipients, fmt.Sprintf("failed:%s:%d", id, rid))
+		ti, err := insp.GetTaskInfo(tasks.QueueRecipients, fmt.Sprintf("failed:%s:%d", id, rid))
 		if err != nil || ti.State != asynq.TaskStateArchived {
 			return nil
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/oshirase/oshirase/internal/mimetest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/smtpsink"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // rcptCounter counts RCPT commands per address in a sink's Reply hook.
@@ -79,7 +80,7 @@ func TestGreylistedTwiceThenDelivered(t *testing.T) {
 			// A retry scheduled by the chunk says the reply in its
 			// payload (it has no error of its own yet); one that failed
 			// again is in asynq's retry set with the reply as its error.
-			ts, _ := insp.ListRetryTasks(notice.QueueRecipients, asynq.PageSize(10))
+			ts, _ := insp.ListRetryTasks(tasks.QueueRecipients, asynq.PageSize(10))
 			for _, ti := range ts {
 				if strings.Contains(ti.LastErr, "451") && strings.Contains(ti.LastErr, greylisted) {
 					sawRetryTask = true
@@ -87,7 +88,7 @@ func TestGreylistedTwiceThenDelivered(t *testing.T) {
 					t.Errorf("retry task %s: last error %q", ti.ID, ti.LastErr)
 				}
 			}
-			ss, _ := insp.ListScheduledTasks(notice.QueueRecipients, asynq.PageSize(10))
+			ss, _ := insp.ListScheduledTasks(tasks.QueueRecipients, asynq.PageSize(10))
 			for _, ti := range ss {
 				if p := string(ti.Payload); strings.Contains(p, `"last_reply":"`) && strings.Contains(p, "451") && strings.Contains(p, greylisted) {
 					sawRetryTask = true
@@ -202,7 +203,7 @@ func TestBadMailboxesFailAndAreSuppressed(t *testing.T) {
 	insp := asynq.NewInspectorFromRedisClient(h.rdb)
 	var archived []*asynq.TaskInfo
 	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if archived, err = insp.ListArchivedTasks(notice.QueueRecipients, asynq.PageSize(100)); err == nil && len(archived) >= n/10 {
+		if archived, err = insp.ListArchivedTasks(tasks.QueueRecipients, asynq.PageSize(100)); err == nil && len(archived) >= n/10 {
 			break
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/service"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 type caller struct {
@@ -121,7 +122,7 @@ func TestMonitoringUI(t *testing.T) {
 
 	// Payloads shown to operators are ids only.
 	seen := 0
-	for _, q := range []string{notice.QueueBulk, notice.QueueUrgent} {
+	for _, q := range []string{tasks.QueueBulk, tasks.QueueUrgent} {
 		code, _, body := call(t, st.Base, operator, "GET", "/monitoring/api/queues/"+q+"/pending_tasks?page=1&size=100")
 		if code != 200 {
 			t.Fatalf("list %s: %d %s", q, code, body)
@@ -139,7 +140,7 @@ func TestMonitoringUI(t *testing.T) {
 		if m := emailRE.FindString(body); m != "" || strings.Contains(body, "Secret") || strings.Contains(body, "秘密") {
 			t.Errorf("queue %s shows personal data (%q): %s", q, m, body)
 		}
-		if !strings.Contains(body, c.ID) && q == notice.QueueBulk {
+		if !strings.Contains(body, c.ID) && q == tasks.QueueBulk {
 			t.Errorf("bulk queue does not show the campaign's fan-out: %s", body)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/service"
 	"github.com/oshirase/oshirase/smtpsink"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // logBuf collects JSON log lines from several goroutines.
@@ -107,7 +108,7 @@ func TestOperatorLogs(t *testing.T) {
 	// "Retry exhausted" (if at all) before it archives.
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	teststack.Eventually(t, "the failure report archived", 10*time.Second, func() bool {
-		ts, _ := insp.ListArchivedTasks(notice.QueueRecipients)
+		ts, _ := insp.ListArchivedTasks(tasks.QueueRecipients)
 		return len(ts) == 1
 	})
 	// A slow campaign an admin pauses, resumes and cancels.

@@ -25,8 +25,8 @@ import (
 	"github.com/oshirase/oshirase/inbound"
 	"github.com/oshirase/oshirase/mailer"
 	"github.com/oshirase/oshirase/metrics"
-	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
 	"github.com/oshirase/oshirase/webhooks"
 	"github.com/oshirase/oshirase/worker"
@@ -180,7 +180,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			// its rate behind a big one.
 			// One recipient's retry whose time has come goes before the bulk
 			// backlog too: it waited its turn already.
-			Queues:          map[string]int{notice.QueueUrgent: 10, notice.QueuePaced: 5, notice.QueueRecipients: 2, notice.QueueBulk: 1},
+			Queues:          map[string]int{tasks.QueueUrgent: 10, tasks.QueuePaced: 5, tasks.QueueRecipients: 2, tasks.QueueBulk: 1},
 			StrictPriority:  true,
 			RetryDelayFunc:  worker.RetryDelay,
 			IsFailure:       worker.IsFailure,
@@ -196,7 +196,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			LogLevel:                 asynq.WarnLevel,
 		})
 		s.urgent = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-			Concurrency: 4, Queues: map[string]int{notice.QueueUrgent: 1},
+			Concurrency: 4, Queues: map[string]int{tasks.QueueUrgent: 1},
 			RetryDelayFunc: worker.RetryDelay, IsFailure: worker.IsFailure, ShutdownTimeout: cfg.ShutdownTimeout,
 			TaskCheckInterval: 50 * time.Millisecond, DelayedTaskCheckInterval: time.Second,
 			Logger: asynqLogger{log, s.Worker.Explained}, LogLevel: asynq.WarnLevel,

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/oshirase/oshirase/notice"
 )
 
 // Enqueuer is the part of *asynq.Client oshirase uses.
@@ -53,8 +51,8 @@ func StartAgain(ctx context.Context, q Enqueuer, cid string, at time.Time) error
 }
 
 func startAt(ctx context.Context, q Enqueuer, cid string, at time.Time, id string) error {
-	p := notice.StartPayload{CampaignID: cid, At: at.UnixMilli()}
-	return Enqueue(ctx, q, task(notice.TypeStart, p), asynq.Queue(notice.QueueUrgent), asynq.ProcessAt(at),
+	p := StartPayload{CampaignID: cid, At: at.UnixMilli()}
+	return Enqueue(ctx, q, task(TypeStart, p), asynq.Queue(QueueUrgent), asynq.ProcessAt(at),
 		asynq.TaskID(id), asynq.MaxRetry(100))
 }
 
@@ -66,24 +64,24 @@ func StartID(cid string, at time.Time) string {
 // Fanout opens a campaign's window of chunk tasks, once per start/resume
 // generation (the watchdog tops the window up should this task be lost).
 func Fanout(ctx context.Context, q Enqueuer, cid string, gen int64) error {
-	return Enqueue(ctx, q, task(notice.TypeFanout, notice.FanoutPayload{CampaignID: cid, Gen: gen}),
-		asynq.Queue(notice.QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d", cid, gen)), asynq.MaxRetry(1000))
+	return Enqueue(ctx, q, task(TypeFanout, FanoutPayload{CampaignID: cid, Gen: gen}),
+		asynq.Queue(QueueBulk), asynq.TaskID(fmt.Sprintf("fanout:%s:%d", cid, gen)), asynq.MaxRetry(1000))
 }
 
 // Chunk delivers recipients [from, to). suffix distinguishes a re-enqueued
 // chunk (watchdog, hand-back) from the fan-out's own.
-func Chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string) error {
-	return chunk(ctx, q, p, suffix, notice.QueueBulk, time.Time{})
+func Chunk(ctx context.Context, q Enqueuer, p ChunkPayload, suffix string) error {
+	return chunk(ctx, q, p, suffix, QueueBulk, time.Time{})
 }
 
 // ChunkPaced is Chunk for the rest of a chunk that waited for its rate, on
 // the paced queue, to run at at (zero: at once). asynq keeps scheduled
 // tasks by the whole second: the task may run up to a second early.
-func ChunkPaced(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix string, at time.Time) error {
-	return chunk(ctx, q, p, suffix, notice.QueuePaced, at)
+func ChunkPaced(ctx context.Context, q Enqueuer, p ChunkPayload, suffix string, at time.Time) error {
+	return chunk(ctx, q, p, suffix, QueuePaced, at)
 }
 
-func chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix, queue string, at time.Time) error {
+func chunk(ctx context.Context, q Enqueuer, p ChunkPayload, suffix, queue string, at time.Time) error {
 	id := fmt.Sprintf("chunk:%s:%d:%d", p.CampaignID, p.Gen, p.From)
 	if suffix != "" {
 		id += ":" + suffix
@@ -92,17 +90,17 @@ func chunk(ctx context.Context, q Enqueuer, p notice.ChunkPayload, suffix, queue
 	if !at.IsZero() {
 		opts = append(opts, asynq.ProcessAt(at))
 	}
-	return Enqueue(ctx, q, task(notice.TypeChunk, p), opts...)
+	return Enqueue(ctx, q, task(TypeChunk, p), opts...)
 }
 
 // Deliver sends to one recipient after delay: a retry (queue bulk) or a
 // resend / single notice (queue urgent). id must name this delivery.
-func Deliver(ctx context.Context, q Enqueuer, p notice.DeliverPayload, queue, id string, delay time.Duration) error {
+func Deliver(ctx context.Context, q Enqueuer, p DeliverPayload, queue, id string, delay time.Duration) error {
 	opts := []asynq.Option{asynq.Queue(queue), asynq.MaxRetry(1_000_000), asynq.TaskID(id)}
 	if delay > 0 {
 		opts = append(opts, asynq.ProcessIn(delay))
 	}
-	return Enqueue(ctx, q, task(notice.TypeDeliver, p), opts...)
+	return Enqueue(ctx, q, task(TypeDeliver, p), opts...)
 }
 
 // Decode reads a task's payload into p.

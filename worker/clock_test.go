@@ -17,6 +17,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/smtpsink"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
 )
 
@@ -65,7 +66,7 @@ func TestRetryAgeOnTheStoresClock(t *testing.T) {
 	if _, err := st.Start(ctx, c.ID); err != nil {
 		t.Fatal(err)
 	}
-	task := asynq.NewTask(notice.TypeDeliver, []byte(`{"campaign_id":"`+c.ID+`","recipient_id":1}`))
+	task := asynq.NewTask(tasks.TypeDeliver, []byte(`{"campaign_id":"`+c.ID+`","recipient_id":1}`))
 	first := sim.Now()
 
 	// First attempt: greylisted, retrying, the next try after RETRY_BASE.

@@ -29,7 +29,7 @@ import (
 // hands out its first chunks, and each chunk that ends hands out the next.
 // Running it again is harmless: it only fills what room the window has.
 func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
-	var p notice.FanoutPayload
+	var p tasks.FanoutPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func (w *Worker) handleFanout(ctx context.Context, t *asynq.Task) error {
 // one script), over one pooled SMTP connection at a time. The loop itself is
 // chunkRun's.
 func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
-	var p notice.ChunkPayload
+	var p tasks.ChunkPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func (w *Worker) handleChunk(ctx context.Context, t *asynq.Task) (err error) {
 
 // unsuppressed returns the pending recipients of a chunk whose address is
 // not suppressed, and marks the others suppressed.
-func (w *Worker) unsuppressed(ctx context.Context, c *notice.Campaign, p notice.ChunkPayload, rs []notice.Recipient) ([]*notice.Recipient, error) {
+func (w *Worker) unsuppressed(ctx context.Context, c *notice.Campaign, p tasks.ChunkPayload, rs []notice.Recipient) ([]*notice.Recipient, error) {
 	todo := make([]*notice.Recipient, 0, len(rs))
 	addrs := make([]string, 0, len(rs))
 	for i := range rs {
@@ -155,7 +155,7 @@ func (w *Worker) unsuppressed(ctx context.Context, c *notice.Campaign, p notice.
 // cancel.
 type chunkRun struct {
 	w     *Worker
-	p     notice.ChunkPayload
+	p     tasks.ChunkPayload
 	c     *notice.Campaign
 	token string
 	bg    context.Context
@@ -463,7 +463,7 @@ func (cl *claim) release() {
 // handler waits for it (cl's renewals keep the claim and the chunk's lease)
 // and then records it. The returned flag says the hand-over happened; the
 // mailer returns only after the hand-over has.
-func (w *Worker) handOnSlow(ctx context.Context, cl *claim, p notice.ChunkPayload, rest []*notice.Recipient) *atomic.Bool {
+func (w *Worker) handOnSlow(ctx context.Context, cl *claim, p tasks.ChunkPayload, rest []*notice.Recipient) *atomic.Bool {
 	handed := new(atomic.Bool)
 	if len(rest) == 0 {
 		return handed
@@ -557,8 +557,8 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		}
 		delay := w.backoff(d.Attempts)
 		id := fmt.Sprintf("retry:%s:%d:%d", c.ID, r.ID, d.Attempts)
-		p := notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts, LastReply: notice.MaskAddresses(d.LastError)}
-		if err := tasks.Deliver(ctx, w.queue, p, notice.QueueRecipients, id, delay); err != nil {
+		p := tasks.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts, LastReply: notice.MaskAddresses(d.LastError)}
+		if err := tasks.Deliver(ctx, w.queue, p, tasks.QueueRecipients, id, delay); err != nil {
 			// Leave the claim to expire: the watchdog turns it into a retry.
 			w.log.Error("schedule retry", "campaign", c.ID, "recipient", r.ID, "err", err)
 			return store.Step{}
@@ -573,7 +573,7 @@ func (w *Worker) attempt(ctx context.Context, c *notice.Campaign, r *notice.Reci
 		// A task of its own, archived at once with the SMTP reply as its
 		// error, so operators see permanent failures in asynqmon.
 		id := fmt.Sprintf("failed:%s:%d", c.ID, r.ID)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts}, notice.QueueRecipients, id, 0); err != nil {
+		if err := tasks.Deliver(ctx, w.queue, tasks.DeliverPayload{CampaignID: c.ID, RecipientID: r.ID, Attempt: d.Attempts}, tasks.QueueRecipients, id, 0); err != nil {
 			w.log.Warn("report permanent failure", "campaign", c.ID, "recipient", r.ID, "err", err)
 		}
 	}
@@ -735,7 +735,7 @@ func (t *tally) add(s store.Step) {
 
 // wrap says, before err, what the chunk did with its recipients: an
 // operator reading the task in asynqmon sees recipients, not only a task.
-func (t *tally) wrap(p notice.ChunkPayload, err error) error {
+func (t *tally) wrap(p tasks.ChunkPayload, err error) error {
 	sum := fmt.Sprintf("chunk of recipients %d–%d: %d sent, %d failed, %d retrying", p.From, p.To-1, t.sent, t.failed, t.retrying)
 	if t.held > 0 {
 		sum += fmt.Sprintf(", %d held for the relay", t.held)

@@ -19,6 +19,7 @@ import (
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/service"
 	"github.com/oshirase/oshirase/smtpsink"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // logLines keeps a service's log for tests of what it logs.
@@ -143,7 +144,7 @@ func (f *fairStack) campaign(t *testing.T, name, domain string, rate float64, n 
 func (f *fairStack) active(t *testing.T) int {
 	t.Helper()
 	n := 0
-	for _, q := range []string{notice.QueueBulk, notice.QueuePaced} {
+	for _, q := range []string{tasks.QueueBulk, tasks.QueuePaced} {
 		tasks, err := f.insp.ListActiveTasks(q)
 		if err != nil && !errors.Is(err, asynq.ErrQueueNotFound) {
 			t.Fatal(err)

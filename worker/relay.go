@@ -14,6 +14,7 @@ import (
 	"github.com/oshirase/oshirase/metrics"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
+	"github.com/oshirase/oshirase/tasks"
 )
 
 // RelayRun is how many different recipients in a row must get the same
@@ -86,7 +87,7 @@ func (w *Worker) pauseForRelay(ctx context.Context, c *notice.Campaign, kind str
 		w.log.Error("audit log write failed", "action", "campaign.pause", "err", err)
 	}
 	for _, rid := range reverted {
-		for _, q := range notice.FailureReportQueues {
+		for _, q := range tasks.FailureReportQueues {
 			err := w.inspector.DeleteTask(q, fmt.Sprintf("failed:%s:%d", c.ID, rid))
 			if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 				w.log.Warn("remove the failure report of a recipient put back", "campaign", c.ID, "recipient", rid, "err", err)

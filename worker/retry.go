@@ -19,7 +19,7 @@ import (
 // failure, a resend (p.Resend > 0), or the report of a permanent failure.
 // Its error is what asynq shows operators: the SMTP reply.
 func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
-	var p notice.DeliverPayload
+	var p tasks.DeliverPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}
@@ -61,7 +61,7 @@ func (w *Worker) handleDeliver(ctx context.Context, t *asynq.Task) error {
 	// the rate allows. A single notice (urgent queue, a server of its own)
 	// waits in place a while first.
 	each, total := inlineWait, inlineTotal
-	if q, _ := asynq.GetQueueName(ctx); q == notice.QueueUrgent {
+	if q, _ := asynq.GetQueueName(ctx); q == tasks.QueueUrgent {
 		each, total = urgentWait, urgentWait
 	}
 	if d := w.turn(ctx, c, each, total); d > 0 {
@@ -193,7 +193,7 @@ func failedError(id int64, reply string) error {
 // resend delivers resend number p.Resend of a recipient, to the address
 // support gave (the original or a corrected one). The original delivery stays
 // as it was; the resend has its own status and Message-ID.
-func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p notice.DeliverPayload) error {
+func (w *Worker) resend(ctx context.Context, c *notice.Campaign, p tasks.DeliverPayload) error {
 	// One sender at a time: asynq may run a task twice (a lease it thought
 	// lost), and a resend has no claim of its own. The lock outlives a
 	// crash for a while (5 × CLAIM_TTL) rather than let a second run send

@@ -71,7 +71,7 @@ func (w *Worker) slots() int {
 	n = 0
 	if servers, err := w.inspector.Servers(); err == nil {
 		for _, s := range servers {
-			if _, bulk := s.Queues[notice.QueueBulk]; bulk && s.Status == "active" {
+			if _, bulk := s.Queues[tasks.QueueBulk]; bulk && s.Status == "active" {
 				n += s.Concurrency
 			}
 		}
@@ -115,7 +115,7 @@ func (w *Worker) topUp(ctx context.Context, c *notice.Campaign) (int, error) {
 		return 0, err
 	}
 	for _, from := range h.Froms {
-		cp := notice.ChunkPayload{CampaignID: c.ID, Gen: h.Gen, From: from, To: min(from+size, h.Seq+1)}
+		cp := tasks.ChunkPayload{CampaignID: c.ID, Gen: h.Gen, From: from, To: min(from+size, h.Seq+1)}
 		if err := tasks.Chunk(ctx, w.queue, cp, ""); err != nil {
 			// Its lease runs out and the watchdog hands it out again.
 			return 0, err
@@ -223,7 +223,7 @@ func (w *Worker) limiterOK(key string) {
 // alarm is the rest of a chunk waiting on a timer in this process.
 type alarm struct {
 	t      *time.Timer
-	p      notice.ChunkPayload
+	p      tasks.ChunkPayload
 	suffix string
 }
 
@@ -241,7 +241,7 @@ func (w *Worker) wakesLocally(wake time.Time) bool {
 // watchdog hands it out again); a longer one is an asynq scheduled task, set
 // a second early because asynq may otherwise run it up to a second late;
 // the early run waits out the rest on a timer.
-func (w *Worker) later(ctx context.Context, p notice.ChunkPayload, wake time.Time) error {
+func (w *Worker) later(ctx context.Context, p tasks.ChunkPayload, wake time.Time) error {
 	suffix := "h" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if wake.IsZero() {
 		return tasks.Chunk(ctx, w.queue, p, suffix)
@@ -257,7 +257,7 @@ func (w *Worker) later(ctx context.Context, p notice.ChunkPayload, wake time.Tim
 }
 
 // alarm enqueues p at wake from a timer; false once the worker is stopping.
-func (w *Worker) alarm(p notice.ChunkPayload, suffix string, wake time.Time) bool {
+func (w *Worker) alarm(p tasks.ChunkPayload, suffix string, wake time.Time) bool {
 	w.alarmMu.Lock()
 	defer w.alarmMu.Unlock()
 	if w.alarms == nil {

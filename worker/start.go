@@ -19,7 +19,7 @@ import (
 // task's time is not the campaign's), unscheduled, started by hand or
 // cancelled is left alone: only the latest schedule counts.
 func (w *Worker) handleStart(ctx context.Context, t *asynq.Task) error {
-	var p notice.StartPayload
+	var p tasks.StartPayload
 	if err := tasks.Decode(t, &p); err != nil {
 		return err
 	}

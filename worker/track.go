@@ -7,7 +7,6 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/tasks"
 )
 
@@ -24,11 +23,11 @@ const trackMargin = 5 * time.Minute
 func (w *Worker) tracked(h asynq.HandlerFunc) asynq.HandlerFunc {
 	return func(ctx context.Context, t *asynq.Task) error {
 		err := h(ctx, t)
-		if q, _ := asynq.GetQueueName(ctx); q != notice.QueueUrgent {
+		if q, _ := asynq.GetQueueName(ctx); q != tasks.QueueUrgent {
 			return err
 		}
 		id, _ := asynq.GetTaskID(ctx)
-		var p notice.DeliverPayload
+		var p tasks.DeliverPayload
 		if tasks.Decode(t, &p) != nil || id == "" {
 			return err
 		}

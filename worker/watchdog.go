@@ -129,14 +129,14 @@ func (w *Worker) sweepOne(ctx context.Context, id string) error {
 		// A lease's first id may be the rest of a chunk handed back:
 		// end it where that chunk ends, not a whole chunk further.
 		end := from + size - (from-1)%size
-		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(end, st.Seq+1)}
+		p := tasks.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(end, st.Seq+1)}
 		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
 			return err
 		}
 	}
 	for _, rid := range stolen.Recipients {
 		tid := fmt.Sprintf("rc:%s:%d:%s", id, rid, stamp)
-		if err := tasks.Deliver(ctx, w.queue, notice.DeliverPayload{CampaignID: id, RecipientID: rid}, notice.QueueRecipients, tid, 0); err != nil {
+		if err := tasks.Deliver(ctx, w.queue, tasks.DeliverPayload{CampaignID: id, RecipientID: rid}, tasks.QueueRecipients, tid, 0); err != nil {
 			return err
 		}
 	}
@@ -263,7 +263,7 @@ func (w *Worker) unstall(ctx context.Context, id string, st store.CampaignState)
 		if err := w.store.SetChunkLease(ctx, id, from, w.cfg.ClockNow().Add(w.queuedTTL())); err != nil {
 			return nil, false, err
 		}
-		p := notice.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
+		p := tasks.ChunkPayload{CampaignID: id, Gen: st.Gen, From: from, To: min(from+size, st.Seq+1)}
 		if err := tasks.Chunk(ctx, w.queue, p, stamp); err != nil {
 			return nil, false, err
 		}

@@ -50,11 +50,11 @@ func watchdogFixture(t *testing.T, n int) (*Worker, *store.Store, *asynq.Inspect
 	}
 	// The bulk queue exists (asynq knows it) and is empty: the fan-out's
 	// chunk tasks ran, or were lost with a primary.
-	if err := tasks.Chunk(ctx, q, notice.ChunkPayload{CampaignID: c.ID, Gen: 0, From: 1, To: 2}, "old"); err != nil {
+	if err := tasks.Chunk(ctx, q, tasks.ChunkPayload{CampaignID: c.ID, Gen: 0, From: 1, To: 2}, "old"); err != nil {
 		t.Fatal(err)
 	}
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	if _, err := insp.DeleteAllPendingTasks(notice.QueueBulk); err != nil {
+	if _, err := insp.DeleteAllPendingTasks(tasks.QueueBulk); err != nil {
 		t.Fatal(err)
 	}
 	w := New(Config{ChunkSize: 5}, st, q, nil, nil, slog.New(slog.DiscardHandler))
@@ -64,9 +64,9 @@ func watchdogFixture(t *testing.T, n int) (*Worker, *store.Store, *asynq.Inspect
 func bulkTasks(t *testing.T, insp *asynq.Inspector, prefix string) []string {
 	t.Helper()
 	var out []string
-	queue := notice.QueueBulk
+	queue := tasks.QueueBulk
 	if strings.HasPrefix(prefix, "rc:") {
-		queue = notice.QueueRecipients // one recipient's task
+		queue = tasks.QueueRecipients // one recipient's task
 	}
 	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){insp.ListPendingTasks, insp.ListScheduledTasks} {
 		ts, err := list(queue)
@@ -179,7 +179,7 @@ func TestStallFoundBesideAnotherCampaign(t *testing.T) {
 	testenv.Slow(t, "waits for stalls")
 	w, _, insp, cid, _ := watchdogFixture(t, 12)
 	ctx := context.Background()
-	if err := tasks.Chunk(ctx, w.queue, notice.ChunkPayload{CampaignID: "other", Gen: 1, From: 1, To: 2}, "x"); err != nil {
+	if err := tasks.Chunk(ctx, w.queue, tasks.ChunkPayload{CampaignID: "other", Gen: 1, From: 1, To: 2}, "x"); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -282,7 +282,7 @@ func TestChunkErrorSaysRecipients(t *testing.T) {
 	} {
 		tl.add(s)
 	}
-	err := tl.wrap(notice.ChunkPayload{From: 101, To: 201}, &retryError{Delay: time.Second, Failure: true, Err: errors.New("record outcome: redis down")})
+	err := tl.wrap(tasks.ChunkPayload{From: 101, To: 201}, &retryError{Delay: time.Second, Failure: true, Err: errors.New("record outcome: redis down")})
 	want := "chunk of recipients 101–200: 2 sent, 2 failed, 2 retrying (451 4.7.1 ×1, 550 5.1.1 ×2, no reply ×1); then the task stopped: record outcome: redis down"
 	if err.Error() != want {
 		t.Errorf("error %q\nwant  %q", err, want)

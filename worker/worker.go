@@ -54,7 +54,7 @@ import (
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	"github.com/hashicorp/golang-lru/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/hibiken/asynq"
 
 	"github.com/oshirase/oshirase/bounce"
@@ -216,10 +216,10 @@ func (w *Worker) stopped() bool {
 
 // Register adds the handlers to mux.
 func (w *Worker) Register(mux *asynq.ServeMux) {
-	mux.HandleFunc(notice.TypeStart, w.handleStart)
-	mux.HandleFunc(notice.TypeFanout, w.handleFanout)
-	mux.HandleFunc(notice.TypeChunk, w.handleChunk)
-	mux.HandleFunc(notice.TypeDeliver, w.tracked(w.handleDeliver))
+	mux.HandleFunc(tasks.TypeStart, w.handleStart)
+	mux.HandleFunc(tasks.TypeFanout, w.handleFanout)
+	mux.HandleFunc(tasks.TypeChunk, w.handleChunk)
+	mux.HandleFunc(tasks.TypeDeliver, w.tracked(w.handleDeliver))
 }
 
 // Cache sizes: campaigns are few; a prepared notice holds a pre-rendered
