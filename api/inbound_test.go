@@ -29,7 +29,8 @@ import (
 // the provider webhooks need no API key — a signed SendGrid batch marks
 // its recipient bounced, seen through the API — while an unsigned one is
 // refused by its signature (401 unverified), an endpoint whose setting is
-// empty says so (404), and other methods are 405.
+// empty says so (404), and other methods are 405 (401 without a key, as
+// for any path under /v1 that a method does not take).
 func TestProviderWebhooksArePublicButSigned(t *testing.T) {
 	_, url := testenv.Redis(t, testenv.DBAPI)
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -86,7 +87,8 @@ func TestProviderWebhooksArePublicButSigned(t *testing.T) {
 		{"signed, no API key", "POST", "/v1/inbound/sendgrid", map[string]string{inbound.SendGridTimestampHeader: ts,
 			inbound.SendGridSignatureHeader: base64.StdEncoding.EncodeToString(sig)}, 200, `"received":1`},
 		{"SES off", "POST", "/v1/inbound/ses", nil, 404, "SES_TOPIC_ARNS"},
-		{"GET", "GET", "/v1/inbound/sendgrid", nil, 405, "POST"},
+		{"GET, with a key", "GET", "/v1/inbound/sendgrid", map[string]string{"Authorization": "Bearer " + teststack.AdminKey}, 405, "POST"},
+		{"GET, no key", "GET", "/v1/inbound/sendgrid", nil, 401, `"unauthorized"`},
 	} {
 		if code, out := do(s.method, s.path, body, s.hdr); code != s.code || !strings.Contains(out, s.says) {
 			t.Errorf("%s: %d %s, want %d with %s", s.name, code, out, s.code, s.says)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -36,7 +37,33 @@ type SearchResult struct {
 	// store.MaxSearchMatches; Truncated says there were more).
 	Total      int    `json:"total"`
 	Truncated  bool   `json:"truncated"`
-	NextCursor string `json:"next_cursor,omitempty"`
+	NextCursor string `json:"-"` // "" on the last page
+}
+
+// MarshalJSON writes next_cursor as every list does: null on the last page.
+func (r SearchResult) MarshalJSON() ([]byte, error) {
+	type plain SearchResult
+	return json.Marshal(struct {
+		plain
+		NextCursor any `json:"next_cursor"`
+	}{plain(r), nextCursor(r.NextCursor)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes (for Go clients).
+func (r *SearchResult) UnmarshalJSON(b []byte) error {
+	type plain SearchResult
+	v := struct {
+		*plain
+		NextCursor *string `json:"next_cursor"`
+	}{plain: (*plain)(r)}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	r.NextCursor = ""
+	if v.NextCursor != nil {
+		r.NextCursor = *v.NextCursor
+	}
+	return nil
 }
 
 // QueryError is a search query that is refused (400).
@@ -102,17 +129,15 @@ func (s *Server) Search(ctx context.Context, q string, cursor, limit int) (*Sear
 func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
 	qv := r.URL.Query()
 	if qv.Has("q") {
-		cursor, limit := 0, 0
-		var err error
-		if v := qv.Get("cursor"); v != "" {
-			if cursor, err = strconv.Atoi(v); err != nil || cursor < 0 {
-				writeError(w, http.StatusBadRequest, "bad_cursor", "cursor must be a next_cursor this endpoint returned", nil)
-				return
-			}
+		limit, ok := pageLimit(w, qv, SearchLimit, MaxSearchLimit)
+		if !ok {
+			return
 		}
-		if v := qv.Get("limit"); v != "" {
-			if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > MaxSearchLimit {
-				writeError(w, http.StatusBadRequest, "bad_limit", "limit must be a number from 1 to "+strconv.Itoa(MaxSearchLimit), nil)
+		cursor := 0
+		if v := qv.Get("cursor"); v != "" {
+			var err error
+			if cursor, err = strconv.Atoi(v); err != nil || cursor < 0 {
+				badCursor(w, v)
 				return
 			}
 		}

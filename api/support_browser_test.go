@@ -180,7 +180,7 @@ func TestSupportConsoleShowsReturned(t *testing.T) {
 	search := func(addr, section string) []string {
 		t.Helper()
 		err := chromedp.Do(ctx,
-			chromedp.SetValue(css("#email"), addr),
+			chromedp.SetValue(css("#q"), addr),
 			chromedp.Click(css("#search")),
 			chromedp.WaitVisible(css(section+` tr[data-role="returned"]`)),
 		)
@@ -199,7 +199,7 @@ func TestSupportConsoleShowsReturned(t *testing.T) {
 		chromedp.WaitVisible(css("#key")),
 		chromedp.SendKeys(css("#key"), testenv.SupportKey),
 		chromedp.Click(css("#signin")),
-		chromedp.WaitVisible(css("#email")),
+		chromedp.WaitVisible(css("#q")),
 	); err != nil {
 		t.Fatalf("sign in: %v", err)
 	}

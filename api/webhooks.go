@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -188,21 +187,13 @@ var deliveryCursor = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
 func (s *Server) webhookDeliveries(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	q := r.URL.Query()
-	var bad []fieldError
+	limit, ok := pageLimit(w, q, 100, store.DeliveryLogSize)
+	if !ok {
+		return
+	}
 	cursor := q.Get("cursor")
 	if cursor != "" && !deliveryCursor.MatchString(cursor) {
-		bad = append(bad, fieldError{"cursor", fmt.Sprintf("%q is not a cursor this API gave out", cursor)})
-	}
-	limit := 100
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > store.DeliveryLogSize {
-			bad = append(bad, fieldError{"limit", fmt.Sprintf("must be a whole number from 1 to %d", store.DeliveryLogSize)})
-		}
-		limit = n
-	}
-	if len(bad) > 0 {
-		writeError(w, http.StatusBadRequest, "bad_query", "the query is not valid", bad)
+		badCursor(w, cursor)
 		return
 	}
 	if _, err := s.store.GetWebhook(r.Context(), id); err != nil {
@@ -214,11 +205,7 @@ func (s *Server) webhookDeliveries(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, r, err)
 		return
 	}
-	ans := map[string]any{"deliveries": log, "next_cursor": nil}
-	if next != "" {
-		ans["next_cursor"] = next
-	}
-	writeJSON(w, http.StatusOK, ans)
+	writeJSON(w, http.StatusOK, map[string]any{"deliveries": log, "next_cursor": nextCursor(next)})
 }
 
 // redeliverWebhook sends a logged delivery again (same events, same

@@ -43,8 +43,8 @@ func mountExtras(s *Service) error {
 	if err != nil {
 		return err
 	}
-	s.API.HandlePublic("/v1/inbound/ses", prov.SES())
-	s.API.HandlePublic("/v1/inbound/sendgrid", prov.SendGrid())
+	s.API.HandlePublic("POST /v1/inbound/ses", prov.SES())
+	s.API.HandlePublic("POST /v1/inbound/sendgrid", prov.SendGrid())
 	return nil
 }
 
