@@ -133,7 +133,7 @@ func TestIdempotencyAndWebhookSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.IdempotencyTTL != 24*time.Hour || c.WebhookAllowPrivate || c.WebhookBatchSize != 100 || c.WebhookConcurrency != 4 || c.WebhookRotateOverlap != 24*time.Hour {
+	if c.IdempotencyTTL != 24*time.Hour || c.WebhookAllowPrivate || c.WebhookBatchSize != 500 || c.WebhookConcurrency != 4 || c.WebhookRotateOverlap != 24*time.Hour {
 		t.Errorf("defaults: %v %v %v %v %v", c.IdempotencyTTL, c.WebhookAllowPrivate, c.WebhookBatchSize, c.WebhookConcurrency, c.WebhookRotateOverlap)
 	}
 	for _, tt := range []struct{ k, v, err string }{

@@ -63,7 +63,7 @@ type Emitter struct {
 // NewEmitter returns an emitter that sends up to batch events per request.
 func NewEmitter(st *store.Store, q tasks.Enqueuer, batch int, log *slog.Logger) *Emitter {
 	if batch <= 0 {
-		batch = 100
+		batch = 500 // WEBHOOK_BATCH_SIZE's default
 	}
 	return &Emitter{store: st, queue: q, log: log, batch: batch, interval: time.Second, version: -1,
 		ch: make(chan Event, 64*1024), done: make(chan struct{})}
