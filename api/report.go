@@ -42,14 +42,8 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	st, err := s.store.State(r.Context(), id)
-	if err != nil {
-		s.storeError(w, r, err)
-		return
-	}
-	c, err := s.store.Campaign(r.Context(), id)
-	if err != nil {
-		s.storeError(w, r, err)
+	st, c, ok := s.downloadCampaign(w, r, id)
+	if !ok {
 		return
 	}
 	// The language the notice went out in: a recipient without a locale of
@@ -203,6 +197,22 @@ func spreadsheetSafe(v string) string {
 // downloadQuery reads what every CSV download takes from its query: bom
 // (true unless "false": Excel wants the byte order mark) and a reason for
 // the audit log that holds no card number. Not ok: the error is answered.
+// downloadCampaign reads the campaign a CSV download is of, with its
+// state (the recipients' id range); on failure it has answered.
+func (s *Server) downloadCampaign(w http.ResponseWriter, r *http.Request, id string) (store.CampaignState, *notice.Campaign, bool) {
+	st, err := s.store.State(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return st, nil, false
+	}
+	c, err := s.store.Campaign(r.Context(), id)
+	if err != nil {
+		s.storeError(w, r, err)
+		return st, nil, false
+	}
+	return st, c, true
+}
+
 func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok bool) {
 	q := r.URL.Query()
 	bom = true

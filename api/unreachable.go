@@ -31,14 +31,8 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	st, err := s.store.State(r.Context(), id)
-	if err != nil {
-		s.storeError(w, r, err)
-		return
-	}
-	c, err := s.store.Campaign(r.Context(), id)
-	if err != nil {
-		s.storeError(w, r, err)
+	st, c, ok := s.downloadCampaign(w, r, id)
+	if !ok {
 		return
 	}
 	rows := st.Seq
