@@ -1,12 +1,13 @@
 package api
 
 import (
-	"github.com/oshirase/oshirase/auth"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oshirase/oshirase/auth"
 
 	"github.com/oshirase/oshirase/metrics"
 )
@@ -102,14 +103,4 @@ func observe(log *slog.Logger, h http.Handler) http.Handler {
 		}()
 		h.ServeHTTP(rec, r)
 	})
-}
-
-// lifecycle logs a campaign's move (started, scheduled, paused, resumed,
-// cancelled) with who made it: the key's name.
-func (s *Server) lifecycle(r *http.Request, msg, id string, attrs ...any) {
-	actor := ""
-	if k := auth.Actor(r.Context()); k != nil {
-		actor = k.Name
-	}
-	s.log.Info(msg, append([]any{"campaign", id, "actor", actor}, attrs...)...)
 }

@@ -19,8 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-redis/redis_rate/v10"
-
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/store"
@@ -44,7 +43,7 @@ type Config struct {
 	ReadTimeout, WriteTimeout time.Duration
 	// Checks are /readyz's checks beyond Redis answering and SMTP.
 	Checks []Check
-	Limits Limits
+	Limits app.Limits
 	// DKIMDomains are the domains notices are signed for (DKIM_DOMAIN and
 	// DKIM_KEYS). A campaign whose From domain aligns with none is refused:
 	// DMARC would fail. Empty: signing is off and nothing is checked.
@@ -86,12 +85,11 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
-	observed  http.Handler        // mux behind the access log and HTTP metrics
-	limiter   *redis_rate.Limiter // the keys' quotas
-	limitLog  logSampler          // "API key reached its limit", sampled
-	sentSeen  sync.Map            // campaign id → highest sent count shown (sentNeverBack)
-	events    *webhooks.Emitter   // status webhooks (nil: off)
-	patterns  []string            // every pattern mounted, in order (Routes)
+	observed  http.Handler      // mux behind the access log and HTTP metrics
+	app       *app.App          // what the handlers do
+	events    *webhooks.Emitter // status webhooks (nil: off)
+	sentSeen  sync.Map          // campaign id → highest sent count shown (sentNeverBack)
+	patterns  []string          // every pattern mounted, in order (Routes)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -110,7 +108,7 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
-		limiter: redis_rate.NewLimiter(st.Redis())}
+		app: app.New(app.Config{DKIMDomains: cfg.DKIMDomains, Limits: cfg.Limits}, st, q, ts, keys, log)}
 	// Managed accounts live beside everything else in Redis; every way
 	// in (API, console, monitoring) shares this key set.
 	keys.UseAccounts(st)
@@ -123,6 +121,10 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 	s.observed = observe(log, s.mux)
 	return s
 }
+
+// App is the application the handlers call, for the adapters mounted
+// beside the API (the support console).
+func (s *Server) App() *app.App { return s.app }
 
 // Keys returns the server's key set, for handlers mounted beside the API.
 func (s *Server) Keys() *auth.Keys { return s.keys }
@@ -335,22 +337,48 @@ func writeError(w http.ResponseWriter, status int, code, msg string, details any
 	} else if ok {
 		masked := make([]fieldError, len(fe))
 		for i, f := range fe {
-			masked[i] = fieldError{ingest.MaskCardNumbers(f.Field), ingest.MaskCardNumbers(f.Error)}
+			masked[i] = fieldError{Field: ingest.MaskCardNumbers(f.Field), Error: ingest.MaskCardNumbers(f.Error)}
 		}
 		details = masked
 	}
 	writeJSON(w, status, map[string]apiError{"error": {Code: code, Message: msg, Details: details}})
 }
 
-// storeError maps a store error to an answer; other errors are 500s whose
-// detail goes to the log, not to the client.
-func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		writeError(w, http.StatusNotFound, "not_found", err.Error(), nil)
-	case errors.Is(err, store.ErrInvalidMove), errors.Is(err, store.ErrNotDraft), errors.Is(err, store.ErrConflict),
-		errors.Is(err, store.ErrNotFinished):
-		writeError(w, http.StatusConflict, "conflict", err.Error(), nil)
+// fail answers err: the one place an application error becomes an HTTP
+// answer. The Kind chooses the status; the code, message and fields are
+// the error's. A failure of the server's own (Internal, Unavailable) is
+// logged with its cause and answered with a message that names nothing
+// internal.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var e *app.Error
+	errors.As(err, &e)
+	var details any
+	if fe := fieldsOf(e); len(fe) > 0 {
+		details = fe
+	} else if e != nil && e.Details != nil {
+		details = e.Details
+	}
+	code, msg := app.CodeOf(err), app.MessageOf(err)
+	switch k := app.KindOf(err); k {
+	case app.BadRequest:
+		writeError(w, http.StatusBadRequest, code, msg, details)
+	case app.Invalid:
+		writeError(w, http.StatusUnprocessableEntity, code, msg, details)
+	case app.NotFound:
+		writeError(w, http.StatusNotFound, code, msg, details)
+	case app.Conflict:
+		writeError(w, http.StatusConflict, code, msg, details)
+	case app.Forbidden:
+		writeError(w, http.StatusForbidden, code, msg, details)
+	case app.Limited:
+		w.Header().Set("Retry-After", strconv.Itoa(app.RetrySeconds(e.RetryAfter)))
+		writeError(w, http.StatusTooManyRequests, code, msg, details)
+	case app.Unavailable:
+		s.log.Error("request failed", "route", r.Pattern, "kind", k.String(), "err", err)
+		if msg == "" {
+			msg = "the server cannot do this now (server problem); nothing was changed; try again later"
+		}
+		writeError(w, http.StatusServiceUnavailable, code, msg, details)
 	default:
 		// The pattern, not the path: a path may hold an address
 		// (/v1/suppressions/{email}).
@@ -358,6 +386,17 @@ func (s *Server) storeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
 	}
 }
+
+// fieldsOf is e's fields (none for nil).
+func fieldsOf(e *app.Error) []fieldError {
+	if e == nil {
+		return nil
+	}
+	return e.Fields
+}
+
+// fieldError is one problem with a request field.
+type fieldError = app.FieldError
 
 // maxJSONBody bounds a JSON request body (413 past it).
 const maxJSONBody = 1 << 20
@@ -398,11 +437,11 @@ func jsonKind(t reflect.Type) string {
 func jsonDetails(err error) []fieldError {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
-		return []fieldError{{te.Field, "must be " + jsonKind(te.Type) + ", not a JSON " + te.Value}}
+		return []fieldError{{Field: te.Field, Error: "must be " + jsonKind(te.Type) + ", not a JSON " + te.Value}}
 	}
 	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 		if name, err := strconv.Unquote(f); err == nil {
-			return []fieldError{{name, "unknown field"}}
+			return []fieldError{{Field: name, Error: "unknown field"}}
 		}
 	}
 	return nil
@@ -433,7 +472,3 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 	}
 	return true
 }
-
-// audit records a state change; a failure to audit is logged loudly but
-// does not undo the change already made.
-func (s *Server) audit(r *http.Request, e store.AuditEntry) { s.auditCtx(r.Context(), e) }

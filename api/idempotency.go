@@ -65,7 +65,7 @@ func (s *Server) idempotent(h http.HandlerFunc) http.HandlerFunc {
 		case idemRefused(w, err):
 			return
 		case err != nil:
-			s.storeError(w, r, err)
+			s.fail(w, r, err)
 			return
 		case ans != nil:
 			replay(w, ans)
@@ -156,7 +156,7 @@ func (s *Server) idempotentUpload(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		if err != nil {
-			s.storeError(w, r, err)
+			s.fail(w, r, err)
 			return
 		}
 		hb := newBodyHash(r, s.cfg.MaxUploadBytes)

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+
+	"github.com/oshirase/oshirase/app"
 )
 
 // Every list that can grow pages the same way: ?limit= (how many, 1 to a
@@ -21,7 +23,7 @@ func pageLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
 	for _, old := range []string{"offset", "before"} {
 		if q.Has(old) {
 			msg := old + " is no longer taken: page with cursor (the answer's next_cursor)"
-			writeError(w, http.StatusBadRequest, "bad_param", msg, []fieldError{{old, msg}})
+			writeError(w, http.StatusBadRequest, "bad_param", msg, []fieldError{{Field: old, Error: msg}})
 			return 0, false
 		}
 	}
@@ -31,8 +33,8 @@ func pageLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > max {
-		msg := fmt.Sprintf("limit must be a whole number from 1 to %d, not %s", max, quoted(v))
-		writeError(w, http.StatusBadRequest, "bad_limit", msg, []fieldError{{"limit", msg}})
+		msg := fmt.Sprintf("limit must be a whole number from 1 to %d, not %s", max, app.Quote(v))
+		writeError(w, http.StatusBadRequest, "bad_limit", msg, []fieldError{{Field: "limit", Error: msg}})
 		return 0, false
 	}
 	return n, true
@@ -40,8 +42,8 @@ func pageLimit(w http.ResponseWriter, q url.Values, def, max int) (int, bool) {
 
 // badCursor answers a cursor this API did not give out.
 func badCursor(w http.ResponseWriter, v string) {
-	msg := fmt.Sprintf("cursor %s is not one this API gave out; leave it out for the first page, then pass next_cursor", quoted(v))
-	writeError(w, http.StatusBadRequest, "bad_cursor", msg, []fieldError{{"cursor", msg}})
+	msg := fmt.Sprintf("cursor %s is not one this API gave out; leave it out for the first page, then pass next_cursor", app.Quote(v))
+	writeError(w, http.StatusBadRequest, "bad_cursor", msg, []fieldError{{Field: "cursor", Error: msg}})
 }
 
 // nextCursor is next_cursor's value: null at the end.

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/metrics"
@@ -143,7 +144,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	c, err := s.store.Campaign(ctx, id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	if c.Status != notice.CampaignDraft {
@@ -182,7 +183,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	ans := &uploadAnswer{UploadID: newUploadID(), Rejected: []ingest.Rejection{}, RejectionCounts: []store.RejectionCount{}, Total: c.Counts.Total}
 	wctx := context.WithoutCancel(ctx)
 	startDetails, _ := json.Marshal(map[string]any{"upload_id": ans.UploadID, "format": format.String(), "gzip": enc != "" && enc != "identity"})
-	if err := s.auditFirst(wctx, store.AuditEntry{Action: "recipients.upload.start", CampaignID: id, Details: startDetails}); err != nil {
+	if err := s.app.AuditFirst(wctx, store.AuditEntry{Action: "recipients.upload.start", CampaignID: id, Details: startDetails}); err != nil {
 		s.unavailable(w, r, "the upload could not be recorded in the audit log; nothing was stored; try again later", err, nil)
 		return
 	}
@@ -238,7 +239,7 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	details, _ := json.Marshal(map[string]any{"upload_id": ans.UploadID, "accepted": ans.Accepted, "rejected": ans.RejectedCount, "lines": ans.Lines,
 		"stored_through_line": ans.StoredThroughLine, "complete": perr == nil, "state": state, "already_addressed": repeats})
-	s.audit(r, store.AuditEntry{Action: "recipients.upload", CampaignID: id, Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "recipients.upload", CampaignID: id, Details: details})
 	if perr != nil {
 		s.uploadFailed(w, r, perr, ans)
 		return
@@ -504,7 +505,7 @@ func (s *Server) uploadFailed(w http.ResponseWriter, r *http.Request, err error,
 	case errors.Is(err, store.ErrNotDraft):
 		writeError(w, http.StatusConflict, "not_draft", "the campaign was started during the upload; rows after that were not added", ans)
 	case errors.Is(err, store.ErrNotFound):
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 	case errors.As(err, &ne) && ne.Timeout():
 		writeError(w, http.StatusRequestTimeout, "upload_stalled", "no data came for too long"+resume, ans)
 	case errors.Is(err, io.ErrUnexpectedEOF), strings.Contains(err.Error(), "unexpected EOF"):
@@ -545,7 +546,7 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) {
 	}
 	raw, total, err := s.store.Rejections(r.Context(), id, offset, int64(limit))
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	out := make([]json.RawMessage, len(raw))
@@ -554,7 +555,7 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) {
 	}
 	counts, err := s.store.RejectionCounts(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	var all int64
@@ -593,7 +594,7 @@ func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	if c.PurgedAt != nil {
@@ -604,7 +605,7 @@ func (s *Server) listRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	page, err := s.store.Recipients(r.Context(), id, want, cursor, limit)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	ans := map[string]any{"recipients": orEmpty(page.Recipients)}
@@ -625,7 +626,7 @@ func statusParam(w http.ResponseWriter, q url.Values) (notice.Status, bool) {
 	}
 	st, err := notice.ParseStatus(v)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_status", err.Error(), []fieldError{{"status", err.Error()}})
+		writeError(w, http.StatusBadRequest, "bad_status", err.Error(), []fieldError{{Field: "status", Error: err.Error()}})
 		return "", false
 	}
 	return st, true
@@ -656,7 +657,7 @@ func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
 	}
 	rc, err := s.store.Recipient(r.Context(), r.PathValue("id"), rid)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, rc)
@@ -666,7 +667,7 @@ func (s *Server) getRecipient(w http.ResponseWriter, r *http.Request) {
 func recipientID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 	rid, err := strconv.ParseInt(r.PathValue("rid"), 10, 64)
 	if err != nil || rid < 1 {
-		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", []fieldError{{"rid", "must be a positive number"}})
+		writeError(w, http.StatusBadRequest, "bad_id", "recipient id must be a positive number", []fieldError{{Field: "rid", Error: "must be a positive number"}})
 		return 0, false
 	}
 	return rid, true
@@ -678,9 +679,9 @@ func recipientID(w http.ResponseWriter, r *http.Request) (int64, bool) {
 func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	if e := q.Get("email"); e != "" {
-		sup, err := s.store.Suppression(r.Context(), lookupForm(e))
+		sup, err := s.store.Suppression(r.Context(), app.LookupForm(e))
 		if err != nil {
-			s.storeError(w, r, err)
+			s.fail(w, r, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"suppressions": []store.Suppression{*sup}, "next_cursor": nil})
@@ -701,7 +702,7 @@ func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 	}
 	list, next, err := s.store.Suppressions(r.Context(), cursor, int64(limit))
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	ans := map[string]any{"suppressions": list, "next_cursor": nil}
@@ -714,9 +715,9 @@ func (s *Server) listSuppressions(w http.ResponseWriter, r *http.Request) {
 // getSuppression answers GET /v1/suppressions/{email}: that address's
 // entry, or 404 when it is not suppressed.
 func (s *Server) getSuppression(w http.ResponseWriter, r *http.Request) {
-	sup, err := s.store.Suppression(r.Context(), lookupForm(r.PathValue("email")))
+	sup, err := s.store.Suppression(r.Context(), app.LookupForm(r.PathValue("email")))
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sup)
@@ -735,13 +736,13 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	code, msg := "", ""
 	rc := notice.Recipient{Email: req.Email}
 	if rej := ingest.Validate(&rc); rej != nil && rej.Field == "email" {
-		bad = append(bad, fieldError{"email", rej.Error})
+		bad = append(bad, fieldError{Field: "email", Error: rej.Error})
 		code, msg = "invalid_email", rej.Error
 	}
 	if strings.TrimSpace(req.Reason) == "" {
-		bad = append(bad, fieldError{"reason", "required"})
+		bad = append(bad, fieldError{Field: "reason", Error: "required"})
 		code, msg = cmp.Or(code, "reason_required"), cmp.Or(msg, "a reason is required")
-	} else if fe := s.cardInText(r.Context(), "reason", req.Reason); fe != nil {
+	} else if fe := s.app.CardInText(r.Context(), "reason", req.Reason); fe != nil {
 		bad = append(bad, fe...)
 		code, msg = cmp.Or(code, "invalid_reason"), cmp.Or(msg, "the reason looks like it holds a full card number")
 	}
@@ -758,37 +759,37 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 		sup.Actor = k.Name
 	}
 	if err := s.store.Suppress(r.Context(), sup); err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
-	s.audit(r, store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(sup.Email)})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(sup.Email)})
 	w.Header().Set("Location", "/v1/suppressions/"+url.PathEscape(sup.Email))
 	writeJSON(w, http.StatusCreated, sup)
 }
 
 func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
-	addr := store.EmailKey(lookupForm(r.PathValue("email")))
+	addr := store.EmailKey(app.LookupForm(r.PathValue("email")))
 	// Sending to an address that bounced, or that asked not to be written
 	// to, is a decision someone must own: the audit log says why.
 	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
 	if reason == "" {
-		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{"reason", "required"}})
+		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{Field: "reason", Error: "required"}})
 		return
 	}
-	if fe := s.cardInText(r.Context(), "reason", reason); fe != nil {
+	if fe := s.app.CardInText(r.Context(), "reason", reason); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return
 	}
 	ok, err := s.store.Unsuppress(r.Context(), addr)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	if !ok {
 		writeError(w, http.StatusNotFound, "not_found", "that address is not suppressed", nil)
 		return
 	}
-	s.audit(r, store.AuditEntry{Action: "suppression.remove", Reason: reason, Details: maskedDetails(addr)})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "suppression.remove", Reason: reason, Details: maskedDetails(addr)})
 	w.WriteHeader(http.StatusNoContent)
 }
 

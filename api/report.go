@@ -55,7 +55,7 @@ func (s *Server) campaignReport(w http.ResponseWriter, r *http.Request) {
 		rows = 0 // only the header is left
 	}
 	details, _ := json.Marshal(map[string]any{"status": want, "recipients": rows})
-	s.audit(r, store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "campaign.report", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
 	w, cw := s.startCSV(w, "oshirase-"+id+"-report.csv", bom, zoned(reportColumns, reportTimes, zone))
 	rc := http.NewResponseController(w)
@@ -202,12 +202,12 @@ func spreadsheetSafe(v string) string {
 func (s *Server) downloadCampaign(w http.ResponseWriter, r *http.Request, id string) (store.CampaignState, *notice.Campaign, bool) {
 	st, err := s.store.State(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return st, nil, false
 	}
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return st, nil, false
 	}
 	return st, c, true
@@ -219,12 +219,12 @@ func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok 
 	if v := q.Get("bom"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", []fieldError{{"bom", "must be true or false"}})
+			writeError(w, http.StatusBadRequest, "bad_bom", "bom must be true or false", []fieldError{{Field: "bom", Error: "must be true or false"}})
 			return false, false
 		}
 		bom = b
 	}
-	if fe := s.cardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
+	if fe := s.app.CardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
 		return false, false
 	}

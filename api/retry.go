@@ -34,19 +34,19 @@ func (q *retryRequest) validate() []fieldError {
 	var errs []fieldError
 	for i, c := range q.Codes {
 		if c < 400 || c > 599 {
-			errs = append(errs, fieldError{fmt.Sprintf("codes[%d]", i), fmt.Sprintf("%d is not an SMTP failure code (400-599)", c)})
+			errs = append(errs, fieldError{Field: fmt.Sprintf("codes[%d]", i), Error: fmt.Sprintf("%d is not an SMTP failure code (400-599)", c)})
 		}
 	}
 	for i, e := range q.Enhanced {
 		if !enhancedSelector(e) {
-			errs = append(errs, fieldError{fmt.Sprintf("enhanced[%d]", i), fmt.Sprintf("%q is not an enhanced status code or its class.subject (like 5.7.1 or 5.7)", e)})
+			errs = append(errs, fieldError{Field: fmt.Sprintf("enhanced[%d]", i), Error: fmt.Sprintf("%q is not an enhanced status code or its class.subject (like 5.7.1 or 5.7)", e)})
 		}
 	}
 	if q.Class != "" && q.Class != "4" && q.Class != "5" {
-		errs = append(errs, fieldError{"class", fmt.Sprintf("%q: want 4 or 5", q.Class)})
+		errs = append(errs, fieldError{Field: "class", Error: fmt.Sprintf("%q: want 4 or 5", q.Class)})
 	}
 	if ingest.LooksLikeCardNumber(q.Reason) {
-		errs = append(errs, fieldError{"reason", "looks like a full card number; write at most the last 4 digits"})
+		errs = append(errs, fieldError{Field: "reason", Error: "looks like a full card number; write at most the last 4 digits"})
 	}
 	return errs
 }
@@ -93,14 +93,14 @@ func (s *Server) retryCampaign(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if errs := q.validate(); len(errs) > 0 {
-		s.noteCards(r.Context(), errs)
+		s.app.NoteCards(r.Context(), errs)
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "the selector has invalid fields", errs)
 		return
 	}
 	ctx := r.Context()
 	c, err := s.store.Campaign(ctx, id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	switch {
@@ -139,15 +139,15 @@ func (s *Server) retryCampaign(w http.ResponseWriter, r *http.Request) {
 		sel := q
 		sel.Reason = ""
 		details, _ := json.Marshal(map[string]any{"selector": sel, "matched": matched, "queued": queued, "skipped_suppressed": skipped, "complete": failure == nil})
-		s.audit(r, store.AuditEntry{Action: "campaign.retry", CampaignID: id, Reason: q.Reason, Details: details})
+		s.app.Audit(r.Context(), store.AuditEntry{Action: "campaign.retry", CampaignID: id, Reason: q.Reason, Details: details})
 	}
 	if failure != nil {
-		s.storeError(w, r, failure)
+		s.fail(w, r, failure)
 		return
 	}
 	c, err = s.store.Campaign(ctx, id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]any{"matched": matched, "queued": queued, "skipped_suppressed": skipped, "campaign": c})

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
 )
@@ -44,9 +44,9 @@ func TestSearchRecipients(t *testing.T) {
 	st, _ := startSupportStack(t, nil)
 	cid := uploadedCampaign(t, st, "card leak", searchCSV)
 
-	search := func(q string, extra string) (int, api.SearchResult, string) {
+	search := func(q string, extra string) (int, app.SearchResult, string) {
 		t.Helper()
-		var res api.SearchResult
+		var res app.SearchResult
 		code, body := teststack.Do(t, st.Base, teststack.SupportKey, "GET", "/v1/recipients?q="+url.QueryEscape(q)+extra, "", nil, &res)
 		return code, res, string(body)
 	}

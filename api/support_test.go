@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
@@ -57,9 +57,9 @@ func sentCampaign(t testing.TB, st *teststack.Stack, name string, rcpts []notice
 	return c.ID, added.IDs
 }
 
-func lookup(t *testing.T, st *teststack.Stack, addr string) api.LookupResult {
+func lookup(t *testing.T, st *teststack.Stack, addr string) app.LookupResult {
 	t.Helper()
-	var res api.LookupResult
+	var res app.LookupResult
 	code, body := teststack.Do(t, st.Base, teststack.SupportKey, "GET", "/v1/recipients?email="+addr, "", nil, &res)
 	if code != 200 {
 		t.Fatalf("look up: %d %s", code, body)
@@ -222,7 +222,7 @@ func TestNotification(t *testing.T) {
 		"recipient": map[string]any{"email": addr, "name": "Single Person", "card_last4": "4242"},
 	}
 	b, _ := json.Marshal(notif)
-	var ans api.NotificationAnswer
+	var ans app.NotificationAnswer
 	code, body := teststack.Do(t, st.Base, teststack.AdminKey, "POST", "/v1/notifications", "application/json", b, &ans)
 	if code != 202 || ans.CampaignID == "" || ans.CampaignID == cid || ans.RecipientID != 1 || ans.URL == "" {
 		t.Fatalf("notification: %d %s", code, body)
@@ -241,7 +241,7 @@ func TestNotification(t *testing.T) {
 	}
 	found := false
 	for _, n := range res.Notices {
-		found = found || (n.Campaign.ID == ans.CampaignID && n.Campaign.Name == api.NotificationPrefix+"card-reissue" && n.Status == notice.StatusSent)
+		found = found || (n.Campaign.ID == ans.CampaignID && n.Campaign.Name == app.NotificationPrefix+"card-reissue" && n.Status == notice.StatusSent)
 	}
 	if !found {
 		t.Fatalf("look-up does not show the notification: %+v", res.Notices)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/templates"
@@ -21,21 +22,11 @@ import (
 // previewRequest is the body of POST /v1/templates/{name}/preview. Data and
 // Recipient default to the template's sample data and SampleRecipient.
 type previewRequest struct {
-	Locale     string            `json:"locale"`
-	Data       map[string]any    `json:"data"`
-	Recipient  *previewRecipient `json:"recipient"`
-	Charset    string            `json:"charset"`
-	Paragraphs []string          `json:"extra_paragraphs"`
-}
-
-type previewRecipient struct {
-	Email      string            `json:"email"`
-	Name       string            `json:"name"`
-	Locale     string            `json:"locale"`
-	CustomerID string            `json:"customer_id"`
-	CardBrand  string            `json:"card_brand"`
-	CardLast4  string            `json:"card_last4"`
-	Extra      map[string]string `json:"extra"`
+	Locale     string                     `json:"locale"`
+	Data       map[string]any             `json:"data"`
+	Recipient  *app.NotificationRecipient `json:"recipient"`
+	Charset    string                     `json:"charset"`
+	Paragraphs []string                   `json:"extra_paragraphs"`
 }
 
 // Preview is a rendered notice as the preview endpoints return it.
@@ -67,7 +58,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	if !s.templates.Has(name) {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown template %s (see GET /v1/templates)", quoted(name)), nil)
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown template %s (see GET /v1/templates)", app.Quote(name)), nil)
 		return
 	}
 	var req previewRequest
@@ -78,45 +69,47 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 		req.Locale = notice.LocaleJA
 	}
 	if !notice.ValidLocale(req.Locale) {
-		writeError(w, http.StatusBadRequest, "invalid", "locale must be ja or en", []fieldError{{"locale", "must be ja or en"}})
+		writeError(w, http.StatusBadRequest, "invalid", "locale must be ja or en", []fieldError{{Field: "locale", Error: "must be ja or en"}})
 		return
 	}
 	charset, ok := normCharset(req.Charset)
 	if !ok {
-		writeError(w, http.StatusBadRequest, "invalid", "charset must be utf-8 or iso-2022-jp", []fieldError{{"charset", "must be utf-8 or iso-2022-jp"}})
+		writeError(w, http.StatusBadRequest, "invalid", "charset must be utf-8 or iso-2022-jp", []fieldError{{Field: "charset", Error: "must be utf-8 or iso-2022-jp"}})
 		return
 	}
 	// A preview shows what it was given: a card number in it would come
 	// straight back.
 	var errs []fieldError
-	bad := func(f, msg string, a ...any) { errs = append(errs, fieldError{f, fmt.Sprintf(msg, a...)}) }
-	checkCardNumbers("data", req.Data, bad)
+	bad := func(f, msg string, a ...any) {
+		errs = append(errs, fieldError{Field: f, Error: fmt.Sprintf(msg, a...)})
+	}
+	app.CheckCardNumbers("data", req.Data, bad)
 	for i, p := range req.Paragraphs {
-		checkCardNumbers(fmt.Sprintf("extra_paragraphs[%d]", i), p, bad)
+		app.CheckCardNumbers(fmt.Sprintf("extra_paragraphs[%d]", i), p, bad)
 	}
 	if p := req.Recipient; p != nil {
 		for _, f := range []struct{ name, v string }{{"email", p.Email}, {"name", p.Name}, {"locale", p.Locale},
 			{"customer_id", p.CustomerID}, {"card_brand", p.CardBrand}, {"card_last4", p.CardLast4}} {
-			checkCardNumbers("recipient."+f.name, f.v, bad)
+			app.CheckCardNumbers("recipient."+f.name, f.v, bad)
 		}
 		for k, v := range p.Extra {
-			checkCardNumbers("recipient.extra", k, bad)
-			checkCardNumbers("recipient.extra", v, bad)
+			app.CheckCardNumbers("recipient.extra", k, bad)
+			app.CheckCardNumbers("recipient.extra", v, bad)
 		}
 	}
 	if len(errs) > 0 {
-		s.noteCards(r.Context(), errs)
+		s.app.NoteCards(r.Context(), errs)
 		writeError(w, http.StatusUnprocessableEntity, "invalid", "the preview's input looks like it holds a full card number", errs)
 		return
 	}
 	in, err := s.templates.Sample(name, req.Locale)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	if req.Data != nil {
 		if err := s.templates.Validate(name, req.Data); err != nil {
-			writeError(w, http.StatusUnprocessableEntity, "invalid_data", err.Error(), dataErrors(err))
+			writeError(w, http.StatusUnprocessableEntity, "invalid_data", err.Error(), app.DataErrors(err))
 			return
 		}
 		in.Data = req.Data
@@ -138,13 +131,13 @@ func (s *Server) previewCampaign(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	c, err := s.store.Campaign(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	q := r.URL.Query()
 	locale := q.Get("locale")
 	if locale != "" && !notice.ValidLocale(locale) {
-		writeError(w, http.StatusBadRequest, "invalid", "locale must be ja or en", []fieldError{{"locale", "must be ja or en"}})
+		writeError(w, http.StatusBadRequest, "invalid", "locale must be ja or en", []fieldError{{Field: "locale", Error: "must be ja or en"}})
 		return
 	}
 	who := "sample"
@@ -152,12 +145,12 @@ func (s *Server) previewCampaign(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("recipient_id"); v != "" {
 		rid, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || rid <= 0 {
-			writeError(w, http.StatusBadRequest, "invalid", "recipient_id must be a positive integer", []fieldError{{"recipient_id", "must be a positive integer"}})
+			writeError(w, http.StatusBadRequest, "invalid", "recipient_id must be a positive integer", []fieldError{{Field: "recipient_id", Error: "must be a positive integer"}})
 			return
 		}
 		rp, err := s.store.Recipient(r.Context(), id, rid)
 		if err != nil {
-			s.storeError(w, r, err)
+			s.fail(w, r, err)
 			return
 		}
 		rcpt, who = *rp, strconv.FormatInt(rid, 10)
@@ -165,7 +158,7 @@ func (s *Server) previewCampaign(w http.ResponseWriter, r *http.Request) {
 			locale = rcpt.EffectiveLocale(c.DefaultLocale)
 		}
 		// Reading a customer's notice is reading their personal data.
-		s.audit(r, store.AuditEntry{Action: "campaign.preview", CampaignID: id, Recipient: rid})
+		s.app.Audit(r.Context(), store.AuditEntry{Action: "campaign.preview", CampaignID: id, Recipient: rid})
 	}
 	if locale == "" {
 		locale = c.DefaultLocale

@@ -40,7 +40,7 @@ func (s *Server) unreachableReport(w http.ResponseWriter, r *http.Request) {
 		rows = 0 // only the header is left
 	}
 	details, _ := json.Marshal(map[string]any{"recipients": rows})
-	s.audit(r, store.AuditEntry{Action: "campaign.unreachable", CampaignID: id, Reason: q.Get("reason"), Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "campaign.unreachable", CampaignID: id, Reason: q.Get("reason"), Details: details})
 
 	w, cw := s.startCSV(w, "oshirase-"+id+"-unreachable.csv", bom, zoned(unreachableColumns, []string{"at"}, c.Zone()))
 	rc := http.NewResponseController(w)

@@ -17,11 +17,9 @@ import (
 )
 
 // SetEvents connects the API to the status webhooks' emitter (nil: off).
-func (s *Server) SetEvents(e *webhooks.Emitter) { s.events = e }
-
-// emit sends a campaign event (a no-op without webhooks).
-func (s *Server) emit(typ, cid, status string) {
-	s.events.Emit(webhooks.Event{Type: typ, Data: webhooks.Data{CampaignID: cid, Status: status}})
+func (s *Server) SetEvents(e *webhooks.Emitter) {
+	s.events = e
+	s.app.SetEvents(e)
 }
 
 // WebhookRequest is the body of POST /v1/webhooks.
@@ -68,21 +66,21 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	var bad []fieldError
 	if msg := webhooks.CheckURL(req.URL, s.cfg.WebhookAllowPrivate); msg != "" {
-		bad = append(bad, fieldError{"url", msg})
+		bad = append(bad, fieldError{Field: "url", Error: msg})
 	}
 	if len(req.Events) == 0 {
-		bad = append(bad, fieldError{"events", "is required: a list of event types, or [\"*\"] for all"})
+		bad = append(bad, fieldError{Field: "events", Error: "is required: a list of event types, or [\"*\"] for all"})
 	}
 	for i, e := range req.Events {
 		if !webhooks.ValidType(e) {
-			bad = append(bad, fieldError{fmt.Sprintf("events[%d]", i), fmt.Sprintf("%q is not an event type; one of %v or \"*\"", e, webhooks.Types)})
+			bad = append(bad, fieldError{Field: fmt.Sprintf("events[%d]", i), Error: fmt.Sprintf("%q is not an event type; one of %v or \"*\"", e, webhooks.Types)})
 		}
 	}
 	if req.CampaignID != "" {
 		if _, err := s.store.Campaign(r.Context(), req.CampaignID); errors.Is(err, store.ErrNotFound) {
-			bad = append(bad, fieldError{"campaign_id", "no such campaign"})
+			bad = append(bad, fieldError{Field: "campaign_id", Error: "no such campaign"})
 		} else if err != nil {
-			s.storeError(w, r, err)
+			s.fail(w, r, err)
 			return
 		}
 	}
@@ -95,12 +93,12 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 	wh, err := s.store.CreateWebhook(r.Context(), store.Webhook{URL: req.URL, Events: evs, CampaignID: req.CampaignID,
 		IncludeAddress: req.IncludeAddress, CreatedAt: time.Now().UTC(), Secrets: []store.WebhookSecret{{Secret: secret}}})
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	s.refreshHooks(r.Context())
 	details, _ := json.Marshal(map[string]any{"webhook": wh.ID, "events": evs, "include_address": req.IncludeAddress})
-	s.audit(r, store.AuditEntry{Action: "webhook.create", CampaignID: req.CampaignID, Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "webhook.create", CampaignID: req.CampaignID, Details: details})
 	v := webhookView(wh)
 	v.Secret = secret
 	w.Header().Set("Location", "/v1/webhooks/"+wh.ID)
@@ -110,7 +108,7 @@ func (s *Server) createWebhook(w http.ResponseWriter, r *http.Request) {
 func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
 	hs, err := s.store.Webhooks(r.Context())
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	out := make([]WebhookView, len(hs))
@@ -123,7 +121,7 @@ func (s *Server) listWebhooks(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getWebhook(w http.ResponseWriter, r *http.Request) {
 	wh, err := s.store.GetWebhook(r.Context(), r.PathValue("id"))
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, webhookView(wh))
@@ -132,12 +130,12 @@ func (s *Server) getWebhook(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteWebhook(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := s.store.DeleteWebhook(r.Context(), id); err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	s.refreshHooks(r.Context())
 	details, _ := json.Marshal(map[string]string{"webhook": id})
-	s.audit(r, store.AuditEntry{Action: "webhook.delete", Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "webhook.delete", Details: details})
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -163,11 +161,11 @@ func (s *Server) rotateWebhook(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	details, _ := json.Marshal(map[string]string{"webhook": wh.ID})
-	s.audit(r, store.AuditEntry{Action: "webhook.rotate", Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "webhook.rotate", Details: details})
 	v := webhookView(wh)
 	v.Secret = secret
 	writeJSON(w, http.StatusOK, v)
@@ -197,12 +195,12 @@ func (s *Server) webhookDeliveries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := s.store.GetWebhook(r.Context(), id); err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	log, next, err := s.store.DeliveryLog(r.Context(), id, cursor, limit)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"deliveries": log, "next_cursor": nextCursor(next)})
@@ -214,7 +212,7 @@ func (s *Server) redeliverWebhook(w http.ResponseWriter, r *http.Request) {
 	id, did := r.PathValue("id"), r.PathValue("delivery_id")
 	wh, err := s.store.GetWebhook(r.Context(), id)
 	if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	if wh.DisabledAt != nil {
@@ -226,10 +224,10 @@ func (s *Server) redeliverWebhook(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("delivery %s of webhook %s is not kept (a delivery is kept a day after it succeeded)", did, id), nil)
 		return
 	} else if err != nil {
-		s.storeError(w, r, err)
+		s.fail(w, r, err)
 		return
 	}
 	details, _ := json.Marshal(map[string]string{"webhook": id, "delivery_id": did})
-	s.audit(r, store.AuditEntry{Action: "webhook.redeliver", Details: details})
+	s.app.Audit(r.Context(), store.AuditEntry{Action: "webhook.redeliver", Details: details})
 	writeJSON(w, http.StatusAccepted, map[string]string{"webhook_id": id, "delivery_id": did, "status": "queued"})
 }

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
@@ -68,7 +68,7 @@ func TestAccountLifecycle(t *testing.T) {
 	if code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}
-	created := decode[api.AccountView](t, body)
+	created := decode[app.AccountView](t, body)
 	key := created.Key
 	if !strings.HasPrefix(key, "osk_") || created.Role != "support" || created.Disabled || created.CreatedBy != "admin" || !created.HasKey {
 		t.Fatalf("created: %s", body)
@@ -118,7 +118,7 @@ func TestAccountLifecycle(t *testing.T) {
 
 	// Rotate: the new key works, the old stops, on both processes.
 	code, body = call(t, b, admin, "POST", "/v1/accounts/agent6/rotate", "")
-	rotated := decode[api.AccountView](t, body)
+	rotated := decode[app.AccountView](t, body)
 	if code != 200 || rotated.Key == "" || rotated.Key == key {
 		t.Fatalf("rotate: %d %s", code, body)
 	}
@@ -173,7 +173,7 @@ func TestAccountRefusals(t *testing.T) {
 		if code != 201 {
 			t.Fatalf("create %s: %d %s", name, code, body)
 		}
-		return decode[api.AccountView](t, body).Key
+		return decode[app.AccountView](t, body).Key
 	}
 	agent, boss := mk("agent", "support"), mk("boss", "admin")
 	mk("boss2", "admin")
@@ -209,7 +209,7 @@ func TestAccountRefusals(t *testing.T) {
 	}
 	// Nothing changed: agent is still support, boss still admin and enabled.
 	_, body := call(t, s.Base, testenv.AdminKey, "GET", "/v1/accounts", "")
-	for _, a := range decode[struct{ Accounts []api.AccountView }](t, body).Accounts {
+	for _, a := range decode[struct{ Accounts []app.AccountView }](t, body).Accounts {
 		if want := map[string]string{"agent": "support", "boss": "admin", "boss2": "admin"}[a.Name]; a.Role != want || a.Disabled {
 			t.Errorf("%s is now %s (disabled %v), want %s", a.Name, a.Role, a.Disabled, want)
 		}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/text/language"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/console"
 	"github.com/oshirase/oshirase/internal/testenv"
@@ -188,12 +189,12 @@ func (s *oidcStack) signIn(c *browser, user string) (int, string) {
 	return c.do("GET", "/support/", nil)
 }
 
-func (s *oidcStack) account(t *testing.T, name string) api.AccountView {
+func (s *oidcStack) account(t *testing.T, name string) app.AccountView {
 	code, body := call(t, s.base, testenv.AdminKey, "GET", "/v1/accounts/"+name, "")
 	if code != 200 {
 		t.Fatalf("account %s: %d %s", name, code, body)
 	}
-	return decode[api.AccountView](t, body)
+	return decode[app.AccountView](t, body)
 }
 
 func (s *oidcStack) audit(t *testing.T, actor string) []store.AuditEntry {

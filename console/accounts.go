@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
@@ -35,7 +35,7 @@ type accountsView struct {
 	Role                         auth.Role
 	Error, Flash                 string
 	Secret                       string // a new key, shown once
-	Accounts                     []api.AccountView
+	Accounts                     []app.AccountView
 	Roles                        []auth.Role
 }
 
@@ -96,7 +96,7 @@ func (c *Console) accountsPage(w http.ResponseWriter, r *http.Request) {
 	if f != nil {
 		v.Flash, v.Error, v.Secret = f.Flash, f.Error, f.Secret
 	}
-	if v.Accounts, err = c.api.Accounts(ctx); err != nil {
+	if v.Accounts, err = c.app.Accounts(ctx); err != nil {
 		c.fail(w, r, err)
 		return
 	}
@@ -111,7 +111,7 @@ func (c *Console) accountsPage(w http.ResponseWriter, r *http.Request) {
 func (c *Console) accountCreate(w http.ResponseWriter, r *http.Request, s *session) {
 	name, role := r.PostFormValue("name"), r.PostFormValue("role")
 	c.accountForm(w, r, s, "create/"+name, name+"\x00"+role, func(ctx context.Context) (string, string, error) {
-		v, err := c.api.CreateAccount(ctx, name, role)
+		v, err := c.app.CreateAccount(ctx, name, role)
 		if err != nil {
 			return "", "", err
 		}
@@ -128,7 +128,7 @@ func (c *Console) accountChange(w http.ResponseWriter, r *http.Request, s *sessi
 		return
 	}
 	c.accountForm(w, r, s, op+"/"+name, role, func(ctx context.Context) (string, string, error) {
-		v, err := c.api.UpdateAccount(ctx, name, api.AccountUpdate{Op: op, Role: role})
+		v, err := c.app.UpdateAccount(ctx, name, app.AccountUpdate{Op: op, Role: role})
 		if err != nil {
 			return "", "", err
 		}
@@ -180,23 +180,20 @@ func (c *Console) accountForm(w http.ResponseWriter, r *http.Request, s *session
 				c.log.Error("support console: idempotency release", "err", err)
 			}
 		} else if err := c.store.FinishIdempotent(bg, scope, claim,
-			store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.api.IdempotencyTTL()); err != nil {
+			store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.idemTTL); err != nil {
 			c.log.Error("support console: idempotency answer", "err", err)
 		}
 	}
-	var ae *api.AccountError
-	switch {
-	case err == nil:
+	if err == nil {
 		c.accountFlash(w, r, s, store.ConsoleFlash{Flash: msg, Secret: secret})
-	case errors.As(err, &ae):
-		m := ae.Msg
-		for _, f := range ae.Fields {
-			m += "; " + f.Field + ": " + f.Error
-		}
-		c.accountFlash(w, r, s, store.ConsoleFlash{Error: tr(r, "Not done: %s", m)})
-	default:
-		c.fail(w, r, err)
+		return
 	}
+	m, _, ok := explain(r, err, false)
+	if !ok {
+		c.fail(w, r, err)
+		return
+	}
+	c.accountFlash(w, r, s, store.ConsoleFlash{Error: m})
 }
 
 func (c *Console) accountFlash(w http.ResponseWriter, r *http.Request, s *session, f store.ConsoleFlash) {

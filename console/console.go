@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
 )
@@ -43,13 +44,14 @@ const (
 // Console serves the support console. Mount it at /support/ without the
 // API's authentication: it does its own.
 type Console struct {
-	oidc  *auth.OIDC // nil: no sign-in through an identity provider
-	api   *api.Server
-	keys  *auth.Keys
-	store *store.Store
-	log   *slog.Logger
-	ttl   time.Duration
-	mux   *http.ServeMux
+	oidc    *auth.OIDC // nil: no sign-in through an identity provider
+	app     *app.App
+	idemTTL time.Duration // how long a form's outcome is kept (IDEMPOTENCY_TTL)
+	keys    *auth.Keys
+	store   *store.Store
+	log     *slog.Logger
+	ttl     time.Duration
+	mux     *http.ServeMux
 }
 
 // New returns a console over the API server (look-ups and resends go through
@@ -62,7 +64,7 @@ func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) 
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Console{api: srv, keys: srv.Keys(), store: st, log: log, ttl: ttl, mux: http.NewServeMux()}
+	c := &Console{app: srv.App(), idemTTL: srv.IdempotencyTTL(), keys: srv.Keys(), store: st, log: log, ttl: ttl, mux: http.NewServeMux()}
 	c.mux.HandleFunc("GET /support/{$}", c.index)
 	c.mux.HandleFunc("POST /support/login", c.login)
 	c.mux.HandleFunc("POST /support/logout", c.signedIn(c.logout))
@@ -334,7 +336,7 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		c.showSearch(w, r, s, searchArgs{q: q, errMsg: tr(r, "The resend form is incomplete; search again.")})
 		return
 	}
-	req := api.ResendRequest{
+	req := app.ResendRequest{
 		Reason: f.Get("reason"), Email: f.Get("email"), OverrideSuppression: f.Get("override_suppression") != "",
 		Locale: f.Get("locale"),
 	}
@@ -366,17 +368,14 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		claim = tok
 	}
-	rs, err := c.api.Resend(r.Context(), cid, rid, req)
+	rs, err := c.app.Resend(r.Context(), cid, rid, req)
 	if err != nil && claim != "" {
 		// Nothing was queued: the same form may be posted again.
 		if err := c.store.AbandonIdempotent(context.WithoutCancel(r.Context()), scope, claim); err != nil {
 			c.log.Error("support console: idempotency release", "err", err)
 		}
 	}
-	var le *api.LimitError
-	if errors.As(err, &le) {
-		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(le.RetryAfter.Seconds())))))
-	}
+	retryAfter(w, err)
 	if err == nil {
 		msg := tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
 		if rs.Locale != "" {
@@ -384,20 +383,39 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		if claim != "" {
 			if err := c.store.FinishIdempotent(context.WithoutCancel(r.Context()), scope, claim,
-				store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.api.IdempotencyTTL()); err != nil {
+				store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.idemTTL); err != nil {
 				c.log.Error("support console: idempotency answer", "err", err)
 			}
 		}
 		c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: msg})
 		return
 	}
-	msg, suppressed, ok := c.explain(r, err, cid, rid, req)
+	msg, _, ok := explain(r, err, true)
 	if !ok {
 		c.fail(w, r, err)
 		return
 	}
+	suppressed := app.CodeOf(err) == app.CodeSuppressed
+	if suppressed {
+		msg = c.suppressedMsg(r, cid, rid, req.Email, msg)
+	}
 	again.errMsg, again.form.Override = msg, suppressed
 	c.showSearch(w, r, s, again)
+}
+
+// suppressedMsg is msg with the suppression of the address a resend went
+// to (the corrected one, else the recipient's): since when and why.
+func (c *Console) suppressedMsg(r *http.Request, cid string, rid int64, to, msg string) string {
+	if to == "" {
+		if rc, err := c.store.Recipient(r.Context(), cid, rid); err == nil {
+			to = rc.Email
+		}
+	}
+	if sup, err := c.store.Suppression(r.Context(), app.LookupForm(to)); err == nil {
+		return tr(r, "Not resent: %s is on the suppression list since %s (%s): mail to it bounced or was blocked. To send anyway, tick “send despite the suppression list” and resend.",
+			to, fmtTime(sup.At), sup.Reason)
+	}
+	return msg
 }
 
 // redirectFlash ends a form post that did something with a redirect to the

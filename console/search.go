@@ -2,16 +2,17 @@ package console
 
 import (
 	"errors"
-	"github.com/oshirase/oshirase/auth"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/app"
+	"github.com/oshirase/oshirase/auth"
+
 	"golang.org/x/net/idna"
 
-	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
@@ -22,7 +23,7 @@ import (
 // show again after a refusal.
 type searchView struct {
 	Query  string
-	Search *api.SearchResult
+	Search *app.SearchResult
 	// AddrSuppression: the query is an address on the suppression list
 	// (shown when no notice shows it: one banner per address).
 	AddrSuppression *store.Suppression
@@ -30,7 +31,7 @@ type searchView struct {
 	Zone            string // the one zone every time on the page is in
 	Form            *formState
 	Next, Prev      string // URLs of the next and previous page
-	Sent            *api.SentNotice
+	Sent            *app.SentNotice
 }
 
 // formState is a resend form as it was posted, shown again with the
@@ -45,7 +46,7 @@ type formState struct {
 }
 
 // For reports whether the form state belongs to notice n's form.
-func (f *formState) For(n api.Notice) bool {
+func (f *formState) For(n app.Notice) bool {
 	return f != nil && f.Campaign == n.Campaign.ID && f.Recipient == n.ID
 }
 
@@ -85,15 +86,15 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 		status = http.StatusUnprocessableEntity
 	}
 	cursor, _ := strconv.Atoi(a.cursor)
-	res, err := c.api.Search(r.Context(), v.Query, cursor, api.SearchLimit)
-	var qe *api.QueryError
-	if errors.As(err, &qe) {
-		v.Error = tr(r, "Enter at least 3 characters (2 of kana or kanji) of a customer id, name, email address or phone number.")
-		c.render(w, r, http.StatusBadRequest, v)
-		return
-	}
+	res, err := c.app.Search(r.Context(), v.Query, cursor, app.SearchLimit)
 	if err != nil {
-		c.fail(w, r, err)
+		msg, status, ok := explain(r, err, false)
+		if !ok {
+			c.fail(w, r, err)
+			return
+		}
+		v.Error = msg
+		c.render(w, r, status, v)
 		return
 	}
 	v.Search = res
@@ -101,7 +102,7 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 		v.Next = searchURL(v.Query, res.NextCursor)
 	}
 	if cursor > 0 {
-		v.Prev = searchURL(v.Query, strconv.Itoa(max(0, cursor-api.SearchLimit)))
+		v.Prev = searchURL(v.Query, strconv.Itoa(max(0, cursor-app.SearchLimit)))
 	}
 	if addr := ingest.NormalizeEmail(v.Query); addr != "" {
 		v.AddrQuery = true
@@ -115,56 +116,6 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 		}
 	}
 	c.render(w, r, status, v)
-}
-
-// explain says in the agent's language why a resend was refused, and
-// whether the suppression override is what it needs. ok is false for a
-// failure of the server's own.
-func (c *Console) explain(r *http.Request, err error, cid string, rid int64, req api.ResendRequest) (msg string, suppressed, ok bool) {
-	var ie *api.InvalidError
-	var le *api.LimitError
-	switch {
-	case errors.As(err, &ie):
-		switch ie.Code {
-		case "reason_required":
-			return tr(r, "Not resent: enter the reason for the resend (it is kept in the audit log)."), false, true
-		case "invalid_email":
-			return tr(r, "Not resent: the corrected address is not an address a notice can be sent to. Check it for typos: it needs one @ and a domain such as example.jp, in letters a mail server accepts."), false, true
-		case "invalid_locale":
-			return tr(r, "Not resent: choose Japanese or English."), false, true
-		case "invalid_reason":
-			if strings.Contains(ie.Msg, "card") {
-				return tr(r, "Not resent: the reason looks like it holds a full card number. Write at most the last 4 digits."), false, true
-			}
-			return tr(r, "Not resent: the reason is too long (at most 1,000 bytes)."), false, true
-		}
-		return tr(r, "Not resent: the form has a mistake; check the reason and the address."), false, true
-	case errors.As(err, &le):
-		return tr(r, "Not resent: you have used your %d resends per hour. Try again in %s.", le.N, duration(r, le.RetryAfter)), false, true
-	case errors.Is(err, api.ErrSuppressed):
-		to := req.Email
-		if to == "" {
-			if rc, err := c.store.Recipient(r.Context(), cid, rid); err == nil {
-				to = rc.Email
-			}
-		}
-		if sup, err := c.store.Suppression(r.Context(), lookupForm(to)); err == nil {
-			return tr(r, "Not resent: %s is on the suppression list since %s (%s): mail to it bounced or was blocked. To send anyway, tick “send despite the suppression list” and resend.",
-				to, fmtTime(sup.At), sup.Reason), true, true
-		}
-		return tr(r, "Not resent: the address is on the suppression list: mail to it bounced or was blocked. To send anyway, tick “send despite the suppression list” and resend."), true, true
-	case errors.Is(err, api.ErrNotSent):
-		return tr(r, "Not resent: this notice has not been sent yet. Resending it now could deliver it twice; it goes out by itself (see when on its row)."), false, true
-	case errors.Is(err, store.ErrConflict) && strings.Contains(err.Error(), "purg"):
-		return tr(r, "Not resent: this campaign's personal data is being deleted; nothing of it can be resent."), false, true
-	case errors.Is(err, store.ErrConflict) && strings.Contains(err.Error(), "cancelled"):
-		return tr(r, "Not resent: this notice was cancelled with its campaign and was never sent."), false, true
-	case errors.Is(err, store.ErrConflict):
-		return tr(r, "Not resent: the notice is being changed by someone else; search again and retry."), false, true
-	case errors.Is(err, store.ErrNotFound):
-		return tr(r, "Not resent: this notice no longer exists (its campaign was deleted or its personal data purged). Search again."), false, true
-	}
-	return "", false, false
 }
 
 // lookupForm is an address as it is stored (see api.lookupForm).
@@ -240,7 +191,7 @@ func (c *Console) noticePage(w http.ResponseWriter, r *http.Request, s *session)
 		c.render(w, r, http.StatusBadRequest, v)
 		return
 	}
-	sent, err := c.api.RenderSent(r.Context(), q.Get("campaign"), rid, n)
+	sent, err := c.app.RenderSent(r.Context(), q.Get("campaign"), rid, n)
 	if errors.Is(err, store.ErrNotFound) {
 		v.Error = tr(r, "This notice no longer exists (its campaign was deleted or its personal data purged).")
 		c.render(w, r, http.StatusNotFound, v)

@@ -27,7 +27,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/internal/testenv"
 	"github.com/oshirase/oshirase/internal/teststack"
 	"github.com/oshirase/oshirase/notice"
@@ -472,8 +472,8 @@ func TestCampaignOnRedisCluster(t *testing.T) {
 
 	// Support look-up: the address index (one key, on its own node) points
 	// into campaigns on every node.
-	lookup := func() api.LookupResult {
-		var res api.LookupResult
+	lookup := func() app.LookupResult {
+		var res app.LookupResult
 		if code, body := teststack.Do(t, st.base, teststack.SupportKey, "GET", "/v1/recipients?email="+strings.ToLower(shared), "", nil, &res); code != 200 {
 			t.Fatalf("look-up: %d %s", code, body)
 		}
@@ -524,7 +524,7 @@ func TestCampaignOnRedisCluster(t *testing.T) {
 		"template": "card-reissue", "locale": "en", "from": req["from"], "data": req["data"],
 		"recipient": map[string]any{"email": "single@example.com", "card_last4": "4242"},
 	})
-	var na api.NotificationAnswer
+	var na app.NotificationAnswer
 	if code, body := teststack.Do(t, st.base, teststack.AdminKey, "POST", "/v1/notifications", "application/json", nb, &na); code != 202 {
 		t.Fatalf("notification: %d %s", code, body)
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/oshirase/oshirase/api"
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/bounce"
 	"github.com/oshirase/oshirase/config"
@@ -225,7 +226,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 			log.Warn("OSHIRASE_API_KEYS is empty: only accounts made earlier (/v1/accounts) can use the API")
 		}
 		s.API = api.New(api.Config{MaxUploadBytes: cfg.MaxUploadBytes, ReadTimeout: cfg.HTTPReadTimeout, WriteTimeout: cfg.HTTPWriteTimeout,
-			Checks: s.guard.readyChecks(), Limits: api.Limits{
+			Checks: s.guard.readyChecks(), Limits: app.Limits{
 				ResendsPerHour: cfg.ResendsPerHour, NotificationsPerMinute: cfg.NotificationsPerMinute,
 				StartsPerHour: cfg.StartsPerHour, AuthFailuresPerMinute: cfg.AuthFailuresPerMinute,
 			}, DKIMDomains: mopts.DKIMDomains(), IdempotencyTTL: cfg.IdempotencyTTL,

@@ -1,4 +1,4 @@
-package api
+package app
 
 import (
 	"context"
@@ -17,24 +17,24 @@ func TestProgressOf(t *testing.T) {
 	tests := []struct {
 		name    string
 		c       notice.Campaign
-		want    *progress
+		want    *Progress
 		wantETA float64 // -1: none
 	}{
 		{"draft", notice.Campaign{Status: notice.CampaignDraft, Counts: notice.Counts{Total: 10}}, nil, -1},
 		{"done", notice.Campaign{Status: notice.CampaignDone, StartedAt: ago(time.Minute), Counts: notice.Counts{Total: 10, Sent: 10}}, nil, -1},
 		{"paused", notice.Campaign{Status: notice.CampaignPaused, StartedAt: ago(time.Minute), Counts: notice.Counts{Total: 10, Sent: 5}}, nil, -1},
 		{"just started", notice.Campaign{Status: notice.CampaignSending, StartedAt: ago(0), Counts: notice.Counts{Total: 10, Pending: 10}},
-			&progress{Done: 0, RatePerSecond: 0}, -1},
+			&Progress{Done: 0, RatePerSecond: 0}, -1},
 		{"15,370 at 8,000/s", notice.Campaign{Status: notice.CampaignSending, StartedAt: ago(time.Second),
 			Counts: notice.Counts{Total: 15370, Sent: 7990, Failed: 5, Suppressed: 3, Cancelled: 2, Pending: 7370}},
-			&progress{Done: 8000, RatePerSecond: 8000}, 1},
+			&Progress{Done: 8000, RatePerSecond: 8000}, 1},
 		{"slow and steady", notice.Campaign{Status: notice.CampaignSending, StartedAt: ago(100 * time.Second),
 			Counts: notice.Counts{Total: 1000, Sent: 50, Retrying: 10, Pending: 940}},
-			&progress{Done: 50, RatePerSecond: 0.5}, 1900},
+			&Progress{Done: 50, RatePerSecond: 0.5}, 1900},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := progressOf(&tt.c, now, nil)
+			got := ProgressOf(&tt.c, now, nil)
 			if (got == nil) != (tt.want == nil) {
 				t.Fatalf("progress %+v, want %+v", got, tt.want)
 			}
@@ -60,7 +60,7 @@ func TestProgressOf(t *testing.T) {
 // at simulated times) make the ETA the time the rest takes at 10/s — not
 // the average since the start, which still carries the outage.
 func TestETAAfterOutage(t *testing.T) {
-	rdb, _ := testenv.Redis(t, testenv.DBAPI)
+	rdb, _ := testenv.Redis(t, testenv.DBApp)
 	st := store.New(rdb, "eta")
 	ctx := context.Background()
 	start := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
@@ -89,7 +89,7 @@ func TestETAAfterOutage(t *testing.T) {
 	done := doneAt(end)
 	c := notice.Campaign{Status: notice.CampaignSending, StartedAt: &start,
 		Counts: notice.Counts{Total: total, Sent: done, Pending: total - done}}
-	p := progressOf(&c, now, w.Samples)
+	p := ProgressOf(&c, now, w.Samples)
 	truth := float64(total-done) / rate // 580 s
 	if p.ETASeconds == nil || math.Abs(*p.ETASeconds-truth) > 0.05*truth {
 		t.Fatalf("ETA %v s after the outage, want %.0f s ± 5%% (progress %+v)", p.ETASeconds, truth, p)
@@ -116,7 +116,7 @@ func TestETAAfterOutage(t *testing.T) {
 	}
 	w2, _ := st2.Watch(ctx, "c1")
 	c.Counts = notice.Counts{Total: total, Sent: 3000, Pending: total - 3000}
-	if p := progressOf(&c, start.Add(500*time.Second), w2.Samples); p.RatePerSecond != 0 || p.ETASeconds != nil {
+	if p := ProgressOf(&c, start.Add(500*time.Second), w2.Samples); p.RatePerSecond != 0 || p.ETASeconds != nil {
 		t.Errorf("mid-outage progress %+v, want rate 0 and no ETA", p)
 	}
 	if w2.StalledAt == nil || !w2.StalledAt.Equal(start.Add(400*time.Second)) {

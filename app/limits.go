@@ -1,11 +1,9 @@
-package api
+package app
 
 import (
 	"context"
 	"fmt"
 	"math"
-	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -32,7 +30,8 @@ const (
 	limitStarts        = "starts"
 )
 
-// LimitError is a request refused because its key reached a quota (429).
+// LimitError says which quota a Limited *Error ran into (its Err): the
+// console tells an agent "you have used your 30 resends per hour".
 type LimitError struct {
 	Key        string
 	Limit      string // resends, notifications, starts
@@ -42,43 +41,38 @@ type LimitError struct {
 }
 
 func (e *LimitError) Error() string {
-	return fmt.Sprintf("key %s has used its %d %s per %s; try again in %s", e.Key, e.N, e.Limit, e.Per, roundUp(e.RetryAfter))
+	return fmt.Sprintf("key %s has used its %d %s per %s; try again in %s", e.Key, e.N, e.Limit, e.Per, RoundUp(e.RetryAfter))
 }
 
-// roundUp is d in whole seconds, at least one.
-func roundUp(d time.Duration) time.Duration {
-	return time.Duration(retrySeconds(d)) * time.Second
+// RoundUp is d in whole seconds, at least one.
+func RoundUp(d time.Duration) time.Duration {
+	return time.Duration(RetrySeconds(d)) * time.Second
 }
 
-func retrySeconds(d time.Duration) int {
+// RetrySeconds is d as a Retry-After header gives it: whole seconds, at
+// least one.
+func RetrySeconds(d time.Duration) int {
 	return max(1, int(math.Ceil(d.Seconds())))
 }
 
-// writeLimited answers a request refused by a limit: 429 with Retry-After
-// in whole seconds.
-func writeLimited(w http.ResponseWriter, retry time.Duration, code, msg string) {
-	w.Header().Set("Retry-After", strconv.Itoa(retrySeconds(retry)))
-	writeError(w, http.StatusTooManyRequests, code, msg, nil)
-}
-
-// quota takes one of the key's allowance of what (a LimitError when it is
-// used up). Requests without a key in ctx (the demo, tests calling the
-// server's methods) are not limited.
-func (s *Server) quota(ctx context.Context, what string) error {
+// quota takes one of the key's allowance of what (a Limited *Error when it
+// is used up). Calls without a key in ctx (the demo, tests calling App
+// directly) are not limited.
+func (a *App) quota(ctx context.Context, what string) error {
 	n, per, limit := 0, "", redis_rate.Limit{}
 	switch what {
 	case limitResends:
-		n, per, limit = s.cfg.Limits.ResendsPerHour, "hour", redis_rate.PerHour(s.cfg.Limits.ResendsPerHour)
+		n, per, limit = a.cfg.Limits.ResendsPerHour, "hour", redis_rate.PerHour(a.cfg.Limits.ResendsPerHour)
 	case limitNotifications:
-		n, per, limit = s.cfg.Limits.NotificationsPerMinute, "minute", redis_rate.PerMinute(s.cfg.Limits.NotificationsPerMinute)
+		n, per, limit = a.cfg.Limits.NotificationsPerMinute, "minute", redis_rate.PerMinute(a.cfg.Limits.NotificationsPerMinute)
 	case limitStarts:
-		n, per, limit = s.cfg.Limits.StartsPerHour, "hour", redis_rate.PerHour(s.cfg.Limits.StartsPerHour)
+		n, per, limit = a.cfg.Limits.StartsPerHour, "hour", redis_rate.PerHour(a.cfg.Limits.StartsPerHour)
 	}
 	k := auth.Actor(ctx)
 	if n <= 0 || k == nil {
 		return nil
 	}
-	res, err := s.limiter.Allow(ctx, s.store.Prefix()+":quota:"+what+":"+k.Name, limit)
+	res, err := a.limiter.Allow(ctx, a.store.Prefix()+":quota:"+what+":"+k.Name, limit)
 	if err != nil {
 		return fmt.Errorf("quota %s of key %s: %w", what, k.Name, err)
 	}
@@ -89,10 +83,11 @@ func (s *Server) quota(ctx context.Context, what string) error {
 	// An operator's alert: a key doing this much may be stolen. The name,
 	// never the secret; one line per key and limit every 10 s at most (a
 	// script hammering away must not flood the log; the metric counts all).
-	if s.limitLog.allow(k.Name+"\x00"+what, 10*time.Second) {
-		s.log.Warn("API key reached its limit", "key", k.Name, "role", k.Role, "limit", what, "per", per, "max", n, "retry_after", roundUp(res.RetryAfter).String())
+	if a.limitLog.allow(k.Name+"\x00"+what, 10*time.Second) {
+		a.log.Warn("API key reached its limit", "key", k.Name, "role", k.Role, "limit", what, "per", per, "max", n, "retry_after", RoundUp(res.RetryAfter).String())
 	}
-	return &LimitError{Key: k.Name, Limit: what, N: n, Per: per, RetryAfter: res.RetryAfter}
+	le := &LimitError{Key: k.Name, Limit: what, N: n, Per: per, RetryAfter: res.RetryAfter}
+	return &Error{Kind: Limited, Code: "rate_limited", Msg: le.Error(), RetryAfter: res.RetryAfter, Err: le}
 }
 
 // logSampler lets a log line through at most once per interval per name.
