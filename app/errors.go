@@ -42,6 +42,15 @@ const (
 	Unavailable
 )
 
+// Kinds lists every Kind, for the adapters' tests that each is mapped.
+func Kinds() []Kind {
+	out := make([]Kind, len(kindNames))
+	for i := range out {
+		out[i] = Kind(i)
+	}
+	return out
+}
+
 var kindNames = [...]string{"internal", "bad_request", "invalid", "not_found", "conflict", "forbidden", "limited", "unavailable"}
 
 func (k Kind) String() string {
@@ -77,11 +86,16 @@ type Error struct {
 	Err error
 }
 
+// Error is the message and the cause: for the log. What a caller is told
+// is MessageOf.
 func (e *Error) Error() string {
-	if e.Err != nil && e.Msg == "" {
+	switch {
+	case e.Err == nil:
+		return e.Msg
+	case e.Msg == "" || e.Msg == e.Err.Error():
 		return e.Err.Error()
 	}
-	return e.Msg
+	return e.Msg + ": " + e.Err.Error()
 }
 
 func (e *Error) Unwrap() error { return e.Err }
