@@ -20,6 +20,7 @@ import (
 // server's own with a message that names nothing internal (the cause goes
 // to the log only).
 func TestFailMapsEveryKind(t *testing.T) {
+	t.Parallel()
 	const secret = "dial tcp 10.0.0.7:6379: connection refused"
 	cause := errors.New(secret)
 	want := map[app.Kind]int{

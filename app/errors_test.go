@@ -12,6 +12,7 @@ import (
 // and however it was wrapped — and nothing internal in the message of a
 // failure of the server's own.
 func TestKindOf(t *testing.T) {
+	t.Parallel()
 	internal := errors.New("dial tcp 10.0.0.7:6379: connection refused")
 	for _, tc := range []struct {
 		name      string
