@@ -130,7 +130,7 @@ func startOIDCStack(t *testing.T) *oidcStack {
 	}
 	st := store.New(rdb, "oidc")
 	srv := api.New(api.Config{}, st, asynq.NewClientFromRedisClient(rdb), ts, auth.NewKeys(ks), nil, nil)
-	con := console.New(srv, st, 0, nil)
+	con := console.New(srv.App(), srv.Keys(), st, console.Config{}, nil)
 	con.EnableOIDC(o)
 	srv.HandlePublic("/support/", con)
 	hs.Config.Handler = srv

@@ -15,7 +15,7 @@ import (
 )
 
 // The accounts page (/support/accounts, admins only) does what
-// /v1/accounts does, through the same code (api.Server's CreateAccount and
+// /v1/accounts does, through the same code (app.App's CreateAccount and
 // UpdateAccount: same checks, same audit): create (the key shown once),
 // disable, enable, rotate (the new key shown once), change role, delete.
 // Forms are POST-redirect-GET with the session's CSRF token, and each

@@ -26,7 +26,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/oshirase/oshirase/api"
 	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/store"
@@ -54,17 +53,27 @@ type Console struct {
 	mux     *http.ServeMux
 }
 
-// New returns a console over the API server (look-ups and resends go through
-// the same code as the API, audit included) and the store (sessions).
-// Sessions last ttl (8 hours if 0).
-func New(srv *api.Server, st *store.Store, ttl time.Duration, log *slog.Logger) *Console {
+// Config is what the console needs besides its parts.
+type Config struct {
+	SessionTTL     time.Duration // how long a sign-in lasts (8 hours if 0)
+	IdempotencyTTL time.Duration // how long a form's outcome is kept (IDEMPOTENCY_TTL; 24 h if 0)
+}
+
+// New returns a console over the application (look-ups, resends and
+// accounts go through the same code as the API, audit included), the key
+// set (sign-in) and the store (sessions).
+func New(a *app.App, keys *auth.Keys, st *store.Store, cfg Config, log *slog.Logger) *Console {
+	ttl := cfg.SessionTTL
 	if ttl <= 0 {
 		ttl = 8 * time.Hour
+	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = 24 * time.Hour
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Console{app: srv.App(), idemTTL: srv.IdempotencyTTL(), keys: srv.Keys(), store: st, log: log, ttl: ttl, mux: http.NewServeMux()}
+	c := &Console{app: a, idemTTL: cfg.IdempotencyTTL, keys: keys, store: st, log: log, ttl: ttl, mux: http.NewServeMux()}
 	c.mux.HandleFunc("GET /support/{$}", c.index)
 	c.mux.HandleFunc("POST /support/login", c.login)
 	c.mux.HandleFunc("POST /support/logout", c.signedIn(c.logout))

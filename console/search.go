@@ -118,14 +118,6 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 	c.render(w, r, status, v)
 }
 
-// lookupForm is an address as it is stored (see api.lookupForm).
-func lookupForm(addr string) string {
-	if n := ingest.NormalizeEmail(addr); n != "" {
-		return n
-	}
-	return addr
-}
-
 // duration says d in whole minutes and seconds.
 func duration(r *http.Request, d time.Duration) string {
 	secs := max(1, int(d.Round(time.Second)/time.Second))

@@ -26,7 +26,7 @@ func mountExtras(s *Service) error {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	s.API.Handle("GET /metrics", m, auth.RoleOperator)
-	con := console.New(s.API, s.Store, 0, s.Log)
+	con := console.New(s.API.App(), s.API.Keys(), s.Store, console.Config{IdempotencyTTL: s.API.IdempotencyTTL()}, s.Log)
 	if s.Config.OIDCIssuer != "" {
 		o, err := oidcFrom(s.Config)
 		if err != nil {
