@@ -373,6 +373,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case app.Limited:
 		w.Header().Set("Retry-After", strconv.Itoa(app.RetrySeconds(e.RetryAfter)))
 		writeError(w, http.StatusTooManyRequests, code, msg, details)
+	case app.TooLarge:
+		writeError(w, http.StatusRequestEntityTooLarge, code, msg, details)
+	case app.Timeout:
+		writeError(w, http.StatusRequestTimeout, code, msg, details)
 	case app.Unavailable:
 		s.log.Error("request failed", "route", r.Pattern, "kind", k.String(), "err", err)
 		if msg == "" {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/url"
+	"regexp"
 	"testing"
 
 	"github.com/oshirase/oshirase/internal/teststack"
@@ -48,7 +49,7 @@ func TestCardNumbersRefusedEverywhere(t *testing.T) {
 		if code != tt.want {
 			t.Errorf("%s: %d %s, want %d", tt.name, code, body, tt.want)
 		}
-		if bytes.Contains(body, []byte("4111")) {
+		if holdsPAN(body) {
 			t.Errorf("%s: the answer echoes the number: %s", tt.name, body)
 		}
 		if tt.name == "upload" && !bytes.Contains(body, []byte(`"rejected_count":1`)) {
@@ -56,13 +57,19 @@ func TestCardNumbersRefusedEverywhere(t *testing.T) {
 		}
 	}
 	for _, q := range []string{"", "?campaign=" + c.ID} {
-		if _, body := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit"+q, "", nil, nil); bytes.Contains(body, []byte("4111")) {
+		if _, body := teststack.Do(t, st.Base, teststack.AdminKey, "GET", "/v1/audit"+q, "", nil, nil); holdsPAN(body) {
 			t.Errorf("the audit log holds a card number: %s", body)
 		}
 	}
 	var camps struct{ Campaigns []notice.Campaign }
 	_, body := teststack.Do(t, st.Base, teststack.SupportKey, "GET", "/v1/campaigns", "", nil, &camps)
-	if bytes.Contains(body, []byte("4111")) {
+	if holdsPAN(body) {
 		t.Errorf("a campaign holds a card number: %s", body)
 	}
 }
+
+// panRun is the test number's digits, whatever separates them; "4111"
+// alone is not enough: a Redis stream id (a millisecond time) may hold it.
+var panRun = regexp.MustCompile(`4111[^0-9]{0,3}1111`)
+
+func holdsPAN(b []byte) bool { return panRun.Match(b) }

@@ -26,6 +26,7 @@ func TestFailMapsEveryKind(t *testing.T) {
 	want := map[app.Kind]int{
 		app.BadRequest: 400, app.Invalid: 422, app.NotFound: 404, app.Conflict: 409,
 		app.Forbidden: 403, app.Limited: 429, app.Unavailable: 503, app.Internal: 500,
+		app.TooLarge: 413, app.Timeout: 408,
 	}
 	for _, k := range app.Kinds() {
 		if _, ok := want[k]; !ok {

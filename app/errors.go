@@ -40,6 +40,12 @@ const (
 	// Unavailable is a request a dependency (Redis) refused: nothing was
 	// changed, or what was is said in Msg; retrying later is right.
 	Unavailable
+	// TooLarge is a request past a size limit (an upload over
+	// MAX_UPLOAD_BYTES).
+	TooLarge
+	// Timeout is a request whose data stopped coming (an upload that
+	// stalled).
+	Timeout
 )
 
 // Kinds lists every Kind, for the adapters' tests that each is mapped.
@@ -51,7 +57,7 @@ func Kinds() []Kind {
 	return out
 }
 
-var kindNames = [...]string{"internal", "bad_request", "invalid", "not_found", "conflict", "forbidden", "limited", "unavailable"}
+var kindNames = [...]string{"internal", "bad_request", "invalid", "not_found", "conflict", "forbidden", "limited", "unavailable", "too_large", "timeout"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -128,6 +134,10 @@ func KindOf(err error) Kind {
 		return Conflict
 	case errors.Is(err, store.ErrUnreplicated):
 		return Unavailable
+	}
+	var tl *TooLargeError
+	if errors.As(err, &tl) {
+		return TooLarge
 	}
 	return Internal
 }
