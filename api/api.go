@@ -25,7 +25,6 @@ import (
 	"github.com/oshirase/oshirase/store"
 	"github.com/oshirase/oshirase/tasks"
 	"github.com/oshirase/oshirase/templates"
-	"github.com/oshirase/oshirase/webhooks"
 )
 
 // Pinger checks a dependency for /readyz.
@@ -85,11 +84,10 @@ type Server struct {
 	log       *slog.Logger
 	smtp      Pinger // optional, for /readyz
 	mux       *http.ServeMux
-	observed  http.Handler      // mux behind the access log and HTTP metrics
-	app       *app.App          // what the handlers do
-	events    *webhooks.Emitter // status webhooks (nil: off)
-	sentSeen  sync.Map          // campaign id → highest sent count shown (sentNeverBack)
-	patterns  []string          // every pattern mounted, in order (Routes)
+	observed  http.Handler // mux behind the access log and HTTP metrics
+	app       *app.App     // what the handlers do
+	sentSeen  sync.Map     // campaign id → highest sent count shown (sentNeverBack)
+	patterns  []string     // every pattern mounted, in order (Routes)
 }
 
 // New returns a Server. Mount extra handlers (monitoring, metrics, support
@@ -108,7 +106,8 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
-		app: app.New(app.Config{DKIMDomains: cfg.DKIMDomains, Limits: cfg.Limits}, st, q, ts, keys, log)}
+		app: app.New(app.Config{DKIMDomains: cfg.DKIMDomains, Limits: cfg.Limits,
+			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, st, q, ts, keys, log)}
 	// Managed accounts live beside everything else in Redis; every way
 	// in (API, console, monitoring) shares this key set.
 	keys.UseAccounts(st)

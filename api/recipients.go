@@ -272,6 +272,7 @@ func (s *Server) getSuppression(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, sup)
 }
 
+// addSuppression answers POST /v1/suppressions (app.Suppress).
 func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Email  string `json:"email"`
@@ -280,71 +281,21 @@ func (s *Server) addSuppression(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	// Every bad field is named at once: one details entry each.
-	var bad []fieldError
-	code, msg := "", ""
-	rc := notice.Recipient{Email: req.Email}
-	if rej := ingest.Validate(&rc); rej != nil && rej.Field == "email" {
-		bad = append(bad, fieldError{Field: "email", Error: rej.Error})
-		code, msg = "invalid_email", rej.Error
-	}
-	if strings.TrimSpace(req.Reason) == "" {
-		bad = append(bad, fieldError{Field: "reason", Error: "required"})
-		code, msg = cmp.Or(code, "reason_required"), cmp.Or(msg, "a reason is required")
-	} else if fe := s.app.CardInText(r.Context(), "reason", req.Reason); fe != nil {
-		bad = append(bad, fe...)
-		code, msg = cmp.Or(code, "invalid_reason"), cmp.Or(msg, "the reason looks like it holds a full card number")
-	}
-	if len(bad) > 1 {
-		code, msg = "invalid", "the suppression has invalid fields"
-	}
-	if len(bad) > 0 {
-		writeError(w, http.StatusUnprocessableEntity, code, msg, bad)
-		return
-	}
-	// Answer with the address as it is kept (and listed, and matched).
-	sup := store.Suppression{Email: store.EmailKey(rc.Email), Reason: req.Reason, At: time.Now().UTC()}
-	if k := auth.Actor(r.Context()); k != nil {
-		sup.Actor = k.Name
-	}
-	if err := s.store.Suppress(r.Context(), sup); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.app.Audit(r.Context(), store.AuditEntry{Action: "suppression.add", Reason: req.Reason, Details: maskedDetails(sup.Email)})
-	w.Header().Set("Location", "/v1/suppressions/"+url.PathEscape(sup.Email))
-	writeJSON(w, http.StatusCreated, sup)
-}
-
-func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
-	addr := store.EmailKey(app.LookupForm(r.PathValue("email")))
-	// Sending to an address that bounced, or that asked not to be written
-	// to, is a decision someone must own: the audit log says why.
-	reason := strings.TrimSpace(r.URL.Query().Get("reason"))
-	if reason == "" {
-		writeError(w, http.StatusUnprocessableEntity, "reason_required", "a reason is required (?reason=…)", []fieldError{{Field: "reason", Error: "required"}})
-		return
-	}
-	if fe := s.app.CardInText(r.Context(), "reason", reason); fe != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
-		return
-	}
-	ok, err := s.store.Unsuppress(r.Context(), addr)
+	sup, err := s.app.Suppress(r.Context(), req.Email, req.Reason)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", "that address is not suppressed", nil)
-		return
-	}
-	s.app.Audit(r.Context(), store.AuditEntry{Action: "suppression.remove", Reason: reason, Details: maskedDetails(addr)})
-	w.WriteHeader(http.StatusNoContent)
+	w.Header().Set("Location", "/v1/suppressions/"+url.PathEscape(sup.Email))
+	writeJSON(w, http.StatusCreated, sup)
 }
 
-// maskedDetails records which address an action touched, masked: the audit
-// log is read by more people than the recipient list.
-func maskedDetails(addr string) json.RawMessage {
-	b, _ := json.Marshal(map[string]string{"email": notice.MaskEmail(addr)})
-	return b
+// deleteSuppression answers DELETE /v1/suppressions/{email}?reason=…
+// (app.Unsuppress).
+func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
+	if err := s.app.Unsuppress(r.Context(), r.PathValue("email"), r.URL.Query().Get("reason")); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }

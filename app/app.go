@@ -16,6 +16,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/go-redis/redis_rate/v10"
 
@@ -34,6 +35,12 @@ type Config struct {
 	DKIMDomains []string
 	// Limits are the keys' quotas.
 	Limits Limits
+	// WebhookAllowPrivate lets endpoints be registered on loopback and
+	// private addresses (WEBHOOK_ALLOW_PRIVATE).
+	WebhookAllowPrivate bool
+	// WebhookRotateOverlap is how long a rotated-out secret still signs
+	// (WEBHOOK_ROTATE_OVERLAP; 0: 24 h).
+	WebhookRotateOverlap time.Duration
 }
 
 // App carries out the actions. Its methods take the actor from ctx

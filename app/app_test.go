@@ -31,6 +31,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, limits app.Limits) *fixture {
 	t.Helper()
+	return newFixtureWith(t, app.Config{Limits: limits})
+}
+
+// newFixtureWith is newFixture with the whole of cfg.
+func newFixtureWith(t *testing.T, cfg app.Config) *fixture {
+	t.Helper()
 	rdb, _ := testenv.Redis(t, testenv.DBApp)
 	ts, err := templates.Load("")
 	if err != nil {
@@ -39,7 +45,7 @@ func newFixture(t *testing.T, limits app.Limits) *fixture {
 	st := store.New(rdb, "app")
 	q := asynq.NewClientFromRedisClient(rdb)
 	return &fixture{
-		app:   app.New(app.Config{Limits: limits}, st, q, ts, auth.NewKeys(nil), slog.New(slog.DiscardHandler)),
+		app:   app.New(cfg, st, q, ts, auth.NewKeys(nil), slog.New(slog.DiscardHandler)),
 		store: st, insp: asynq.NewInspectorFromRedisClient(rdb),
 	}
 }

@@ -196,7 +196,7 @@ func CheckCardNumbers(path string, v any, bad func(string, string, ...any)) {
 
 // DataErrors turns a template's verdict on campaign data into field
 // errors: one per data field ("data.cause": "is required: APPI …"), so
-// that a 422 names every missing or bad item.
+// that a refusal names every missing or bad item.
 func DataErrors(err error) []FieldError {
 	if err == nil {
 		return nil

@@ -29,7 +29,7 @@ const (
 	// counted by field and error. A few KB of gzip can hold millions of
 	// junk rows: their rejections must not fill Redis.
 	keptRejections = 1000
-	// An upload whose rows are almost all invalid is stopped early (422):
+	// An upload whose rows are almost all invalid is stopped early (Invalid too_many_rejections):
 	// at once when its first headerRows data rows are all invalid (a wrong
 	// header, a wrong file), and otherwise once junkRows rows were invalid
 	// and they are more than half of the rows read. Addresses already in the
