@@ -1,7 +1,6 @@
 package api
 
 import (
-	"cmp"
 	"compress/gzip"
 	"encoding/json"
 	"errors"
@@ -11,10 +10,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/oshirase/oshirase/app"
-	"github.com/oshirase/oshirase/auth"
 	"github.com/oshirase/oshirase/ingest"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
