@@ -1,6 +1,8 @@
-// Package api is oshirase's HTTP API: campaigns, recipient uploads, support
-// look-ups and resends, and the health endpoints. JSON in and out; every error
-// is {"error":{"code","message","details"}} with a 4xx or 5xx status.
+// Package api is oshirase's HTTP API: an adapter over package app, which
+// does what is asked (campaigns, uploads, look-ups, resends, accounts, …),
+// plus the reads, reports and health endpoints. JSON in and out; every
+// error is {"error":{"code","message","details"}} with a 4xx or 5xx status,
+// an application error mapped in one place (fail).
 package api
 
 import (
@@ -78,7 +80,6 @@ type Check struct {
 type Server struct {
 	cfg       Config
 	store     *store.Store
-	queue     tasks.Enqueuer
 	templates *templates.Set
 	keys      *auth.Keys
 	log       *slog.Logger
@@ -105,7 +106,7 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, store: st, queue: q, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
+	s := &Server{cfg: cfg, store: st, templates: ts, keys: keys, smtp: smtp, log: log, mux: http.NewServeMux(),
 		app: app.New(app.Config{DKIMDomains: cfg.DKIMDomains, Limits: cfg.Limits,
 			WebhookAllowPrivate: cfg.WebhookAllowPrivate, WebhookRotateOverlap: cfg.WebhookRotateOverlap}, st, q, ts, keys, log)}
 	// Managed accounts live beside everything else in Redis; every way
@@ -357,37 +358,36 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	} else if e != nil && e.Details != nil {
 		details = e.Details
 	}
+	k := app.KindOf(err)
+	status, ok := kindStatus[k]
+	if !ok || k == app.Internal {
+		// The pattern, not the path: a path may hold an address
+		// (/v1/suppressions/{email}).
+		s.log.Error("request failed", "route", r.Pattern, "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
+		return
+	}
 	code, msg := app.CodeOf(err), app.MessageOf(err)
-	switch k := app.KindOf(err); k {
-	case app.BadRequest:
-		writeError(w, http.StatusBadRequest, code, msg, details)
-	case app.Invalid:
-		writeError(w, http.StatusUnprocessableEntity, code, msg, details)
-	case app.NotFound:
-		writeError(w, http.StatusNotFound, code, msg, details)
-	case app.Conflict:
-		writeError(w, http.StatusConflict, code, msg, details)
-	case app.Forbidden:
-		writeError(w, http.StatusForbidden, code, msg, details)
+	switch k {
 	case app.Limited:
 		w.Header().Set("Retry-After", strconv.Itoa(app.RetrySeconds(e.RetryAfter)))
-		writeError(w, http.StatusTooManyRequests, code, msg, details)
-	case app.TooLarge:
-		writeError(w, http.StatusRequestEntityTooLarge, code, msg, details)
-	case app.Timeout:
-		writeError(w, http.StatusRequestTimeout, code, msg, details)
 	case app.Unavailable:
 		s.log.Error("request failed", "route", r.Pattern, "kind", k.String(), "err", err)
 		if msg == "" {
 			msg = "the server cannot do this now (server problem); nothing was changed; try again later"
 		}
-		writeError(w, http.StatusServiceUnavailable, code, msg, details)
-	default:
-		// The pattern, not the path: a path may hold an address
-		// (/v1/suppressions/{email}).
-		s.log.Error("request failed", "route", r.Pattern, "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
 	}
+	if msg == "" {
+		// A refusal made without words: the status's, never the cause's.
+		msg = strings.ToLower(http.StatusText(status))
+	}
+	writeError(w, status, code, msg, details)
+}
+
+// kindStatus is the status of each Kind's answer.
+var kindStatus = map[app.Kind]int{
+	app.Internal: 500, app.BadRequest: 400, app.Invalid: 422, app.NotFound: 404, app.Conflict: 409,
+	app.Forbidden: 403, app.Limited: 429, app.Unavailable: 503, app.TooLarge: 413, app.Timeout: 408,
 }
 
 // fieldsOf is e's fields (none for nil).

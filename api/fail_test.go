@@ -78,7 +78,14 @@ func TestFailMapsEveryKind(t *testing.T) {
 			}
 		})
 	}
-	// A store error with no app.Error around it: its own kind and text.
+	// A refusal made without a message of its own: the status's words,
+	// never its cause's.
+	w0 := httptest.NewRecorder()
+	(&Server{log: slog.New(slog.DiscardHandler)}).fail(w0, httptest.NewRequest("GET", "/v1/x", nil), &app.Error{Kind: app.Conflict, Code: "x", Err: cause})
+	if w0.Code != 409 || strings.Contains(w0.Body.String(), secret) || !strings.Contains(w0.Body.String(), `"message":"conflict"`) {
+		t.Errorf("a refusal without a message: %d %s", w0.Code, w0.Body)
+	}
+	// A plain error: internal.
 	w := httptest.NewRecorder()
 	(&Server{log: slog.New(slog.DiscardHandler)}).fail(w, httptest.NewRequest("GET", "/v1/x", nil), http.ErrNoCookie)
 	if w.Code != 500 {

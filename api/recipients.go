@@ -21,6 +21,10 @@ import (
 // (CSV or JSON, gzip or not, at most MAX_UPLOAD_BYTES before and after
 // unpacking) streamed into app.Upload.
 func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
+	if _, err := s.app.Uploadable(r.Context(), r.PathValue("id")); err != nil {
+		s.fail(w, r, err) // before a byte of the body is read
+		return
+	}
 	format, err := ingest.FormatFromContentType(r.Header.Get("Content-Type"))
 	if err != nil {
 		writeError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", err.Error(), nil)
@@ -32,12 +36,8 @@ func (s *Server) uploadRecipients(w http.ResponseWriter, r *http.Request) {
 	switch enc {
 	case "", "identity":
 	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(sizeLimited{body})
+		zr, err := gzip.NewReader(body)
 		if err != nil {
-			if app.KindOf(err) == app.TooLarge {
-				s.fail(w, r, app.Wrap(app.TooLarge, "too_large", err))
-				return
-			}
 			writeError(w, http.StatusBadRequest, "bad_gzip", "Content-Encoding gzip, but the body is not gzip: "+err.Error(), nil)
 			return
 		}

@@ -45,5 +45,3 @@ func (s *Server) lookupRecipients(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, res)
 }
-
-// app.SentNotice is a notice as it went out (or goes out): rendered from the

@@ -68,14 +68,14 @@ func New(cfg Config, st *store.Store, q tasks.Enqueuer, ts *templates.Set, keys 
 // SetEvents connects the status webhooks' emitter (nil: off).
 func (a *App) SetEvents(e *webhooks.Emitter) { a.events = e }
 
-// Emit sends a campaign event (a no-op without webhooks).
-func (a *App) Emit(typ, cid, status string) {
+// emit sends a campaign event (a no-op without webhooks).
+func (a *App) emit(typ, cid, status string) {
 	a.events.Emit(webhooks.Event{Type: typ, Data: webhooks.Data{CampaignID: cid, Status: status}})
 }
 
-// Lifecycle logs a campaign's change of state with the actor in ctx: the
+// lifecycle logs a campaign's change of state with the actor in ctx: the
 // operator's record of who started, paused or cancelled what.
-func (a *App) Lifecycle(ctx context.Context, msg, id string, attrs ...any) {
+func (a *App) lifecycle(ctx context.Context, msg, id string, attrs ...any) {
 	a.log.Info(msg, append([]any{"campaign", id, "actor", actorName(ctx)}, attrs...)...)
 }
 

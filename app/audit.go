@@ -14,7 +14,9 @@ import (
 // failure to audit is logged loudly but does not undo the change already
 // made.
 func (a *App) Audit(ctx context.Context, e store.AuditEntry) {
-	e.Actor = actorName(ctx)
+	if n := actorName(ctx); n != "" {
+		e.Actor = n
+	}
 	// The log is append-only and outlives a purge: a card number typed into
 	// a reason could never be taken out. Actions refuse such reasons; this
 	// is the net under the ones that cannot (pause, resume, cancel).
@@ -26,11 +28,13 @@ func (a *App) Audit(ctx context.Context, e store.AuditEntry) {
 	}
 }
 
-// AuditFirst records an action before it is carried out, for those that
+// auditFirst records an action before it is carried out, for those that
 // must not happen unaudited (an upload of personal data): its error means
 // "do not go ahead".
-func (a *App) AuditFirst(ctx context.Context, e store.AuditEntry) error {
-	e.Actor = actorName(ctx)
+func (a *App) auditFirst(ctx context.Context, e store.AuditEntry) error {
+	if n := actorName(ctx); n != "" {
+		e.Actor = n
+	}
 	if err := a.store.Audit(context.WithoutCancel(ctx), e); err != nil {
 		return fmt.Errorf("audit %s: %w", e.Action, err)
 	}

@@ -111,12 +111,6 @@ func E(k Kind, code, msg string, fields ...FieldError) *Error {
 	return &Error{Kind: k, Code: code, Msg: msg, Fields: fields}
 }
 
-// Wrap makes an *Error of kind k around cause, whose message it takes
-// (cause's text must be fit for the caller: store errors are).
-func Wrap(k Kind, code string, cause error) *Error {
-	return &Error{Kind: k, Code: code, Msg: cause.Error(), Err: cause}
-}
-
 // KindOf is err's Kind: an *Error's own, the store's sentinels as what
 // they mean, anything else Internal.
 func KindOf(err error) Kind {
@@ -132,8 +126,6 @@ func KindOf(err error) Kind {
 		errors.Is(err, store.ErrNotFinished), errors.Is(err, store.ErrPurging), errors.Is(err, store.ErrAccountExists),
 		errors.Is(err, store.ErrLastAdmin):
 		return Conflict
-	case errors.Is(err, store.ErrUnreplicated):
-		return Unavailable
 	}
 	var tl *TooLargeError
 	if errors.As(err, &tl) {
@@ -158,12 +150,17 @@ func CodeOf(err error) string {
 	}
 }
 
-// MessageOf is what the caller is told of err: an *Error's Msg, a store
-// error's text for the kinds whose text names only what the caller gave
-// (not found, conflict), and nothing for the rest, which stay in the log.
+// MessageOf is what the caller is told of err: an *Error's Msg (never its
+// cause's text: Error() is for the log), a store sentinel's text for the
+// kinds whose text names only what the caller gave (not found, conflict),
+// and nothing for a failure of the server's own, whose cause stays in the
+// log.
 func MessageOf(err error) string {
 	var e *Error
-	if errors.As(err, &e) && e.Msg != "" {
+	if errors.As(err, &e) {
+		if e.Kind == Internal {
+			return ""
+		}
 		return e.Msg
 	}
 	switch KindOf(err) {

@@ -41,9 +41,6 @@ func (a *App) CreateCampaign(ctx context.Context, req CampaignRequest) (*notice.
 // CampaignRequest, and so those UpdateDraft may change.
 var campaignFields = []string{"name", "template", "default_locale", "from", "reply_to", "charset", "rate", "time_zone", "extra_paragraphs", "data"}
 
-// CampaignFields lists them (for a message naming what may be given).
-func CampaignFields() []string { return slices.Clone(campaignFields) }
-
 // requestOf is c as the create request that would make it.
 func requestOf(c *notice.Campaign) map[string]any {
 	var from any = c.From
@@ -179,7 +176,7 @@ func (a *App) Start(ctx context.Context, id string, at *time.Time) (*notice.Camp
 			"campaign "+id+" has no recipients; upload them (POST /v1/campaigns/"+id+"/recipients) before starting")
 	}
 	if c.Charset == notice.CharsetISO2022JP {
-		if problems := a.CharsetProblems(c); problems != nil {
+		if problems := a.charsetProblems(c); problems != nil {
 			return nil, E(Invalid, "charset", "the notice has characters ISO-2022-JP cannot carry", problems...)
 		}
 	}
@@ -232,6 +229,7 @@ func (a *App) Start(ctx context.Context, id string, at *time.Time) (*notice.Camp
 			if t.Changed {
 				a.Audit(ctx, store.AuditEntry{Action: "campaign.start", CampaignID: id})
 			}
+			a.log.Error("start: fan-out not queued", "campaign", id, "err", err)
 			cur, _ := a.store.Campaign(context.WithoutCancel(ctx), id)
 			return nil, &Error{Kind: Unavailable, Code: "start_incomplete", Details: cur, Err: fmt.Errorf("start: fan-out not queued: %w", err),
 				Msg: "the campaign is marked sending, but its sending could not be queued (server problem); call start again to complete it"}
@@ -239,15 +237,15 @@ func (a *App) Start(ctx context.Context, id string, at *time.Time) (*notice.Camp
 	}
 	if t.Changed {
 		a.Audit(ctx, store.AuditEntry{Action: "campaign.start", CampaignID: id})
-		a.Lifecycle(ctx, "campaign started", id, "status", string(t.Status), "recipients", c.Counts.Total)
-		a.Emit(webhooks.CampaignStarted, id, string(t.Status))
+		a.lifecycle(ctx, "campaign started", id, "status", string(t.Status), "recipients", c.Counts.Total)
+		a.emit(webhooks.CampaignStarted, id, string(t.Status))
 	}
 	return a.store.Campaign(ctx, id)
 }
 
-// CharsetProblems renders the campaign for both locales with a sample
+// charsetProblems renders the campaign for both locales with a sample
 // recipient and reports what ISO-2022-JP cannot carry.
-func (a *App) CharsetProblems(c *notice.Campaign) []FieldError {
+func (a *App) charsetProblems(c *notice.Campaign) []FieldError {
 	var out []string
 	for _, loc := range []string{notice.LocaleJA, notice.LocaleEN} {
 		rd, err := a.templates.Render(c.Template, templates.Input{Locale: loc, Data: c.Data, Recipient: templates.SampleRecipient(loc), Paragraphs: c.Paragraphs})
@@ -282,7 +280,7 @@ func (a *App) schedule(ctx context.Context, c *notice.Campaign, at time.Time) (*
 	}
 	details, _ := json.Marshal(map[string]string{"at": at.UTC().Format(time.RFC3339)})
 	a.Audit(ctx, store.AuditEntry{Action: "campaign.schedule", CampaignID: id, Details: details})
-	a.Lifecycle(ctx, "campaign scheduled", id, "at", at.UTC().Format(time.RFC3339))
+	a.lifecycle(ctx, "campaign scheduled", id, "at", at.UTC().Format(time.RFC3339))
 	return a.store.Campaign(ctx, id)
 }
 
@@ -353,8 +351,8 @@ func (a *App) move(ctx context.Context, m move, id, reason string) (*notice.Camp
 	}
 	if t.Changed {
 		a.Audit(ctx, store.AuditEntry{Action: m.action, CampaignID: id, Reason: reason})
-		a.Lifecycle(ctx, m.log, id, "status", string(t.Status))
-		a.Emit(m.event, id, string(t.Status))
+		a.lifecycle(ctx, m.log, id, "status", string(t.Status))
+		a.emit(m.event, id, string(t.Status))
 		if t.Status == notice.CampaignSending { // resumed: a new generation fans out what is left
 			if err := tasks.Fanout(ctx, a.queue, id, t.Gen); err != nil {
 				return nil, err
@@ -393,7 +391,7 @@ func (a *App) Purge(ctx context.Context, id, reason string) (int64, *notice.Camp
 	if err != nil {
 		return n, nil, err
 	}
-	a.Emit(webhooks.CampaignPurged, id, "purged")
+	a.emit(webhooks.CampaignPurged, id, "purged")
 	c, err := a.store.Campaign(ctx, id)
 	if err != nil {
 		return n, nil, err

@@ -112,7 +112,7 @@ func (a *App) sendOne(ctx context.Context, name, kind string, req NotificationRe
 	c := creq.Campaign()
 	c.Kind = kind
 	if c.Charset == notice.CharsetISO2022JP {
-		if problems := a.CharsetProblems(&c); problems != nil {
+		if problems := a.charsetProblems(&c); problems != nil {
 			return nil, &Error{Kind: Invalid, Code: "charset", Msg: "the notice has characters ISO-2022-JP cannot carry", Fields: problems}
 		}
 	}

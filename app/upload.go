@@ -127,6 +127,19 @@ type errStore struct{ err error }
 func (e *errStore) Error() string { return e.err.Error() }
 func (e *errStore) Unwrap() error { return e.err }
 
+// Uploadable is campaign id if recipients may be uploaded to it (a draft):
+// an adapter asks before it reads a byte of the upload.
+func (a *App) Uploadable(ctx context.Context, id string) (*notice.Campaign, error) {
+	c, err := a.store.Campaign(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if c.Status != notice.CampaignDraft {
+		return nil, E(Conflict, "not_draft", fmt.Sprintf("campaign %s is %s; recipients can only be added to a draft", id, c.Status))
+	}
+	return c, nil
+}
+
 // UploadOptions says how an upload's bytes are to be read.
 type UploadOptions struct {
 	Format ingest.Format
@@ -151,12 +164,9 @@ func (e *TooLargeError) Error() string {
 // too_many_rejections (junk), TooLarge, Timeout (no data came), Conflict
 // not_draft (started meanwhile), BadRequest (the bytes could not be read).
 func (a *App) Upload(ctx context.Context, id string, in io.Reader, o UploadOptions) (*UploadAnswer, error) {
-	c, err := a.store.Campaign(ctx, id)
+	c, err := a.Uploadable(ctx, id)
 	if err != nil {
 		return nil, err
-	}
-	if c.Status != notice.CampaignDraft {
-		return nil, E(Conflict, "not_draft", fmt.Sprintf("campaign %s is %s; recipients can only be added to a draft", id, c.Status))
 	}
 	// Personal data is not stored unaudited: the entry comes first, and
 	// without it nothing is stored. A previous upload's recipients that
@@ -164,7 +174,7 @@ func (a *App) Upload(ctx context.Context, id string, in io.Reader, o UploadOptio
 	ans := &UploadAnswer{UploadID: newUploadID(), Rejected: []ingest.Rejection{}, RejectionCounts: []store.RejectionCount{}, Total: c.Counts.Total}
 	wctx := context.WithoutCancel(ctx)
 	startDetails, _ := json.Marshal(map[string]any{"upload_id": ans.UploadID, "format": o.Format.String(), "gzip": o.Gzip})
-	if err := a.AuditFirst(wctx, store.AuditEntry{Action: "recipients.upload.start", CampaignID: id, Details: startDetails}); err != nil {
+	if err := a.auditFirst(wctx, store.AuditEntry{Action: "recipients.upload.start", CampaignID: id, Details: startDetails}); err != nil {
 		return nil, &Error{Kind: Unavailable, Code: "unavailable", Err: err,
 			Msg: "the upload could not be recorded in the audit log; nothing was stored; try again later"}
 	}

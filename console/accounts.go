@@ -188,7 +188,7 @@ func (c *Console) accountForm(w http.ResponseWriter, r *http.Request, s *session
 		c.accountFlash(w, r, s, store.ConsoleFlash{Flash: msg, Secret: secret})
 		return
 	}
-	m, _, ok := explain(r, err, false)
+	m, _, ok := explain(r, err, managing)
 	if !ok {
 		c.fail(w, r, err)
 		return

@@ -399,7 +399,7 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: msg})
 		return
 	}
-	msg, _, ok := explain(r, err, true)
+	msg, status, ok := explain(r, err, resending)
 	if !ok {
 		c.fail(w, r, err)
 		return
@@ -408,7 +408,7 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 	if suppressed {
 		msg = c.suppressedMsg(r, cid, rid, req.Email, msg)
 	}
-	again.errMsg, again.form.Override = msg, suppressed
+	again.errMsg, again.status, again.form.Override = msg, status, suppressed
 	c.showSearch(w, r, s, again)
 }
 

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"errors"
 	"net/http"
 	"net/url"
@@ -53,6 +54,7 @@ func (f *formState) For(n app.Notice) bool {
 type searchArgs struct {
 	q, cursor     string
 	flash, errMsg string
+	status        int // with errMsg: the page's status (422 if 0)
 	form          *formState
 }
 
@@ -83,12 +85,12 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 	v.Query, v.Flash, v.Error, v.Form = strings.TrimSpace(a.q), a.flash, a.errMsg, a.form
 	status := http.StatusOK
 	if a.errMsg != "" {
-		status = http.StatusUnprocessableEntity
+		status = cmp.Or(a.status, http.StatusUnprocessableEntity)
 	}
 	cursor, _ := strconv.Atoi(a.cursor)
 	res, err := c.app.Search(r.Context(), v.Query, cursor, app.SearchLimit)
 	if err != nil {
-		msg, status, ok := explain(r, err, false)
+		msg, status, ok := explain(r, err, searching)
 		if !ok {
 			c.fail(w, r, err)
 			return
@@ -184,13 +186,14 @@ func (c *Console) noticePage(w http.ResponseWriter, r *http.Request, s *session)
 		return
 	}
 	sent, err := c.app.RenderSent(r.Context(), q.Get("campaign"), rid, n)
-	if errors.Is(err, store.ErrNotFound) {
-		v.Error = tr(r, "This notice no longer exists (its campaign was deleted or its personal data purged).")
-		c.render(w, r, http.StatusNotFound, v)
-		return
-	}
 	if err != nil {
-		c.fail(w, r, err)
+		msg, status, ok := explain(r, err, viewing)
+		if !ok {
+			c.fail(w, r, err)
+			return
+		}
+		v.Error = msg
+		c.render(w, r, status, v)
 		return
 	}
 	v.Sent = sent
