@@ -103,6 +103,18 @@ func resendRefusal(r *http.Request, err error, kind app.Kind) string {
 	return ""
 }
 
+// refused renders v with why err refused what the agent was doing, or
+// answers a failure of the server's own.
+func (c *Console) refused(w http.ResponseWriter, r *http.Request, v view, err error, doing action) {
+	msg, status, ok := explain(r, err, doing)
+	if !ok {
+		c.fail(w, r, err)
+		return
+	}
+	v.Error = msg
+	c.render(w, r, status, v)
+}
+
 // retryAfter sets Retry-After on a page refused by a quota.
 func retryAfter(w http.ResponseWriter, err error) {
 	var e *app.Error

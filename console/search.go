@@ -90,13 +90,7 @@ func (c *Console) showSearch(w http.ResponseWriter, r *http.Request, s *session,
 	cursor, _ := strconv.Atoi(a.cursor)
 	res, err := c.app.Search(r.Context(), v.Query, cursor, app.SearchLimit)
 	if err != nil {
-		msg, status, ok := explain(r, err, searching)
-		if !ok {
-			c.fail(w, r, err)
-			return
-		}
-		v.Error = msg
-		c.render(w, r, status, v)
+		c.refused(w, r, v, err, searching)
 		return
 	}
 	v.Search = res
@@ -187,13 +181,7 @@ func (c *Console) noticePage(w http.ResponseWriter, r *http.Request, s *session)
 	}
 	sent, err := c.app.RenderSent(r.Context(), q.Get("campaign"), rid, n)
 	if err != nil {
-		msg, status, ok := explain(r, err, viewing)
-		if !ok {
-			c.fail(w, r, err)
-			return
-		}
-		v.Error = msg
-		c.render(w, r, status, v)
+		c.refused(w, r, v, err, viewing)
 		return
 	}
 	v.Sent = sent
