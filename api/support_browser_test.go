@@ -22,6 +22,7 @@ const chromium = "/usr/bin/chromium"
 // chatter of its own.
 func browser(t *testing.T) context.Context {
 	t.Helper()
+	testenv.Slow(t, "a real browser")
 	if _, err := os.Stat(chromium); err != nil {
 		t.Skip("chromium not installed (scripts/test.sh installs it)")
 	}
@@ -46,7 +47,6 @@ func browser(t *testing.T) context.Context {
 // reason and sees the new delivery arrive and show as sent — in a real
 // Chromium against the whole service.
 func TestSupportConsoleBrowser(t *testing.T) {
-	testenv.Slow(t, "a real browser")
 	ctx := browser(t)
 	st, sink := startSupportStack(t, nil)
 	const addr = "Customer.One@Example.jp"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/oshirase/oshirase/internal/testenv"
 )
 
 const chromium = "/usr/bin/chromium"
@@ -15,6 +16,7 @@ const chromium = "/usr/bin/chromium"
 // chrome starts a headless Chromium with a fresh profile.
 func chrome(t *testing.T) context.Context {
 	t.Helper()
+	testenv.Slow(t, "a real browser")
 	if _, err := os.Stat(chromium); err != nil {
 		t.Skip("chromium not installed (scripts/test.sh installs it)")
 	}
