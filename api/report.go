@@ -194,9 +194,6 @@ func spreadsheetSafe(v string) string {
 	return v
 }
 
-// downloadQuery reads what every CSV download takes from its query: bom
-// (true unless "false": Excel wants the byte order mark) and a reason for
-// the audit log that holds no card number. Not ok: the error is answered.
 // downloadCampaign reads the campaign a CSV download is of, with its
 // state (the recipients' id range); on failure it has answered.
 func (s *Server) downloadCampaign(w http.ResponseWriter, r *http.Request, id string) (store.CampaignState, *notice.Campaign, bool) {
@@ -213,6 +210,9 @@ func (s *Server) downloadCampaign(w http.ResponseWriter, r *http.Request, id str
 	return st, c, true
 }
 
+// downloadQuery reads what every CSV download takes from its query: bom
+// (true unless "false": Excel wants the byte order mark) and a reason for
+// the audit log that holds no card number. Not ok: the error is answered.
 func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok bool) {
 	q := r.URL.Query()
 	bom = true
