@@ -66,7 +66,7 @@ func (s *Server) patchAccount(w http.ResponseWriter, r *http.Request) {
 		ups = append(ups, app.AccountUpdate{Op: op})
 	}
 	if len(ups) == 0 {
-		writeError(w, http.StatusUnprocessableEntity, "nothing_to_change", "give role or disabled", nil)
+		s.fail(w, r, app.E(app.Invalid, "nothing_to_change", "give role or disabled"))
 		return
 	}
 	var v *app.AccountView

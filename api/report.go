@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oshirase/oshirase/app"
 	"github.com/oshirase/oshirase/notice"
 	"github.com/oshirase/oshirase/store"
 )
@@ -225,7 +226,7 @@ func (s *Server) downloadQuery(w http.ResponseWriter, r *http.Request) (bom, ok 
 		bom = b
 	}
 	if fe := s.app.CardInText(r.Context(), "reason", q.Get("reason")); fe != nil {
-		writeError(w, http.StatusUnprocessableEntity, "invalid_reason", "the reason looks like it holds a full card number", fe)
+		s.fail(w, r, app.E(app.Invalid, "invalid_reason", "the reason looks like it holds a full card number", fe...))
 		return false, false
 	}
 	return bom, true
