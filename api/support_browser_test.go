@@ -3,7 +3,6 @@ package api_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,32 +15,8 @@ import (
 	"github.com/oshirase/oshirase/notice"
 )
 
-const chromium = "/usr/bin/chromium"
-
-// browser starts a headless Chromium with a fresh profile and no network
-// chatter of its own.
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	testenv.Slow(t, "a real browser")
-	if _, err := os.Stat(chromium); err != nil {
-		t.Skip("chromium not installed (scripts/test.sh installs it)")
-	}
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.UserDataDir(t.TempDir()),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
-	t.Cleanup(func() { cancel(); cancelBrowser(); cancelAlloc() })
-	return ctx
-}
+// browser starts a headless Chromium (testenv.Browser).
+func browser(t *testing.T) context.Context { return testenv.Browser(t, 60*time.Second) }
 
 // TestSupportConsoleBrowser signs in, searches an address, resends with a
 // reason and sees the new delivery arrive and show as sent — in a real

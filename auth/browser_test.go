@@ -2,7 +2,6 @@ package auth_test
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,29 +10,8 @@ import (
 	"github.com/oshirase/oshirase/internal/testenv"
 )
 
-const chromium = "/usr/bin/chromium"
-
-// chrome starts a headless Chromium with a fresh profile.
-func chrome(t *testing.T) context.Context {
-	t.Helper()
-	testenv.Slow(t, "a real browser")
-	if _, err := os.Stat(chromium); err != nil {
-		t.Skip("chromium not installed (scripts/test.sh installs it)")
-	}
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.UserDataDir(t.TempDir()),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
-	t.Cleanup(func() { cancel(); cancelBrowser(); cancelAlloc() })
-	return ctx
-}
+// chrome starts a headless Chromium (testenv.Browser).
+func chrome(t *testing.T) context.Context { return testenv.Browser(t, 60*time.Second) }
 
 // TestOIDCBrowser signs in through the provider in a real Chromium (the
 // provider on another site, so the browser's SameSite rules apply to the

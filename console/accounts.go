@@ -173,17 +173,7 @@ func (c *Console) accountForm(w http.ResponseWriter, r *http.Request, s *session
 		claim = tok
 	}
 	msg, secret, err := do(ctx)
-	if claim != "" {
-		bg := context.WithoutCancel(ctx)
-		if err != nil {
-			if err := c.store.AbandonIdempotent(bg, scope, claim); err != nil {
-				c.log.Error("support console: idempotency release", "err", err)
-			}
-		} else if err := c.store.FinishIdempotent(bg, scope, claim,
-			store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.idemTTL); err != nil {
-			c.log.Error("support console: idempotency answer", "err", err)
-		}
-	}
+	c.settleForm(ctx, scope, claim, msg, err)
 	if err == nil {
 		c.accountFlash(w, r, s, store.ConsoleFlash{Flash: msg, Secret: secret})
 		return

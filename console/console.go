@@ -289,18 +289,10 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, searchURL(r.PostFormValue("q"), ""), http.StatusSeeOther)
 }
 
-// signedIn guards a form post: a live session and its CSRF token.
+// signedIn guards a form post: a live session (signedInGet) and its CSRF
+// token.
 func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		s, err := c.current(r)
-		if err != nil {
-			c.fail(w, r, err)
-			return
-		}
-		if s == nil {
-			c.loginPage(w, r, http.StatusUnauthorized, tr(r, "Please sign in."))
-			return
-		}
+	return c.signedInGet(func(w http.ResponseWriter, r *http.Request, s *session) {
 		if err := parseForm(w, r); err != nil {
 			http.Error(w, "the form could not be read", http.StatusBadRequest)
 			return
@@ -309,8 +301,8 @@ func (c *Console) signedIn(h func(http.ResponseWriter, *http.Request, *session))
 			http.Error(w, "the form's security token is missing or stale; reload the page", http.StatusForbidden)
 			return
 		}
-		h(w, r.WithContext(auth.WithActor(r.Context(), s.key)), s)
-	}
+		h(w, r, s)
+	})
 }
 
 func equal(a, b string) bool {
@@ -378,24 +370,16 @@ func (c *Console) resend(w http.ResponseWriter, r *http.Request, s *session) {
 		claim = tok
 	}
 	rs, err := c.app.Resend(r.Context(), cid, rid, req)
-	if err != nil && claim != "" {
-		// Nothing was queued: the same form may be posted again.
-		if err := c.store.AbandonIdempotent(context.WithoutCancel(r.Context()), scope, claim); err != nil {
-			c.log.Error("support console: idempotency release", "err", err)
-		}
-	}
-	retryAfter(w, err)
+	var msg string
 	if err == nil {
-		msg := tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
+		msg = tr(r, "Resend #%d queued to %s.", rs.N, rs.Email)
 		if rs.Locale != "" {
 			msg += tr(r, " It goes in %s.", tr(r, localeName(rs.Locale)))
 		}
-		if claim != "" {
-			if err := c.store.FinishIdempotent(context.WithoutCancel(r.Context()), scope, claim,
-				store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.idemTTL); err != nil {
-				c.log.Error("support console: idempotency answer", "err", err)
-			}
-		}
+	}
+	c.settleForm(r.Context(), scope, claim, msg, err)
+	retryAfter(w, err)
+	if err == nil {
 		c.redirectFlash(w, r, s, store.ConsoleFlash{Query: q, Flash: msg})
 		return
 	}
@@ -425,6 +409,27 @@ func (c *Console) suppressedMsg(r *http.Request, cid string, rid int64, to, msg 
 			to, fmtTime(sup.At), sup.Reason)
 	}
 	return msg
+}
+
+// settleForm ends a form's claim on its one-time token (claim "": none):
+// released when the action failed, so the same form may be posted again
+// (nothing was done); kept with its flash msg as the form's outcome when
+// it succeeded, so a reload replays it and does nothing twice.
+func (c *Console) settleForm(ctx context.Context, scope, claim, msg string, err error) {
+	if claim == "" {
+		return
+	}
+	bg := context.WithoutCancel(ctx)
+	if err != nil {
+		if err := c.store.AbandonIdempotent(bg, scope, claim); err != nil {
+			c.log.Error("support console: idempotency release", "err", err)
+		}
+		return
+	}
+	if err := c.store.FinishIdempotent(bg, scope, claim,
+		store.IdemAnswer{Status: http.StatusSeeOther, Body: []byte(msg)}, c.idemTTL); err != nil {
+		c.log.Error("support console: idempotency answer", "err", err)
+	}
 }
 
 // redirectFlash ends a form post that did something with a redirect to the

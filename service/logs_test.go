@@ -1,12 +1,10 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,23 +20,12 @@ import (
 )
 
 // logBuf collects JSON log lines from several goroutines.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
+type logBuf struct{ testenv.LogBuffer }
 
 // lines decodes every line; a line that is not JSON fails the test.
 func (b *logBuf) lines(t *testing.T) []map[string]any {
 	t.Helper()
-	b.mu.Lock()
-	raw := b.buf.String()
-	b.mu.Unlock()
+	raw := b.String()
 	var out []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(raw), "\n") {
 		var m map[string]any
@@ -50,11 +37,7 @@ func (b *logBuf) lines(t *testing.T) []map[string]any {
 	return out
 }
 
-func (b *logBuf) raw() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+func (b *logBuf) raw() string { return b.String() }
 
 // find returns the lines whose fields include every field of want.
 func find(lines []map[string]any, want map[string]any) []map[string]any {

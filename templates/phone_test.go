@@ -1,7 +1,6 @@
 package templates
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"net/http"
@@ -18,10 +17,6 @@ import (
 
 var screenshots = flag.Bool("screenshots", false, "rewrite the phone-width screenshots in docs/notices")
 
-// chromium is where scripts/test.sh installs Chromium (as the support
-// console's browser test finds it).
-const chromium = "/usr/bin/chromium"
-
 // Phone widths in CSS pixels: an iPhone SE (320), most Android phones
 // (360), a large iPhone (390).
 var phoneWidths = []int64{320, 360, 390}
@@ -33,10 +28,7 @@ var phoneWidths = []int64{320, 360, 390}
 // must see all of it. With -screenshots it saves what a 360 px phone shows
 // as docs/notices/<template>.<locale>.png.
 func TestNoticesFitPhones(t *testing.T) {
-	testenv.Slow(t, "a real browser")
-	if _, err := os.Stat(chromium); err != nil {
-		t.Skip("chromium not installed (scripts/test.sh installs it)")
-	}
+	ctx := testenv.Browser(t, 3*time.Minute, chromedp.Flag("hide-scrollbars", true))
 	s := mustLoad(t, "")
 	pages := map[string]string{}
 	for _, name := range names {
@@ -67,24 +59,6 @@ func TestNoticesFitPhones(t *testing.T) {
 		fmt.Fprint(w, page)
 	}))
 	defer hs.Close()
-
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-default-browser-check", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(actx)
-	defer cancelBrowser()
-	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute)
-	defer cancel()
 
 	// The right edge of the widest element, and the page's own width.
 	const measure = `(() => {

@@ -23,23 +23,12 @@ import (
 )
 
 // logLines keeps a service's log for tests of what it logs.
-type logLines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logLines struct{ testenv.LogBuffer }
 
 // count is how many lines hold every one of subs.
 func (l *logLines) count(subs ...string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	n := 0
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		all := line != ""
 		for _, s := range subs {
 			all = all && strings.Contains(line, s)
@@ -49,12 +38,6 @@ func (l *logLines) count(subs ...string) int {
 		}
 	}
 	return n
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // fairStack is API and worker in this process over this package's Redis
